@@ -1,0 +1,193 @@
+"""posttrain: run, validate, plan, inspect, status and report. Exit codes: 0 ok, 1 a stage failed,
+2 a bad recipe or bad command line, 3 the run folder is locked."""
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+def _load(args):
+    from posttrain.recipe import load
+
+    return load(args.recipe, args.overrides)
+
+
+def _run_dir(args, recipe) -> Path:
+    return Path(args.out) if args.out else Path("runs") / recipe.name
+
+
+def cmd_validate(args) -> int:
+    recipe = _load(args)
+    _console().print(f"[green]ok[/]: {args.recipe} is valid: {len(recipe.stages)} stages: {' -> '.join(recipe.stages)}")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from rich.table import Table
+
+    from posttrain.runner import plan
+    from posttrain.store import RunStore
+
+    recipe = _load(args)
+    steps = plan(recipe, RunStore(_run_dir(args, recipe)), args.only, args.start, args.force)
+    table = Table(title=f"{recipe.name} -> {_run_dir(args, recipe)}")
+    for col in ("stage", "kind", "needs", "fingerprint", "action", "why"):
+        table.add_column(col)
+    colors = {"cached": "green", "run": "yellow", "resume": "cyan", "skip": "dim"}
+    for s in steps:
+        table.add_row(s.name, s.kind, ", ".join(s.upstream) or "-", s.fingerprint,
+                      f"[{colors[s.action]}]{s.action}[/]", s.reason)
+    _console().print(table)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from posttrain.runner import run
+
+    recipe = _load(args)
+    run_dir = _run_dir(args, recipe)
+    console = _console()
+    from rich.markup import escape
+
+    steps = run(recipe, run_dir, args.only, args.start, args.force, args.resume, echo=lambda m: console.print(escape(m)))
+    done = [s.name for s in steps if s.action == "cached"]
+    if done and len(done) == len([s for s in steps if s.action != "skip"]):
+        console.print(f"[green]nothing to do[/]: all {len(done)} stages cached in {run_dir}")
+    else:
+        console.print(f"[green]done[/]: {run_dir}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    from rich.table import Table
+
+    from posttrain.store import RunStore
+
+    run_dir = Path(args.run_dir)
+    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    names = info.get("stages") or sorted(p.name for p in run_dir.iterdir() if (p / "manifest.json").exists())
+    store = RunStore(run_dir)
+    table = Table(title=f"{info.get('recipe', run_dir.name)} ({run_dir})")
+    for col in ("stage", "kind", "status", "fingerprint", "wall s", "metrics"):
+        table.add_column(col)
+    for name in names:
+        m = store.manifest(name)
+        if m is None:
+            table.add_row(name, "-", "[dim]not run[/]", "-", "-", "")
+            continue
+        status = {"complete": "[green]complete[/]", "failed": "[red]failed[/]"}.get(m["status"], f"[yellow]{m['status']}[/]")
+        metrics = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(m["metrics"].items())[:5])
+        table.add_row(name, m["kind"], status, m["fingerprint"], f"{m['wall_time_s'] or 0:.1f}",
+                      metrics or (m.get("error") or "")[:80])
+    _console().print(table)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from posttrain.eval.report import build_report
+
+    out = Path(args.out) if args.out else Path(args.run_dir) / "report"
+    path = build_report(Path(args.run_dir), out, reference=args.reference)
+    _console().print(f"[green]report[/]: {path}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    """Show how one SFT example is tokenized and which tokens are trained."""
+    from posttrain.stages.sft import inspect_example
+
+    recipe = _load(args)
+    spec = recipe.stages.get(args.stage)
+    if spec is None or spec.kind != "sft":
+        sfts = [n for n, s in recipe.stages.items() if s.kind == "sft"]
+        raise SystemExit(f"error: --stage must name an sft stage ({', '.join(sfts) or 'none in this recipe'})")
+    from posttrain.stage import Context
+    from posttrain.store import RunStore
+
+    run_dir = _run_dir(args, recipe)
+    manifests = {d: RunStore(run_dir).manifest(d) for d in spec.deps}
+    unfinished = [d for d, m in manifests.items() if not m or m.get("status") != "complete"]
+    if unfinished:
+        raise SystemExit(f"error: inspect needs {', '.join(unfinished)} to have finished: "
+                         f"posttrain run {args.recipe} --only {unfinished[0]}")
+    artifacts = {d: {o: str(run_dir / rel) for o, rel in m["artifacts"].items()} for d, m in manifests.items()}
+    ctx = Context(args.stage, run_dir / args.stage, run_dir, {}, artifacts)
+    print(inspect_example(spec.config, ctx, index=args.index))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="posttrain", description="Post-training recipes as a cached, resumable stage graph.")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def recipe_cmd(name, fn, help):
+        c = sub.add_parser(name, help=help)
+        c.add_argument("recipe")
+        c.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
+        c.add_argument("--out", help="run folder (default runs/<recipe name>)")
+        c.set_defaults(fn=fn)
+        return c
+
+    recipe_cmd("validate", cmd_validate, "validate a recipe fully, without heavy work")
+    for name, fn, help in (("run", cmd_run, "run a recipe"), ("plan", cmd_plan, "show what `run` would do")):
+        c = recipe_cmd(name, fn, help)
+        c.add_argument("--only", help="run just this stage (its upstream must have finished)")
+        c.add_argument("--from", dest="start", help="re-run this stage and everything downstream of it")
+        c.add_argument("--force", action="store_true", help="recompute the selected stages even if cached")
+        c.add_argument("--resume", default="auto", help="off | on | auto | a checkpoint path (default auto)")
+    c = recipe_cmd("inspect", cmd_inspect, "show one tokenized SFT example with its trained tokens marked")
+    c.add_argument("--stage", default="sft")
+    c.add_argument("--index", type=int, default=0)
+    c = sub.add_parser("status", help="every stage's state, fingerprint, wall time and headline metrics")
+    c.add_argument("run_dir")
+    c.set_defaults(fn=cmd_status)
+    c = sub.add_parser("report", help="(re)build the report from a run folder's manifests")
+    c.add_argument("run_dir")
+    c.add_argument("--out")
+    c.add_argument("--reference", help="a JSON/YAML file of published reference numbers")
+    c.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv=None) -> int:
+    from posttrain.data import DataError
+    from posttrain.recipe import RecipeError
+    from posttrain.runner import PlanError, StageFailed
+    from posttrain.store import LockedError
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may come after options (argparse stops collecting positionals at the first option)
+    if extra and (not hasattr(args, "overrides") or any("=" not in x or x.startswith("-") for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides += extra
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    logging.getLogger("posttrain").setLevel(logging.INFO)
+    try:
+        return args.fn(args)
+    except (RecipeError, PlanError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except LockedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except StageFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Reading and writing row files. Every bad row is an error that names the file and line, or,
+with on_bad_rows="skip", is counted so the count can go in the manifest."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+SHARED_DATA = Path(os.environ.get("POSTTRAIN_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
+
+class DataError(Exception):
+    """A data file problem a user can fix: the message names the file and line."""
+
+
+@dataclass
+class ReadStats:
+    rows: int = 0
+    skipped: int = 0
+    skipped_examples: list[str] = field(default_factory=list)
+
+    def skip(self, where: str, why: str) -> None:
+        self.skipped += 1
+        if len(self.skipped_examples) < 5:
+            self.skipped_examples.append(f"{where}: {why}")
+
+
+def _open_text(path: Path):
+    raw = gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+    return raw
+
+
+def _iter_jsonl(path: Path, stats: ReadStats, on_bad_rows: str) -> Iterator[dict]:
+    with _open_text(path) as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                if len(raw) > MAX_LINE_BYTES:
+                    raise ValueError(f"line is {len(raw) // (1024 * 1024)} MB, over the {MAX_LINE_BYTES // (1024 * 1024)} MB limit")
+                text = raw.decode("utf-8")
+                if not text.strip():
+                    continue
+                row = json.loads(text)
+                if not isinstance(row, dict):
+                    raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+            except (UnicodeDecodeError, ValueError) as e:
+                if on_bad_rows == "skip":
+                    stats.skip(where, str(e)[:200])
+                    continue
+                raise DataError(f"{where}: malformed row: {str(e)[:300]} (set on_bad_rows: skip to skip and count bad rows)") from None
+            stats.rows += 1
+            yield row
+
+
+def iter_rows(path: str | Path, on_bad_rows: str = "error", stats: ReadStats | None = None) -> Iterator[dict]:
+    """Stream rows from jsonl / json / parquet (optionally .gz), or a hub id `hf:org/name[:split]`."""
+    stats = stats if stats is not None else ReadStats()
+    spec = str(path)
+    if spec.startswith("hf:"):
+        yield from _iter_hub(spec[3:], stats)
+        return
+    path = Path(spec)
+    if not path.exists():
+        raise DataError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: the file is empty")
+    name = path.name[:-3] if path.suffix == ".gz" else path.name
+    if name.endswith(".jsonl"):
+        yield from _iter_jsonl(path, stats, on_bad_rows)
+    elif name.endswith(".json"):
+        with _open_text(path) as f:
+            try:
+                data = json.loads(f.read().decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as e:
+                raise DataError(f"{path}: not valid JSON: {e}") from None
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
+        for i, row in enumerate(data):
+            if not isinstance(row, dict):
+                if on_bad_rows == "skip":
+                    stats.skip(f"{path}[{i}]", "not an object")
+                    continue
+                raise DataError(f"{path}[{i}]: expected a JSON object, got {type(row).__name__}")
+            stats.rows += 1
+            yield row
+    elif name.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        for batch in pq.ParquetFile(path).iter_batches():
+            for row in batch.to_pylist():
+                stats.rows += 1
+                yield row
+    else:
+        raise DataError(f"{path}: unknown file type (use .jsonl, .json or .parquet, optionally .gz)")
+
+
+def _iter_hub(spec: str, stats: ReadStats) -> Iterator[dict]:
+    import datasets
+
+    name, _, split = spec.partition(":")
+    try:
+        ds = datasets.load_dataset(name, split=split or "train", streaming=True)
+    except Exception as e:  # no network here: say what to do instead
+        raise DataError(f"hf:{spec}: could not load from the hub ({type(e).__name__}: {str(e)[:200]}); "
+                        "download it where a network exists and point the recipe at the local file") from None
+    for row in ds:
+        stats.rows += 1
+        yield dict(row)
+
+
+def read_rows(path: str | Path, on_bad_rows: str = "error", stats: ReadStats | None = None) -> list[dict]:
+    return list(iter_rows(path, on_bad_rows, stats))
+
+
+def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """Write jsonl atomically (temp file + rename), so a killed process never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Atomic JSON write."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def shared_file(relative: str) -> Path:
+    """A file in ../shared/data, with a clear error when the folder is absent."""
+    path = SHARED_DATA / relative
+    if not path.exists():
+        raise DataError(f"{path}: not found. posttrain reads the shared datasets from {SHARED_DATA} "
+                        "(set POSTTRAIN_SHARED_DATA to point elsewhere)")
+    return path

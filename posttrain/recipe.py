@@ -1,0 +1,262 @@
+"""Recipe YAML -> validated stage graph. Every problem is collected and reported at once, with the
+file, the key path and the line."""
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+import posttrain.stages  # noqa: F401  (registers the stage kinds)
+from posttrain import schema
+from posttrain.data import SHARED_DATA
+from posttrain.stage import STAGES, Stage, is_ref, make_ref, parse_ref
+
+TOP_LEVEL_KEYS = {"name": "the recipe's name (the default run folder is runs/<name>)",
+                  "description": "free text",
+                  "vars": "free-form values for ${vars.X} interpolation",
+                  "stages": "the named stages"}
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+def _shared_data(relative: str) -> str:
+    return str(SHARED_DATA / relative)
+
+
+OmegaConf.register_resolver("shared_data", _shared_data, replace=True)
+
+
+class RecipeError(Exception):
+    """A recipe with problems. str() lists every one."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"{len(problems)} problem(s) in the recipe:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass
+class StageSpec:
+    name: str
+    kind: str
+    stage: Stage
+    config: Any                     # the Config dataclass instance
+    raw: dict                       # the resolved plain config (for config.resolved.yaml)
+    deps: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Recipe:
+    name: str
+    path: Path
+    stages: dict[str, StageSpec]    # in run order
+    resolved: dict
+
+    @property
+    def hash(self) -> str:
+        return canonical_hash(self.resolved)
+
+    def downstream(self, name: str) -> list[str]:
+        """`name` and every stage that depends on it, in run order."""
+        hit = {name}
+        for spec in self.stages.values():
+            if any(d in hit for d in spec.deps):
+                hit.add(spec.name)
+        return [n for n in self.stages if n in hit]
+
+
+def canonical_hash(obj: Any) -> str:
+    """Key order and formatting never change the hash."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _line_map(text: str) -> dict[str, int]:
+    """Key path -> 1-based line of that key in the YAML text."""
+    lines: dict[str, int] = {}
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                p = f"{path}.{key.value}" if path else str(key.value)
+                lines[p] = key.start_mark.line + 1
+                walk(value, p)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                p = f"{path}[{i}]"
+                lines[p] = item.start_mark.line + 1
+                walk(item, p)
+
+    try:
+        walk(yaml.compose(text), "")
+    except yaml.YAMLError:
+        pass
+    return lines
+
+
+class _Problems:
+    def __init__(self, path: Path, lines: dict[str, int], overrides: list[str]):
+        self.path, self.lines, self.items = path, lines, []
+        self.overridden = {o.split("=", 1)[0].strip(): o for o in overrides}
+
+    def add(self, key: str, message: str) -> None:
+        where = str(self.path)
+        probe = key
+        while probe and probe not in self.lines:  # nearest enclosing key that has a line
+            probe = probe.rsplit(".", 1)[0] if "." in probe else ""
+        if probe:
+            where += f":{self.lines[probe]}"
+        origin = next((f" (from override '{o}')" for k, o in self.overridden.items() if key.startswith(k)), "")
+        self.items.append(f"{where}: {key}: {message}{origin}" if key else f"{where}: {message}")
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Load, resolve and validate a recipe. Raises RecipeError listing every problem."""
+    path = Path(path)
+    if not path.exists():
+        raise RecipeError([f"{path}: no such recipe file"])
+    text = path.read_text()
+    problems = _Problems(path, _line_map(text), list(overrides))
+    try:
+        cfg = OmegaConf.create(yaml.safe_load(text) if text.strip() else {})
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise RecipeError([f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
+    if not isinstance(cfg, DictConfig):
+        raise RecipeError([f"{path}: a recipe is a mapping with 'name' and 'stages', got {type(cfg).__name__}"])
+    try:
+        cfg.merge_with(OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as e:
+        raise RecipeError([f"override: {e}"]) from None
+
+    for key in cfg:
+        if key not in TOP_LEVEL_KEYS:
+            problems.add(str(key), f"unknown top-level key{schema.suggest(key, TOP_LEVEL_KEYS)}; valid: {', '.join(TOP_LEVEL_KEYS)}")
+    name = cfg.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        problems.add("name", "the recipe needs a 'name' made of letters, digits, '_', '-' and '.'")
+    stages_cfg = cfg.get("stages")
+    if not isinstance(stages_cfg, DictConfig) or not stages_cfg:
+        problems.add("stages", "the recipe needs a non-empty 'stages' mapping of stage name -> stage config")
+        raise RecipeError(problems.items)
+
+    kinds = _inject_outputs(stages_cfg, problems)
+    resolved = _resolve(cfg, problems, kinds)
+
+    def ref_types(stage: str, output: str):
+        if stage not in kinds:
+            return f"stage '{stage}' does not exist{schema.suggest(stage, kinds)}"
+        return STAGES[kinds[stage]].outputs[output]
+
+    specs: dict[str, StageSpec] = {}
+    for sname, kind in kinds.items():
+        raw = {k: v for k, v in resolved["stages"][sname].items() if k not in ("kind", "output")}
+        stage = STAGES[kind]()
+        spath = f"stages.{sname}"
+        found: list[schema.Problem] = []
+        config = schema.build(stage.Config, raw, spath, found, ref_types)
+        if config is not None:
+            found += [(f"{spath}.{k}" if k else spath, m) for k, m in stage.check(config)]
+        for key, message in found:
+            problems.add(key, message)
+        specs[sname] = StageSpec(sname, kind, stage, config, raw, sorted(_refs(raw)))
+    order = _topological_order(specs, problems)
+    if problems.items:
+        raise RecipeError(problems.items)
+    return Recipe(name, path, {n: specs[n] for n in order}, resolved)
+
+
+def _inject_outputs(stages_cfg: DictConfig, problems: _Problems) -> dict[str, str]:
+    """Give each stage an `output` node, so `${stages.X.output.Y}` resolves to a typed reference."""
+    kinds = {}
+    for sname, scfg in stages_cfg.items():
+        spath = f"stages.{sname}"
+        if not NAME_RE.match(str(sname)):
+            problems.add(spath, "stage names are letters, digits, '_', '-' and '.' (they become folder names)")
+            continue
+        if not isinstance(scfg, DictConfig):
+            problems.add(spath, f"a stage is a mapping with a 'kind', got {type(scfg).__name__}")
+            continue
+        if "output" in scfg:
+            problems.add(f"{spath}.output", "'output' is reserved: it names the stage's outputs for references")
+        kind = scfg.get("kind")
+        if kind not in STAGES:
+            problems.add(f"{spath}.kind", f"unknown stage kind {kind!r}{schema.suggest(kind, STAGES)}; kinds: {', '.join(sorted(STAGES))}")
+            continue
+        kinds[str(sname)] = kind
+        scfg["output"] = {out: make_ref(str(sname), out) for out in STAGES[kind].outputs}
+    return kinds
+
+
+def _resolve(cfg: DictConfig, problems: _Problems, kinds: dict[str, str]) -> dict:
+    """Resolve interpolations leaf by leaf, so every broken one is reported, not just the first."""
+
+    def walk(node, path):
+        items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
+        out = {} if isinstance(node, DictConfig) else []
+        for key, _ in list(items):
+            p = f"{path}.{key}" if isinstance(node, DictConfig) and path else (str(key) if not path else f"{path}[{key}]")
+            try:
+                value = node[key]
+            except OmegaConfBaseException as e:
+                problems.add(p, _explain_interpolation(e, kinds))
+                value = schema.UNRESOLVED
+            if isinstance(value, (DictConfig, ListConfig)):
+                value = walk(value, p)
+            if isinstance(out, dict):
+                out[str(key)] = value
+            else:
+                out.append(value)
+        return out
+
+    return walk(cfg, "")
+
+
+def _explain_interpolation(e: Exception, kinds: dict[str, str]) -> str:
+    msg = str(e).splitlines()[0]
+    m = re.search(r"stages\.([^.}\s']+)\.output\.([^.}\s']+)", msg)
+    if m and m.group(1) not in kinds:
+        return f"references stage '{m.group(1)}', which does not exist{schema.suggest(m.group(1), kinds)}"
+    if m:
+        outputs = STAGES[kinds[m.group(1)]].outputs
+        return (f"stage '{m.group(1)}' ({kinds[m.group(1)]}) has no output '{m.group(2)}'"
+                f"{schema.suggest(m.group(2), outputs)}; its outputs: {', '.join(outputs)}")
+    return f"cannot resolve interpolation: {msg}"
+
+
+def _refs(value) -> set[str]:
+    if isinstance(value, dict):
+        return set().union(*map(_refs, value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*map(_refs, value)) if value else set()
+    return {parse_ref(value)[0]} if is_ref(value) else set()
+
+
+def _topological_order(specs: dict[str, StageSpec], problems: _Problems) -> list[str]:
+    """Order stages by their references (recipe order breaks ties); report cycles."""
+    order, state = [], {}
+
+    def visit(name, trail):
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "active":
+            cycle = trail[trail.index(name):] + [name]
+            problems.add(f"stages.{name}", f"dependency cycle: {' -> '.join(cycle)}")
+            return
+        state[name] = "active"
+        for dep in specs[name].deps:
+            if dep in specs:
+                visit(dep, trail + [name])
+        state[name] = "done"
+        order.append(name)
+
+    for name in specs:
+        visit(name, [])
+    return order
+
+
+def resolved_stage_config(spec: StageSpec) -> dict:
+    """The validated config with defaults filled in, as plain data (saved next to every artifact)."""
+    return json.loads(json.dumps(dataclasses.asdict(spec.config)))  # artifact str subclasses -> plain str

@@ -1,0 +1,147 @@
+"""Plan and run a recipe's stages: cached stages are skipped, interrupted ones resumed, and a stage
+only ever consumes upstream stages that finished."""
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from posttrain import store as st
+from posttrain.recipe import Recipe, StageSpec, resolved_stage_config
+from posttrain.stage import Context, output_path
+from posttrain.data import write_json
+
+
+class PlanError(Exception):
+    pass
+
+
+class StageFailed(Exception):
+    pass
+
+
+@dataclass
+class Step:
+    name: str
+    kind: str
+    fingerprint: str
+    action: str         # run | cached | resume | skip (not selected)
+    reason: str
+    upstream: dict
+    inputs: dict
+
+
+def _has_checkpoint(stage_dir: Path) -> bool:
+    from posttrain.training import latest_checkpoint
+
+    return latest_checkpoint(stage_dir / "checkpoints") is not None
+
+
+def plan(recipe: Recipe, run_store: st.RunStore, only: str | None = None, start: str | None = None,
+         force: bool = False) -> list[Step]:
+    for flag, value in (("--only", only), ("--from", start)):
+        if value is not None and value not in recipe.stages:
+            raise PlanError(f"{flag} {value}: no such stage; stages: {', '.join(recipe.stages)}")
+    selected = {only} if only else set(recipe.downstream(start)) if start else set(recipe.stages)
+    forced = selected if force else set(recipe.downstream(start)) if start else set()
+    steps: dict[str, Step] = {}
+    for name, spec in recipe.stages.items():
+        upstream = {d: steps[d].fingerprint for d in spec.deps}
+        inputs = {str(p): run_store.hashes.tree(p) for p in st.local_inputs(spec.raw)}
+        fp = st.fingerprint(spec.kind, resolved_stage_config(spec), upstream, inputs)
+        action, reason = _decide(run_store, name, fp, forced=name in forced)
+        stale_upstream = [d for d in spec.deps if steps[d].action != "cached"]
+        if name in selected and action == "cached" and stale_upstream:
+            action, reason = "run", f"upstream {', '.join(stale_upstream)} will run"
+        if name not in selected:
+            if action != "cached" and any(name in recipe.stages[s].deps for s in selected):
+                raise PlanError(f"stage '{name}' is needed by the selected stage(s) but has not finished "
+                                f"({reason}); run it first or drop --only/--from")
+            action = "cached" if action == "cached" else "skip"
+        steps[name] = Step(name, spec.kind, fp, action, reason, upstream, inputs)
+    run_store.hashes.save()
+    return list(steps.values())
+
+
+def _decide(run_store: st.RunStore, name: str, fp: str, forced: bool) -> tuple[str, str]:
+    manifest = run_store.manifest(name)
+    if forced:
+        return "run", "forced"
+    if manifest is None:
+        return "run", "never ran"
+    if manifest.get("fingerprint") != fp:
+        return "run", "config or inputs changed"
+    if manifest.get("status") == st.COMPLETE:
+        missing = run_store.missing_artifacts(manifest)
+        return ("run", "; ".join(missing)) if missing else ("cached", "finished with the same fingerprint")
+    if _has_checkpoint(run_store.stage_dir(name)):
+        return "resume", f"interrupted ({manifest.get('status')}); a valid checkpoint exists"
+    return "run", f"previous attempt {manifest.get('status')}"
+
+
+def run(recipe: Recipe, run_dir: Path, only: str | None = None, start: str | None = None, force: bool = False,
+        resume: str = "auto", echo=print) -> list[Step]:
+    run_store = st.RunStore(run_dir)
+    run_store.lock()
+    try:
+        steps = plan(recipe, run_store, only, start, force)
+        write_json(run_dir / "run.json", {"recipe": recipe.name, "recipe_path": str(recipe.path),
+                                          "recipe_hash": recipe.hash, "stages": list(recipe.stages)})
+        for step in steps:
+            if step.action == "skip":
+                continue
+            if step.action == "cached":
+                echo(f"[{step.name}] cached ({step.fingerprint})")
+                continue
+            echo(f"[{step.name}] {step.action}: {step.reason}")
+            _execute(recipe.stages[step.name], step, run_store, resume, echo)
+        return steps
+    finally:
+        run_store.unlock()
+
+
+def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, echo) -> None:
+    stage_dir = run_store.stage_dir(spec.name)
+    previous = run_store.manifest(spec.name)
+    if step.action == "run" and stage_dir.exists() and (previous is None or previous.get("fingerprint") != step.fingerprint
+                                                        or step.reason == "forced" or resume == "off"):
+        shutil.rmtree(stage_dir)  # stale artifacts of another config must never be mixed in
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    config = resolved_stage_config(spec)
+    (stage_dir / "config.resolved.yaml").write_text(yaml.safe_dump(
+        {"kind": spec.kind, **config, "fingerprint": step.fingerprint}, sort_keys=False))
+    upstream_artifacts = {d: {o: str(run_store.run_dir / rel) for o, rel in run_store.manifest(d)["artifacts"].items()}
+                          for d in spec.deps}
+    outputs = spec.stage.outputs
+    ctx = Context(spec.name, stage_dir, run_store.run_dir, outputs, upstream_artifacts, resume)
+    manifest = {
+        "stage": spec.name, "kind": spec.kind, "status": st.RUNNING, "fingerprint": step.fingerprint,
+        "upstream": step.upstream, "inputs": step.inputs, "versions": st.package_versions(),
+        "hardware": st.hardware(), "started": st.now_iso(), "ended": None, "wall_time_s": None,
+        "metrics": {}, "artifacts": {}, "error": None, "config": "config.resolved.yaml",
+    }
+    run_store.write_manifest(spec.name, manifest)
+    t0 = time.time()
+    try:
+        metrics = spec.stage.run(spec.config, ctx) or {}
+        missing = [o for o in outputs if not output_path(stage_dir, o, outputs[o]).exists()]
+        if missing:
+            raise StageFailed(f"stage '{spec.name}' finished without writing its declared output(s): {', '.join(missing)}")
+    except BaseException as e:
+        manifest.update(status=st.FAILED, ended=st.now_iso(), wall_time_s=st.elapsed(t0),
+                        error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
+        run_store.write_manifest(spec.name, manifest)
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise StageFailed(f"stage '{spec.name}' failed: {type(e).__name__}: {e}\n"
+                          f"  (details: {stage_dir / 'manifest.json'})") from e
+    # Relative to the run folder, so a run folder can be moved or copied whole.
+    artifacts = {o: str(output_path(stage_dir, o, outputs[o]).relative_to(run_store.run_dir)) for o in outputs}
+    manifest.update(status=st.COMPLETE, ended=st.now_iso(), wall_time_s=st.elapsed(t0), metrics=metrics, artifacts=artifacts,
+                    artifact_hashes={o: run_store.hashes.tree(run_store.run_dir / p) for o, p in artifacts.items()})
+    run_store.hashes.save()
+    run_store.write_manifest(spec.name, manifest)  # last: a manifest that says complete means the artifacts are there
+    echo(f"[{spec.name}] complete in {manifest['wall_time_s']:.1f}s " + " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(metrics.items())[:6]))

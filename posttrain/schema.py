@@ -1,0 +1,158 @@
+"""Check plain recipe values against a stage's Config dataclass, collecting every problem.
+
+Supported annotations: int, float, str, bool, Any, `X | None`, Literal[...], list[X], dict[str, X],
+nested dataclasses, and the artifact types of posttrain.stage (Model, Dataset, Results, Report).
+Range limits come from field metadata: ge, gt, le, lt.
+"""
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Callable, Literal, Union
+
+from posttrain.stage import ARTIFACT_TYPES, Dataset, Model, is_ref, parse_ref
+
+# (key path, message); the recipe loader adds file and line.
+Problem = tuple[str, str]
+# Looks up the type of a referenced output: (stage, output) -> artifact type, or an error message.
+RefTypes = Callable[[str, str], "type | str"]
+
+DATASET_SCHEMES = ("hf:", "builtin:")
+UNRESOLVED = object()  # a value whose interpolation failed: already reported, not checked again
+
+
+def suggest(word: str, choices) -> str:
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _type_name(tp) -> str:
+    if tp in ARTIFACT_TYPES.values():
+        return tp.__name__.lower()
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def build(cls, data: Any, path: str, problems: list[Problem], ref_types: RefTypes) -> Any:
+    """Return an instance of dataclass `cls` from `data`, or None; every problem is appended."""
+    if not isinstance(data, dict):
+        problems.append((path, f"expected a mapping of {cls.__name__} keys, got {type(data).__name__}"))
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            problems.append((_join(path, key), f"unknown key '{key}'{suggest(key, fields)}; valid keys: {', '.join(fields)}"))
+    values, ok = {}, True
+    for name, f in fields.items():
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.append((_join(path, name), f"missing required key '{name}' ({_type_name(hints[name])})"))
+                ok = False
+            continue
+        before = len(problems)
+        value = check_value(hints[name], data[name], _join(path, name), problems, ref_types)
+        if len(problems) == before:
+            _check_range(f, value, _join(path, name), problems)
+        ok = ok and len(problems) == before
+        values[name] = value
+    return cls(**values) if ok else None
+
+
+def _join(path: str, key) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _check_range(f: dataclasses.Field, value, path: str, problems: list[Problem]) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    limits = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
+              "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
+    for key, (holds, sign) in limits.items():
+        if key in f.metadata and not holds(value, f.metadata[key]):
+            problems.append((path, f"{value} is out of range: must be {sign} {f.metadata[key]}"))
+
+
+def check_value(tp, value: Any, path: str, problems: list[Problem], ref_types: RefTypes) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or value is UNRESOLVED:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        same_shape = [a for a in inner if _shape(a) == _shape(value)]
+        if len(inner) == 1 or len(same_shape) == 1:  # the one alternative this value could be: its own errors
+            return check_value((same_shape or inner)[0], value, path, problems, ref_types)
+        for candidate in inner:  # first alternative that fits
+            trial: list[Problem] = []
+            result = check_value(candidate, value, path, trial, ref_types)
+            if not trial:
+                return result
+        problems.append((path, f"expected one of {', '.join(_type_name(a) for a in inner)}, got {value!r:.80}"))
+        return value
+    if origin is Literal:
+        if value not in args:
+            problems.append((path, f"{value!r} is not one of {', '.join(map(repr, args))}{suggest(value, args)}"))
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            problems.append((path, f"expected a list, got {type(value).__name__}"))
+            return value
+        return [check_value(args[0], v, f"{path}[{i}]", problems, ref_types) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append((path, f"expected a mapping, got {type(value).__name__}"))
+            return value
+        return {k: check_value(args[1], v, _join(path, k), problems, ref_types) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, path, problems, ref_types)
+    if tp in ARTIFACT_TYPES.values():
+        return _check_artifact(tp, value, path, problems, ref_types)
+    if tp is bool:
+        if not isinstance(value, bool):
+            problems.append((path, f"expected true or false, got {value!r:.80}"))
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append((path, f"expected an integer, got {value!r:.80}"))
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            problems.append((path, f"expected a number, got {value!r:.80}"))
+            return value
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            problems.append((path, f"expected a string, got {value!r:.80}"))
+        return value
+    raise TypeError(f"schema: unsupported annotation {tp!r} at {path}")
+
+
+def _shape(tp_or_value) -> str:
+    """list, mapping or scalar, for a type or for a value."""
+    if isinstance(tp_or_value, list) or typing.get_origin(tp_or_value) is list:
+        return "list"
+    if isinstance(tp_or_value, dict) or typing.get_origin(tp_or_value) is dict or dataclasses.is_dataclass(tp_or_value):
+        return "mapping"
+    return "scalar"
+
+
+def _check_artifact(tp, value, path: str, problems: list[Problem], ref_types: RefTypes):
+    want = _type_name(tp)
+    if not isinstance(value, str):
+        problems.append((path, f"expected a {want} (a path, an id or ${{stages.NAME.output.KEY}}), got {value!r:.80}"))
+        return value
+    if is_ref(value):
+        stage, output = parse_ref(value)
+        got = ref_types(stage, output)
+        if isinstance(got, str):
+            problems.append((path, got))
+        elif got is not tp:
+            problems.append((path, f"stage '{stage}' output '{output}' is a {_type_name(got)}, but a {want} is needed here"))
+        return tp(value)
+    if tp is Dataset and not value.startswith(DATASET_SCHEMES) and not Path(value).exists():
+        problems.append((path, f"data file not found: {value}"))
+    if tp is Model and value.startswith((".", "/")) and not Path(value).exists():
+        problems.append((path, f"model folder not found: {value}"))
+    return tp(value)

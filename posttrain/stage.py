@@ -1,0 +1,118 @@
+"""The contract between the core and a stage file.
+
+A stage file defines a `Config` dataclass (its recipe keys, validated before anything runs), the
+outputs it produces, and `run(cfg, ctx)`, which writes those outputs under `ctx.out_dir` and returns
+headline metrics. Inputs are the Config fields typed `Model` or `Dataset`; a value of the form
+`${stages.NAME.output.KEY}` in the recipe makes the graph edge.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+log = logging.getLogger("posttrain")
+
+REF_PREFIX = "@stage:"
+
+
+class Model(str):
+    """A model input: an HF folder, a hub id, or a reference to an upstream stage's model."""
+
+
+class Dataset(str):
+    """A dataset input: a local file (jsonl, json, parquet, .gz), a hub id `hf:org/name[:split]`,
+    or a reference to an upstream stage's dataset."""
+
+
+class Results(str):
+    """An evaluation results folder: results.json plus per-example samples/*.jsonl."""
+
+
+class Report(str):
+    """A report folder (report.md, report.html, plots)."""
+
+
+ARTIFACT_TYPES = {"model": Model, "dataset": Dataset, "results": Results, "report": Report}
+
+
+def is_ref(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(REF_PREFIX)
+
+
+def parse_ref(value: str) -> tuple[str, str]:
+    """`@stage:sft/model` -> ("sft", "model")."""
+    stage, _, output = value[len(REF_PREFIX):].partition("/")
+    return stage, output
+
+
+def make_ref(stage: str, output: str) -> str:
+    return f"{REF_PREFIX}{stage}/{output}"
+
+
+def output_path(out_dir: Path, name: str, kind: type) -> Path:
+    """Where a stage writes its declared output `name`: a folder for models and reports, a jsonl file for datasets."""
+    return out_dir / (f"{name}.jsonl" if kind is Dataset else name)
+
+
+@dataclass
+class Context:
+    """What a running stage may use. Built by the runner; stages never guess paths."""
+
+    name: str
+    out_dir: Path
+    run_dir: Path
+    outputs: dict[str, type]
+    upstream_artifacts: dict[str, dict[str, str]] = field(default_factory=dict)
+    resume: str = "auto"  # off | on | auto | a checkpoint path
+    seed: int = 0
+
+    def path(self, value: str) -> str:
+        """Resolve a Model/Dataset value: a stage reference becomes the upstream artifact's path."""
+        if is_ref(value):
+            stage, output = parse_ref(value)
+            return self.upstream_artifacts[stage][output]
+        return value
+
+    def output(self, name: str) -> Path:
+        return output_path(self.out_dir, name, self.outputs[name])
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Append one row to metrics.jsonl (training curves for the report)."""
+        row = {"time": time.time(), **({"step": step} if step is not None else {}), **metrics}
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row, default=float) + "\n")
+
+    def info(self, message: str) -> None:
+        log.info("[%s] %s", self.name, message)
+
+
+class Stage:
+    """Base class of every stage kind. Subclasses set `kind`, `Config`, `outputs` and implement `run`."""
+
+    kind: ClassVar[str]
+    Config: ClassVar[type]
+    outputs: ClassVar[dict[str, type]]
+    description: ClassVar[str] = ""
+
+    def check(self, cfg: Any) -> list[tuple[str, str]]:
+        """Extra checks that need more than types: a list of (key path inside the stage, message)."""
+        return []
+
+    def run(self, cfg: Any, ctx: Context) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+STAGES: dict[str, type[Stage]] = {}
+
+
+def register(cls: type[Stage]) -> type[Stage]:
+    STAGES[cls.kind] = cls
+    return cls

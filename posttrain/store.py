@@ -1,0 +1,178 @@
+"""The run store: one folder per stage holding its artifacts, config.resolved.yaml and manifest.json
+(written atomically and last), content hashes, fingerprints and the run lock."""
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import socket
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from posttrain.data import write_json
+from posttrain.stage import is_ref, parse_ref
+
+KEY_PACKAGES = ("posttrain", "torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "datasets", "vllm")
+COMPLETE, RUNNING, FAILED = "complete", "running", "failed"
+
+
+class LockedError(Exception):
+    pass
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in KEY_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+class HashCache:
+    """sha256 of files, cached by (size, mtime) so re-planning a large run does not re-read everything."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self.entries = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+
+    def file(self, path: Path) -> str:
+        st = path.stat()
+        key = str(path.resolve())
+        stamp = [st.st_size, st.st_mtime_ns]
+        cached = self.entries.get(key)
+        if cached and cached[0] == stamp:
+            return cached[1]
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digest = h.hexdigest()
+        self.entries[key] = [stamp, digest]
+        return digest
+
+    def tree(self, path: Path) -> str:
+        """Hash of a file, or of a folder's files (names and contents)."""
+        if path.is_file():
+            return self.file(path)
+        h = hashlib.sha256()
+        for p in sorted(q for q in path.rglob("*") if q.is_file()):
+            h.update(str(p.relative_to(path)).encode() + b"\0" + self.file(p).encode())
+        return h.hexdigest()
+
+    def save(self) -> None:
+        if self.path.parent.exists():
+            write_json(self.path, self.entries)
+
+
+def local_inputs(config: Any) -> list[Path]:
+    """Local files and folders a stage config reads (not stage references, not hub ids)."""
+    found: list[Path] = []
+
+    def walk(v):
+        if isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+        elif isinstance(v, str) and not is_ref(v) and ("/" in v or "." in v) and Path(v).exists():
+            found.append(Path(v))
+
+    walk(config)
+    return sorted(set(found))
+
+
+def fingerprint(kind: str, config: dict, upstream: dict[str, str], input_hashes: dict[str, str]) -> str:
+    """Covers the resolved config, upstream fingerprints and input data; not formatting or key order."""
+    def swap_refs(v):  # a reference is identified by what it points at, not by the stage's name
+        if isinstance(v, dict):
+            return {k: swap_refs(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [swap_refs(x) for x in v]
+        if is_ref(v):
+            stage, output = parse_ref(v)
+            return f"{upstream[stage]}/{output}"
+        return v
+
+    payload = {"kind": kind, "config": swap_refs(config), "inputs": sorted(input_hashes.values())}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class RunStore:
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.hashes = HashCache(self.run_dir / ".hashes.json")
+        self._lock_file = None
+
+    def stage_dir(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def manifest(self, name: str) -> dict | None:
+        try:
+            return json.loads((self.stage_dir(name) / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def write_manifest(self, name: str, manifest: dict) -> None:
+        write_json(self.stage_dir(name) / "manifest.json", manifest)
+
+    def missing_artifacts(self, manifest: dict) -> list[str]:
+        """Artifacts a complete manifest lists that are gone or were changed by hand since."""
+        problems = []
+        for out, path in manifest.get("artifacts", {}).items():
+            p = self.run_dir / path
+            if not p.exists():
+                problems.append(f"{out} ({path}) is missing")
+            elif manifest.get("artifact_hashes", {}).get(out) not in (None, self.hashes.tree(p)):
+                problems.append(f"{out} ({path}) was modified after the stage finished")
+        return problems
+
+    # -- the lock -------------------------------------------------------------
+    def lock(self) -> None:
+        """One `posttrain run` per run folder. flock is released by the kernel when a process dies, so a
+        lock left by a killed run is never mistaken for a live one."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        f = open(self.run_dir / ".lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise LockedError(f"{self.run_dir} is in use by {holder}; wait for it to finish or use another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()} since {now_iso()}")
+        f.flush()
+        self._lock_file = f
+
+    def unlock(self) -> None:
+        if self._lock_file:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            self._lock_file.close()
+            self._lock_file = None
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    info = {"host": socket.gethostname(), "cpus": os.cpu_count(), "platform": platform.platform()}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def elapsed(start: float) -> float:
+    return round(time.time() - start, 3)

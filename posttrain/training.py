@@ -1,0 +1,169 @@
+"""What every training stage shares: the common recipe keys, the mapping onto a TRL config (every key
+is used, none ignored), valid-checkpoint discovery and exact resume."""
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from transformers import TrainerCallback
+
+from posttrain import hf
+from posttrain.stage import Context
+
+
+@dataclass
+class TrainArgs:
+    """Optimisation keys shared by pretrain, sft, dpo and rlvr. Each maps 1:1 onto TRL's config."""
+
+    learning_rate: float = field(default=1e-5, metadata={"gt": 0})
+    max_steps: int = field(default=-1, metadata={"ge": -1, "help": "-1: train for num_train_epochs"})
+    num_train_epochs: float = field(default=1.0, metadata={"gt": 0})
+    per_device_train_batch_size: int = field(default=8, metadata={"ge": 1})
+    gradient_accumulation_steps: int = field(default=1, metadata={"ge": 1})
+    lr_scheduler_type: str = "linear"
+    warmup_ratio: float = field(default=0.0, metadata={"ge": 0, "lt": 1, "help": "fraction of steps for linear warmup"})
+    weight_decay: float = field(default=0.0, metadata={"ge": 0})
+    max_grad_norm: float = field(default=1.0, metadata={"ge": 0})
+    optim: str = "adamw_torch"
+    save_steps: int = field(default=50, metadata={"ge": 1, "help": "checkpoint every N steps (resume granularity)"})
+    save_total_limit: int = field(default=2, metadata={"ge": 1})
+    logging_steps: int = field(default=5, metadata={"ge": 1})
+    seed: int = 0
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = field(
+        default="auto", metadata={"help": "auto: bf16 where the hardware supports it, else fp32"})
+    gradient_checkpointing: bool = False
+    trl_args: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "any other argument of the stage's TRL config, checked against it by name"})
+
+
+@dataclass
+class Launcher:
+    """How a training stage is launched. `none` runs in this process; the others spawn workers."""
+
+    type: Literal["none", "accelerate", "torchrun"] = "none"
+    num_processes: int = field(default=1, metadata={"ge": 1})
+    num_machines: int = field(default=1, metadata={"ge": 1})
+    deepspeed: str | None = field(default=None, metadata={"help": "zero2, zero3, or a DeepSpeed JSON path"})
+
+
+def check_trl_args(config_cls, train: TrainArgs, reserved: set[str]) -> list[tuple[str, str]]:
+    from posttrain.schema import suggest
+
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    problems = []
+    for key in train.trl_args:
+        if key not in names:
+            problems.append((f"train.trl_args.{key}", f"not an argument of TRL's {config_cls.__name__}{suggest(key, names)}"))
+        elif key in reserved or key in {f.name for f in dataclasses.fields(TrainArgs)}:
+            problems.append((f"train.trl_args.{key}", "set by posttrain or by a recipe key of its own; set that key instead"))
+    return problems
+
+
+# Arguments posttrain itself sets; recipes may not override them through trl_args.
+RESERVED = {"output_dir", "report_to", "save_strategy", "bf16", "fp16", "use_cpu", "overwrite_output_dir",
+            "logging_strategy", "data_seed", "full_determinism", "warmup_steps", "logging_first_step"}
+
+
+def trl_config(config_cls, train: TrainArgs, ctx: Context, **stage_args):
+    """Build the TRL config from the recipe's keys; nothing is left at a silent default that matters."""
+    common = {f.name: getattr(train, f.name) for f in dataclasses.fields(TrainArgs)
+              if f.name not in ("precision", "trl_args", "warmup_ratio")}
+    precision = train.precision
+    if precision == "auto":
+        precision = "bf16" if hf.bf16_supported() else "fp32"
+    return config_cls(
+        output_dir=str(ctx.checkpoints_dir), report_to=[], save_strategy="steps", logging_strategy="steps",
+        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=hf.device() == "cpu", data_seed=train.seed,
+        warmup_steps=train.warmup_ratio, logging_first_step=True,
+        **common, **stage_args, **train.trl_args,
+    )
+
+
+def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
+    """The newest checkpoint that was written completely. Saves are not atomic and trainer_state.json is
+    written last, so a folder without a readable one (or without weights) is a half-written save."""
+    if not checkpoints_dir.exists():
+        return None
+    valid = []
+    for d in checkpoints_dir.glob("checkpoint-*"):
+        try:
+            state = json.loads((d / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if any(d.glob("*.safetensors")) or any(d.glob("adapter_model.*")):
+            valid.append((state.get("global_step", -1), d))
+    return max(valid)[1] if valid else None
+
+
+def resume_point(ctx: Context) -> Path | None:
+    """Which checkpoint to resume from, per the resume mode: off, on (must exist), auto, or a path."""
+    if ctx.resume == "off":
+        return None
+    if ctx.resume not in ("on", "auto"):
+        path = Path(ctx.resume)
+        if not (path / "trainer_state.json").exists():
+            raise FileNotFoundError(f"resume={ctx.resume}: not a complete checkpoint (no trainer_state.json)")
+        return path
+    found = latest_checkpoint(ctx.checkpoints_dir)
+    if ctx.resume == "on" and found is None:
+        raise FileNotFoundError(f"resume=on but {ctx.checkpoints_dir} holds no complete checkpoint")
+    return found
+
+
+class MetricsToRunStore(TrainerCallback):
+    """Mirror the trainer's logs into the stage's metrics.jsonl (the report's curves). On resume, rows
+    after the checkpoint are dropped first, so replayed steps are not logged twice."""
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        path = self.ctx.out_dir / "metrics.jsonl"
+        if path.exists():
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            kept = [r for r in rows if r.get("step", 0) <= state.global_step]
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            self.ctx.log_metrics({k: v for k, v in logs.items() if isinstance(v, (int, float))}, step=state.global_step)
+
+
+def train_and_save(trainer, tokenizer, ctx: Context, merge_lora: bool = True) -> dict[str, Any]:
+    """Train (resuming where the checkpoints allow), save the final model, return headline metrics."""
+    checkpoint = resume_point(ctx)
+    if checkpoint is not None:
+        ctx.info(f"resuming from {checkpoint}")
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        if state.get("global_step", 0) >= state.get("max_steps", float("inf")) > 0:
+            # Resuming a finished checkpoint would train one extra step: load its weights instead.
+            trainer.model.load_state_dict(_checkpoint_state_dict(checkpoint), strict=False)
+            return _finish(trainer, tokenizer, ctx, state, merge_lora)
+    trainer.add_callback(MetricsToRunStore(ctx))
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    return _finish(trainer, tokenizer, ctx, {"log_history": trainer.state.log_history,
+                                             "global_step": trainer.state.global_step}, merge_lora)
+
+
+def _checkpoint_state_dict(checkpoint: Path) -> dict:
+    from safetensors.torch import load_file
+
+    state = {}
+    for f in sorted(checkpoint.glob("*.safetensors")):
+        state.update(load_file(f))
+    return state
+
+
+def _finish(trainer, tokenizer, ctx: Context, state: dict, merge_lora: bool) -> dict[str, Any]:
+    model = trainer.model
+    if merge_lora and hasattr(model, "merge_and_unload"):  # a LoRA adapter: export merged full weights
+        model = model.merge_and_unload()
+    if trainer.is_world_process_zero():
+        hf.save_model(model, tokenizer, ctx.output("model"))
+    history = [h for h in state.get("log_history", []) if "loss" in h]
+    metrics: dict[str, Any] = {"global_step": state.get("global_step")}
+    if history:
+        metrics["first_loss"] = history[0]["loss"]
+        metrics["final_loss"] = history[-1]["loss"]
+    return metrics

@@ -1,0 +1,128 @@
+"""Preference optimisation with every TRL 1.16 DPO loss, on TRL's DPOTrainer.
+
+Tülu 3's length-normalised DPO is `loss_type: [sigmoid_norm]`; its 8B settings map to beta 5,
+learning_rate 5e-7, warmup_ratio 0.1, 1 epoch, effective batch 128, max_length 2048.
+The reference model is always a saved checkpoint (by default the `model` input itself), never whatever
+is in memory. Reference log-probs are precomputed once and cached next to the stage's dataset copy,
+keyed by the reference weights and the data, so a resume reuses them and any change recomputes them.
+"""
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from posttrain import hf
+from posttrain.data import DataError, ReadStats, read_rows
+from posttrain.stage import Context, Dataset, Model, Stage, register
+from posttrain.training import Launcher, TrainArgs, check_trl_args, train_and_save, trl_config
+
+DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
+HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+@dataclass
+class DPOStageConfig:
+    model: Model
+    data: Dataset = field(metadata={"help": "prompt/chosen/rejected rows (chat or plain), or HH-RLHF transcripts"})
+    reference: Model | None = field(default=None, metadata={"help": "default: the `model` input's saved checkpoint"})
+    loss_type: list[DPOLoss] = field(default_factory=lambda: ["sigmoid"])
+    loss_weights: list[float] | None = None
+    beta: float = field(default=0.1, metadata={"gt": 0})
+    label_smoothing: float = field(default=0.0, metadata={"ge": 0, "lt": 0.5})
+    precompute_ref_log_probs: bool = True
+    max_length: int = field(default=2048, metadata={"ge": 8})
+    chat_template: str = "model"
+    on_bad_rows: Literal["error", "skip"] = "error"
+    train: TrainArgs = field(default_factory=lambda: TrainArgs(learning_rate=5e-7))
+    launcher: Launcher = field(default_factory=Launcher)
+
+
+def _hh_messages(transcript: str) -> list[dict]:
+    parts = HH_TURN.split("\n\n" + transcript.lstrip("\n"))  # ["", role, text, role, text, ...]
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[parts[i]], "content": parts[i + 1].strip()} for i in range(1, len(parts) - 1, 2)]
+
+
+def _split_last_assistant(msgs: list[dict], where: str) -> tuple[list[dict], list[dict]]:
+    last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+    if last is None or last == 0:
+        raise DataError(f"{where}: no assistant turn after a prompt to compare")
+    return msgs[:last], msgs[last:]
+
+
+def to_preference(row: dict, where: str) -> dict:
+    """Normalise a row to TRL's conversational prompt/chosen/rejected form."""
+    chosen, rejected = row.get("chosen"), row.get("rejected")
+    if chosen is None or rejected is None:
+        raise DataError(f"{where}: a preference row needs `chosen` and `rejected`; it has: {', '.join(sorted(row)[:8])}")
+    if isinstance(chosen, str) and isinstance(rejected, str) and "prompt" not in row and HH_TURN.search("\n\n" + chosen.lstrip("\n")):
+        chosen, rejected = _hh_messages(chosen), _hh_messages(rejected)
+    prompt = row.get("prompt")
+    if prompt is None:  # full conversations: the prompt is everything before the last assistant turn
+        if not (isinstance(chosen, list) and isinstance(rejected, list)):
+            raise DataError(f"{where}: without `prompt`, chosen/rejected must be conversations")
+        prompt, chosen = _split_last_assistant(chosen, where)
+        prompt_r, rejected = _split_last_assistant(rejected, where)
+        if prompt_r != prompt:
+            raise DataError(f"{where}: chosen and rejected have different conversations before the last assistant turn")
+    if isinstance(prompt, str):
+        prompt = [{"role": "user", "content": prompt}]
+    if isinstance(chosen, str):
+        chosen = [{"role": "assistant", "content": chosen}]
+    if isinstance(rejected, str):
+        rejected = [{"role": "assistant", "content": rejected}]
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+
+@register
+class DPO(Stage):
+    kind = "dpo"
+    Config = DPOStageConfig
+    outputs = {"model": Model}
+    description = "preference optimisation (TRL DPOTrainer, every loss type)"
+
+    def check(self, cfg: DPOStageConfig) -> list[tuple[str, str]]:
+        from trl import DPOConfig
+
+        problems = check_trl_args(DPOConfig, cfg.train, {"loss_type", "loss_weights", "beta", "label_smoothing",
+                                                         "precompute_ref_log_probs", "max_length"})
+        if cfg.loss_weights is not None and len(cfg.loss_weights) != len(cfg.loss_type):
+            problems.append(("loss_weights", f"{len(cfg.loss_weights)} weights for {len(cfg.loss_type)} loss types"))
+        if "exo_pair" in cfg.loss_type and cfg.label_smoothing <= 0:
+            problems.append(("label_smoothing", "exo_pair needs label_smoothing > 0 (e.g. 1e-3)"))
+        return problems
+
+    def run(self, cfg: DPOStageConfig, ctx: Context) -> dict:
+        from datasets import Dataset as HFDataset, load_from_disk
+        from trl import DPOConfig, DPOTrainer
+
+        path = ctx.path(cfg.data)
+        stats = ReadStats()
+        rows = []
+        for i, row in enumerate(read_rows(path, cfg.on_bad_rows, stats), 1):
+            try:
+                rows.append(to_preference(row, f"{path}: row {i}"))
+            except DataError as e:
+                if cfg.on_bad_rows != "skip":
+                    raise
+                stats.skip(f"{path}: row {i}", str(e))
+        if not rows:
+            raise DataError(f"{path}: no usable preference rows")
+        # A copy on disk gives TRL's tokenisation and reference log-prob caches a home that survives a resume.
+        data_dir = ctx.out_dir / "dataset"
+        if not (data_dir / "dataset_info.json").exists():
+            HFDataset.from_list(rows).save_to_disk(str(data_dir))
+        dataset = load_from_disk(str(data_dir))
+
+        model_path = ctx.path(cfg.model)
+        tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
+        model = hf.load_model(model_path)
+        reference = hf.load_model(ctx.path(cfg.reference) if cfg.reference else model_path)
+        args = trl_config(DPOConfig, cfg.train, ctx, loss_type=cfg.loss_type, loss_weights=cfg.loss_weights,
+                          beta=cfg.beta, label_smoothing=cfg.label_smoothing, max_length=cfg.max_length,
+                          precompute_ref_log_probs=cfg.precompute_ref_log_probs)
+        trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer)
+        metrics = train_and_save(trainer, tokenizer, ctx)
+        last = next((h for h in reversed(trainer.state.log_history) if "rewards/margins" in h), {})
+        return {**metrics, "pairs": len(rows), "skipped_rows": stats.skipped,
+                **{k: last[k] for k in ("rewards/margins", "rewards/accuracies") if k in last}}

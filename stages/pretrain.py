@@ -1,0 +1,54 @@
+"""Causal-LM training on raw text. With `model: builtin:tiny` it first builds the tiny world's
+tokenizer and a randomly initialised small Llama, which is how the built-in base model is made."""
+from dataclasses import dataclass, field
+from typing import Any
+
+from posttrain import hf, tinyworld
+from posttrain.data import read_rows
+from posttrain.stage import Context, Dataset, Model, Stage, register
+from posttrain.training import TrainArgs, check_trl_args, train_and_save, trl_config
+
+BUILTIN = "builtin:tiny"
+
+
+@dataclass
+class PretrainConfig:
+    model: Model = field(metadata={"help": "builtin:tiny, or an HF model to continue pretraining"})
+    data: Dataset = field(metadata={"help": "rows with a `text` field"})
+    architecture: dict[str, Any] = field(default_factory=dict, metadata={"help": "LlamaConfig overrides for builtin:tiny"})
+    max_length: int = field(default=256, metadata={"ge": 8})
+    packing: bool = True
+    train: TrainArgs = field(default_factory=TrainArgs)
+
+
+@register
+class Pretrain(Stage):
+    kind = "pretrain"
+    Config = PretrainConfig
+    outputs = {"model": Model}
+    description = "causal-LM training on raw text (builds the built-in tiny base model)"
+
+    def check(self, cfg: PretrainConfig) -> list[tuple[str, str]]:
+        from trl import SFTConfig
+
+        problems = check_trl_args(SFTConfig, cfg.train, {"max_length", "packing", "dataset_text_field"})
+        if cfg.architecture and cfg.model != BUILTIN:
+            problems.append(("architecture", f"only applies to {BUILTIN}; a pretrained model keeps its own"))
+        return problems
+
+    def run(self, cfg: PretrainConfig, ctx: Context) -> dict:
+        from datasets import Dataset as HFDataset
+        from trl import SFTConfig, SFTTrainer
+
+        if cfg.model == BUILTIN:
+            tokenizer = tinyworld.build_tokenizer()
+            model = tinyworld.build_model(tokenizer, seed=cfg.train.seed, **cfg.architecture)
+        else:
+            tokenizer = hf.load_tokenizer(ctx.path(cfg.model))
+            model = hf.load_model(ctx.path(cfg.model))
+        rows = [{"text": r["text"]} for r in read_rows(ctx.path(cfg.data))]
+        args = trl_config(SFTConfig, cfg.train, ctx, max_length=cfg.max_length, packing=cfg.packing,
+                          dataset_text_field="text")
+        trainer = SFTTrainer(model=model, args=args, train_dataset=HFDataset.from_list(rows), processing_class=tokenizer)
+        metrics = train_and_save(trainer, tokenizer, ctx)
+        return {**metrics, "parameters": sum(p.numel() for p in model.parameters())}

@@ -1,0 +1,159 @@
+"""Reinforcement learning with verifiable rewards, on TRL's GRPOTrainer.
+
+Each reward term names a verifier from posttrain.rewards; the term `verifier` routes every row to the
+verifier its own `verifier` column names (Tülu 3's mixed GSM8K/MATH/IFEval data). Tülu 3's shaping is
+`verified_reward: 10` (the value of a verified answer) and `eos_penalty` (subtracted when a completion
+ends without an end-of-turn token). Checkpoints fall on generation-buffer boundaries, so resume is exact.
+"""
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from posttrain import hf
+from posttrain.data import read_rows
+from posttrain.stage import Context, Dataset, Model, Stage, register
+from posttrain.training import Launcher, TrainArgs, check_trl_args, train_and_save, trl_config
+
+ROUTE_BY_ROW = "verifier"
+# GRPOConfig arguments that come from this stage's own keys (not settable through train.trl_args).
+SET_BY_STAGE = {"loss_type", "beta", "num_generations", "temperature", "max_completion_length", "reward_weights",
+                "mask_truncated_completions", "steps_per_generation", "num_iterations", "epsilon", "scale_rewards",
+                "use_vllm", "vllm_mode", "vllm_server_host", "vllm_server_port", "vllm_gpu_memory_utilization"}
+
+
+@dataclass
+class RewardTerm:
+    name: str = field(metadata={"help": "a verifier from posttrain.rewards, or `verifier`: the row's own"})
+    weight: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class VLLM:
+    mode: Literal["off", "colocate", "server"] = "off"
+    server_host: str = "127.0.0.1"
+    server_port: int = 8000
+    gpu_memory_utilization: float = field(default=0.3, metadata={"gt": 0, "le": 1})
+
+
+@dataclass
+class RLVRConfig:
+    model: Model
+    data: Dataset = field(metadata={"help": "rows with `prompt`, `ground_truth` and (for routing) `verifier`"})
+    rewards: list[RewardTerm] = field(default_factory=lambda: [RewardTerm(ROUTE_BY_ROW)])
+    verified_reward: float = field(default=1.0, metadata={"gt": 0, "help": "reward of a verified answer (Tülu 3: 10)"})
+    eos_penalty: float = field(default=0.0, metadata={"ge": 0, "help": "subtracted when a completion has no end-of-turn token"})
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo", "cispo", "sapo", "luspo", "vespo"] = "dapo"
+    beta: float = field(default=0.0, metadata={"ge": 0, "help": "KL coefficient (Tülu 3: 0.05; OLMo 2 GRPO: 0.01)"})
+    num_generations: int = field(default=8, metadata={"ge": 2})
+    temperature: float = field(default=1.0, metadata={"gt": 0})
+    max_completion_length: int = field(default=256, metadata={"ge": 1})
+    mask_truncated_completions: bool = False
+    steps_per_generation: int | None = field(default=None, metadata={"ge": 1})
+    num_iterations: int = field(default=1, metadata={"ge": 1})
+    epsilon: float = field(default=0.2, metadata={"gt": 0})
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    chat_template: str = "model"
+    reward_timeout_s: float = field(default=5.0, metadata={"gt": 0})
+    max_reward_failure_fraction: float = field(default=0.5, metadata={"ge": 0, "le": 1})
+    vllm: VLLM = field(default_factory=VLLM)
+    train: TrainArgs = field(default_factory=TrainArgs)
+    launcher: Launcher = field(default_factory=Launcher)
+
+
+def reward_functions(cfg: RLVRConfig, stop_ids: list[int]) -> tuple[list, list[float]]:
+    """One TRL reward function per term (named after it, so TRL logs rewards/<name>/mean), plus the EOS term."""
+    from posttrain.rewards import score_rows
+
+    def term_fn(term: RewardTerm):
+        verifier = None if term.name == ROUTE_BY_ROW else term.name
+
+        def reward(prompts, completions, row_json, **_):
+            rows = [json.loads(r) for r in row_json]
+            verdicts = score_rows(completions, rows, verifier, timeout_s=cfg.reward_timeout_s,
+                                  max_failure_fraction=cfg.max_reward_failure_fraction, options=term.options)
+            return [v.score * cfg.verified_reward for v in verdicts]
+
+        reward.__name__ = term.name
+        return reward
+
+    def eos(completion_ids, **_):
+        return [0.0 if ids and ids[-1] in stop_ids else -cfg.eos_penalty for ids in completion_ids]
+
+    funcs, weights = [term_fn(t) for t in cfg.rewards], [t.weight for t in cfg.rewards]
+    if cfg.eos_penalty:
+        funcs.append(eos)
+        weights.append(1.0)
+    return funcs, weights
+
+
+def as_chat(prompt) -> list[dict]:
+    return prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+
+
+def _steps_per_generation(cfg: RLVRConfig) -> int:
+    return cfg.steps_per_generation or cfg.train.gradient_accumulation_steps
+
+
+@register
+class RLVR(Stage):
+    kind = "rlvr"
+    Config = RLVRConfig
+    outputs = {"model": Model}
+    description = "RL with verifiable rewards (TRL GRPOTrainer)"
+
+    def check(self, cfg: RLVRConfig) -> list[tuple[str, str]]:
+        from trl import GRPOConfig
+
+        from posttrain.rewards import list_verifiers
+        from posttrain.schema import suggest
+
+        problems = check_trl_args(GRPOConfig, cfg.train, SET_BY_STAGE)
+        known = list_verifiers()
+        for i, term in enumerate(cfg.rewards):
+            if term.name != ROUTE_BY_ROW and term.name not in known:
+                problems.append((f"rewards[{i}].name", f"unknown verifier '{term.name}'{suggest(term.name, known)}; "
+                                                       f"known: {ROUTE_BY_ROW}, {', '.join(known)}"))
+        world = cfg.launcher.num_processes * cfg.launcher.num_machines
+        if (cfg.train.per_device_train_batch_size * world) % cfg.num_generations:
+            problems.append(("train.per_device_train_batch_size", f"counts completions: "
+                             f"{cfg.train.per_device_train_batch_size} x {world} process(es) must be divisible by "
+                             f"num_generations={cfg.num_generations}"))
+        if cfg.train.save_steps % _steps_per_generation(cfg):
+            problems.append(("train.save_steps", f"must be a multiple of steps_per_generation={_steps_per_generation(cfg)}: "
+                             "a checkpoint inside a generation buffer does not resume exactly"))
+        if cfg.vllm.mode != "off":
+            import importlib.util
+
+            if importlib.util.find_spec("vllm") is None:
+                problems.append(("vllm.mode", f"{cfg.vllm.mode} needs vLLM, which is not installed here: "
+                                              "pip install 'posttrain[vllm]' on a GPU machine, or set vllm.mode: off"))
+        return problems
+
+    def run(self, cfg: RLVRConfig, ctx: Context) -> dict:
+        from datasets import Dataset as HFDataset
+        from trl import GRPOConfig, GRPOTrainer
+
+        rows = read_rows(ctx.path(cfg.data))
+        # Rows differ in their fields across verifiers; one JSON column keeps each row whole for its verifier.
+        dataset = HFDataset.from_list([{"prompt": as_chat(r["prompt"]), "row_json": json.dumps(r)} for r in rows])
+        model_path = ctx.path(cfg.model)
+        tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
+        tokenizer.padding_side = "left"
+        funcs, weights = reward_functions(cfg, hf.end_of_turn_ids(tokenizer))
+        vllm = {} if cfg.vllm.mode == "off" else {
+            "use_vllm": True, "vllm_mode": cfg.vllm.mode, "vllm_server_host": cfg.vllm.server_host,
+            "vllm_server_port": cfg.vllm.server_port, "vllm_gpu_memory_utilization": cfg.vllm.gpu_memory_utilization}
+        args = trl_config(GRPOConfig, cfg.train, ctx, loss_type=cfg.loss_type, beta=cfg.beta,
+                          num_generations=cfg.num_generations, temperature=cfg.temperature,
+                          max_completion_length=cfg.max_completion_length,
+                          mask_truncated_completions=cfg.mask_truncated_completions,
+                          steps_per_generation=_steps_per_generation(cfg), num_iterations=cfg.num_iterations,
+                          epsilon=cfg.epsilon, scale_rewards=cfg.scale_rewards, reward_weights=weights, **vllm)
+        trainer = GRPOTrainer(model=hf.load_model(model_path), reward_funcs=funcs, args=args, train_dataset=dataset,
+                              processing_class=tokenizer)
+        metrics = train_and_save(trainer, tokenizer, ctx)
+        rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
+        if rewards:
+            metrics.update(first_reward=rewards[0], final_reward=rewards[-1])
+        return metrics

@@ -1,0 +1,193 @@
+"""Supervised fine-tuning on a mixture of sources, on TRL's SFTTrainer.
+
+Every source row is converted explicitly to `messages` (from messages, prompt/completion or alpaca);
+a row that fits no format is an error naming the file and row. Assistant-only loss is on by default.
+"""
+from dataclasses import dataclass, field
+from typing import Literal
+
+from posttrain import hf
+from posttrain.data import DataError, ReadStats, read_rows, write_json
+from posttrain.stage import Context, Dataset, Model, Stage, register
+from posttrain.training import Launcher, TrainArgs, check_trl_args, train_and_save, trl_config
+
+
+@dataclass
+class Source:
+    path: Dataset
+    count: int | None = field(default=None, metadata={"ge": 1, "help": "rows to use; more than the source has upsamples by repetition"})
+    fraction: float | None = field(default=None, metadata={"gt": 0, "help": "fraction of the source's rows; >1 upsamples"})
+    format: Literal["auto", "messages", "prompt_completion", "alpaca"] = "auto"
+
+
+@dataclass
+class Lora:
+    r: int = field(default=16, metadata={"ge": 1})
+    alpha: int = field(default=32, metadata={"ge": 1})
+    dropout: float = field(default=0.05, metadata={"ge": 0, "lt": 1})
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    merge: bool = field(default=True, metadata={"help": "export merged full weights (else the adapter)"})
+
+
+@dataclass
+class SFTStageConfig:
+    model: Model
+    data: Dataset | list[Source]
+    chat_template: str = field(default="model", metadata={"help": "model (the checkpoint's own), tulu, chatml, or a Jinja string"})
+    assistant_only_loss: bool = True
+    loss_reduction: Literal["token_mean", "sum"] = field(default="token_mean", metadata={
+        "help": "token_mean: mean over trained tokens; sum: summed over a micro-batch's tokens (Tülu 3)"})
+    max_length: int = field(default=2048, metadata={"ge": 8})
+    packing: bool = False
+    mix_seed: int = 0
+    on_bad_rows: Literal["error", "skip"] = "error"
+    lora: Lora | None = None
+    train: TrainArgs = field(default_factory=TrainArgs)
+    launcher: Launcher = field(default_factory=Launcher)
+
+
+def to_messages(row: dict, fmt: str, where: str) -> list[dict]:
+    """Convert one row to a chat; raise DataError naming `where` if it fits no format."""
+    if fmt in ("auto", "messages") and isinstance(row.get("messages"), list):
+        msgs = row["messages"]
+        if all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in msgs) \
+                and any(m["role"] == "assistant" for m in msgs):
+            return [{"role": m["role"], "content": m["content"]} for m in msgs]
+        raise DataError(f"{where}: `messages` must be a list of {{role, content}} with at least one assistant turn")
+    if fmt in ("auto", "prompt_completion") and "prompt" in row and "completion" in row:
+        prompt, completion = row["prompt"], row["completion"]
+        if isinstance(prompt, str) and isinstance(completion, str):
+            return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+        if isinstance(prompt, list) and isinstance(completion, list):
+            return to_messages({"messages": prompt + completion}, "messages", where)
+    if fmt in ("auto", "alpaca") and isinstance(row.get("instruction"), str) and isinstance(row.get("output"), str):
+        user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+        return [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+    keys = ", ".join(sorted(row)[:8])
+    raise DataError(f"{where}: row fits no SFT format{'' if fmt == 'auto' else f' (format: {fmt})'}; expected `messages`, "
+                    f"`prompt`+`completion` or alpaca `instruction`+`output`; it has: {keys}")
+
+
+def mix(sources: list[Source], ctx: Context, seed: int, on_bad_rows: str) -> tuple[list[dict], dict]:
+    """The resolved mixture: rows from each source by explicit count or fraction, upsampled by repetition."""
+    import random
+
+    rng = random.Random(seed)
+    rows, record = [], {"sources": [], "skipped_rows": 0}
+    for src in sources:
+        path = ctx.path(src.path)
+        stats = ReadStats()
+        raw = read_rows(path, on_bad_rows, stats)
+        convs = []
+        for i, row in enumerate(raw, 1):
+            try:
+                convs.append({"messages": to_messages(row, src.format, f"{path}: row {i}")})
+            except DataError as e:
+                if on_bad_rows != "skip":
+                    raise
+                stats.skip(f"{path}: row {i}", str(e))
+        want = src.count if src.count is not None else round(len(convs) * src.fraction) if src.fraction is not None else len(convs)
+        if not convs:
+            raise DataError(f"{path}: no usable rows")
+        order = list(range(len(convs)))
+        rng.shuffle(order)
+        picked = [convs[order[i % len(order)]] for i in range(want)]
+        rows += picked
+        record["sources"].append({"path": str(path), "available": len(convs), "used": len(picked),
+                                  "repeats": round(want / len(convs), 3), "skipped_rows": stats.skipped})
+        record["skipped_rows"] += stats.skipped
+    rng.shuffle(rows)
+    return rows, record
+
+
+def _sources(cfg: SFTStageConfig) -> list[Source]:
+    return [Source(path=cfg.data)] if isinstance(cfg.data, str) else cfg.data
+
+
+def _count_truncated(rows: list[dict], tokenizer, max_length: int) -> int:
+    texts = tokenizer.apply_chat_template([r["messages"] for r in rows], tokenize=False)
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    return sum(n > max_length for n in lengths)
+
+
+@register
+class SFT(Stage):
+    kind = "sft"
+    Config = SFTStageConfig
+    outputs = {"model": Model}
+    description = "supervised fine-tuning (TRL SFTTrainer)"
+
+    def check(self, cfg: SFTStageConfig) -> list[tuple[str, str]]:
+        from trl import SFTConfig
+
+        problems = check_trl_args(SFTConfig, cfg.train, {"max_length", "packing", "assistant_only_loss", "loss_type"})
+        for i, src in enumerate(_sources(cfg)):
+            if src.count is not None and src.fraction is not None:
+                problems.append((f"data[{i}]", "give either count or fraction, not both"))
+        return problems
+
+    def run(self, cfg: SFTStageConfig, ctx: Context) -> dict:
+        from datasets import Dataset as HFDataset
+
+        rows, mixture = mix(_sources(cfg), ctx, cfg.mix_seed, cfg.on_bad_rows)
+        tokenizer = hf.load_tokenizer(ctx.path(cfg.model), cfg.chat_template)
+        model = hf.load_model(ctx.path(cfg.model))
+        truncated = _count_truncated(rows, tokenizer, cfg.max_length)
+        if truncated:
+            ctx.info(f"{truncated} of {len(rows)} examples are longer than max_length={cfg.max_length} and will be truncated")
+        trainer = _trainer(cfg, ctx, model, tokenizer, HFDataset.from_list(rows))
+        metrics = train_and_save(trainer, tokenizer, ctx, merge_lora=not cfg.lora or cfg.lora.merge)
+        write_json(ctx.out_dir / "mixture.json", mixture)
+        return {**metrics, "rows": len(rows), "truncated": truncated, "loss_reduction": cfg.loss_reduction,
+                "skipped_rows": mixture["skipped_rows"]}
+
+
+def _trainer(cfg: SFTStageConfig, ctx: Context, model, tokenizer, dataset):
+    from trl import SFTConfig, SFTTrainer
+
+    args = trl_config(SFTConfig, cfg.train, ctx, max_length=cfg.max_length, packing=cfg.packing,
+                      assistant_only_loss=cfg.assistant_only_loss)
+    peft_config = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        targets = cfg.lora.target_modules
+        peft_config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                                 target_modules=targets[0] if targets == ["all-linear"] else targets, task_type="CAUSAL_LM")
+    trainer_cls = _sum_loss_trainer(SFTTrainer) if cfg.loss_reduction == "sum" else SFTTrainer
+    return trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+
+
+def _sum_loss_trainer(SFTTrainer):
+    import torch
+
+    class SumLoss(SFTTrainer):
+        """Loss summed over the micro-batch's trained tokens, not averaged (Tülu 3's reduce_loss=sum).
+        Passing num_items_in_batch=1 makes the model's loss a plain sum and tells the Trainer it is
+        already scaled, so it is not divided by the accumulation steps either."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            one = torch.ones((), device=self.args.device)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch=one)
+
+    return SumLoss
+
+
+def inspect_example(cfg: SFTStageConfig, ctx: Context, index: int = 0) -> str:
+    """One example as the trainer sees it: trained tokens in [brackets], the rest plain."""
+    rows, _ = mix(_sources(cfg), ctx, cfg.mix_seed, cfg.on_bad_rows)
+    tokenizer = hf.load_tokenizer(ctx.path(cfg.model), cfg.chat_template)
+    enc = tokenizer.apply_chat_template(rows[index]["messages"], tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    ids, mask = enc["input_ids"][: cfg.max_length], enc["assistant_masks"][: cfg.max_length]
+    if not cfg.assistant_only_loss:
+        mask = [1] * len(ids)
+    out, inside = [], False
+    for tid, trained in zip(ids, mask):
+        if bool(trained) != inside:
+            out.append("[" if trained else "]")
+            inside = bool(trained)
+        out.append(tokenizer.decode([tid]))
+    if inside:
+        out.append("]")
+    return f"example {index}: {len(ids)} tokens, {sum(mask)} trained (in [brackets])\n" + "".join(out)

@@ -1,0 +1,132 @@
+"""Every kind of recipe mistake is caught before any work, named with file, key and line, all at once."""
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, posttrain_cli, write_recipe
+from posttrain.recipe import RecipeError, load
+
+GOOD = """
+name: demo
+stages:
+  data:
+    kind: tinyworld
+    sft_rows: 10
+  base:
+    kind: pretrain
+    model: builtin:tiny
+    data: ${stages.data.output.pretrain}
+  sft:
+    kind: sft
+    model: ${stages.base.output.model}
+    data: DATA
+"""
+
+
+def problems_of(tmp_path, text, overrides=()) -> list[str]:
+    path = write_recipe(tmp_path, text)
+    with pytest.raises(RecipeError) as info:
+        load(path, list(overrides))
+    return info.value.problems
+
+
+def good(tmp_path, sft_file) -> str:
+    return GOOD.replace("DATA", str(sft_file))
+
+
+def test_good_recipe_builds_graph_from_references(tmp_path, sft_file):
+    recipe = load(write_recipe(tmp_path, good(tmp_path, sft_file)))
+    assert list(recipe.stages) == ["data", "base", "sft"]
+    assert recipe.stages["sft"].deps == ["base"]
+    assert recipe.stages["base"].deps == ["data"]
+
+
+def test_stage_order_comes_from_references_not_file_order(tmp_path, sft_file):
+    text = good(tmp_path, sft_file)
+    sft_block = text[text.index("  sft:"):]
+    reordered = text[:text.index("  data:")] + sft_block + text[text.index("  data:"):text.index("  sft:")]
+    assert list(load(write_recipe(tmp_path, reordered)).stages) == ["data", "base", "sft"]
+
+
+def test_unknown_key_with_suggestion_and_line(tmp_path, sft_file):
+    text = good(tmp_path, sft_file).replace("    sft_rows: 10", "    sft_rowz: 10")
+    [p] = problems_of(tmp_path, text)
+    assert "recipe.yaml:6" in p and "stages.data.sft_rowz" in p and "did you mean 'sft_rows'" in p
+
+
+def test_wrong_type(tmp_path, sft_file):
+    [p] = problems_of(tmp_path, good(tmp_path, sft_file).replace("sft_rows: 10", "sft_rows: ten"))
+    assert "stages.data.sft_rows" in p and "expected an integer" in p
+
+
+def test_out_of_range(tmp_path, sft_file):
+    [p] = problems_of(tmp_path, good(tmp_path, sft_file).replace("sft_rows: 10", "sft_rows: -3"))
+    assert "out of range" in p and ">= 1" in p
+
+
+def test_reference_to_missing_stage(tmp_path, sft_file):
+    [p] = problems_of(tmp_path, good(tmp_path, sft_file).replace("${stages.base.output.model}", "${stages.bsae.output.model}"))
+    assert "stages.sft.model" in p and "bsae" in p and "recipe.yaml:13" in p
+
+
+def test_reference_to_missing_output(tmp_path, sft_file):
+    [p] = problems_of(tmp_path, good(tmp_path, sft_file).replace("${stages.data.output.pretrain}", "${stages.data.output.pretrian}"))
+    assert "stages.base.data" in p and "pretrian" in p
+
+
+def test_cycle(tmp_path, sft_file):
+    text = good(tmp_path, sft_file).replace("model: builtin:tiny", "model: ${stages.sft.output.model}")
+    problems = problems_of(tmp_path, text)
+    assert any("dependency cycle" in p and "base -> sft -> base" in p for p in problems)
+
+
+def test_missing_data_file(tmp_path, sft_file):
+    [p] = problems_of(tmp_path, good(tmp_path, sft_file).replace(str(sft_file), "/nowhere/sft.jsonl"))
+    assert "data file not found: /nowhere/sft.jsonl" in p and "stages.sft.data" in p
+
+
+def test_unknown_stage_kind(tmp_path, sft_file):
+    problems = problems_of(tmp_path, good(tmp_path, sft_file).replace("kind: pretrain", "kind: pretrian"))
+    assert any("unknown stage kind 'pretrian'" in p and "did you mean 'pretrain'" in p for p in problems)
+
+
+def test_wrong_input_type(tmp_path, sft_file):
+    [p] = problems_of(tmp_path, good(tmp_path, sft_file).replace("${stages.base.output.model}", "${stages.data.output.pretrain}"))
+    assert "is a dataset, but a model is needed" in p
+
+
+def test_all_problems_reported_at_once(tmp_path, sft_file):
+    text = (good(tmp_path, sft_file).replace("sft_rows: 10", "sft_rows: ten\n    colour: red")
+            .replace(str(sft_file), "/nowhere.jsonl"))
+    problems = problems_of(tmp_path, text)
+    assert len(problems) == 3, problems
+
+
+def test_unknown_top_level_key_and_bad_yaml(tmp_path, sft_file):
+    [p] = problems_of(tmp_path, "stagse: {}\n" + good(tmp_path, sft_file))
+    assert "did you mean 'stages'" in p
+    [p] = problems_of(tmp_path, "name: x\nstages: {a: [}\n")
+    assert "not valid YAML" in p and "recipe.yaml:2" in p
+
+
+def test_override_problems_name_the_override(tmp_path, sft_file):
+    [p] = problems_of(tmp_path, good(tmp_path, sft_file), ["stages.sft.train.learning_rate=fast"])
+    assert "stages.sft.train.learning_rate" in p and "override" in p
+
+
+def test_trl_args_are_checked_against_trl(tmp_path, sft_file):
+    text = good(tmp_path, sft_file) + "    train: {trl_args: {max_grad_nrom: 1.0}}\n"
+    [p] = problems_of(tmp_path, text)
+    assert "SFTConfig" in p and "max_grad_norm" in p
+
+
+def test_cli_validate_exit_codes(tmp_path, sft_file):
+    ok = posttrain_cli("validate", write_recipe(tmp_path, good(tmp_path, sft_file)))
+    assert ok.returncode == 0, ok.stderr
+    bad = posttrain_cli("validate", write_recipe(tmp_path, good(tmp_path, sft_file).replace("sft_rows", "sft_rowz"), "bad.yaml"))
+    assert bad.returncode == 2 and "sft_rowz" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("recipe", sorted((REPO / "recipes").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_recipe_validates(recipe: Path):
+    load(recipe)

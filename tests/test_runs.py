@@ -1,0 +1,176 @@
+"""Run-store semantics on a real tiny chain: caching, invalidation, exact resume after kill -9, the lock."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import posttrain_cli
+from posttrain.recipe import load
+from posttrain.runner import plan, run
+from posttrain.store import LockedError, RunStore
+
+
+def weights(run_dir: Path, stage: str) -> dict:
+    return load_file(run_dir / stage / "model" / "model.safetensors")
+
+
+def manifest(run_dir: Path, stage: str) -> dict:
+    return json.loads((run_dir / stage / "manifest.json").read_text())
+
+
+def actions(recipe_path, run_dir, overrides=()):
+    return {s.name: s.action for s in plan(load(recipe_path, list(overrides)), RunStore(run_dir))}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One uninterrupted run of the mini chain, shared by the tests below (they copy it before changing it)."""
+    import shutil
+
+    from conftest import MINI_RECIPE
+    from posttrain import tinyworld
+
+    root = tmp_path_factory.mktemp("finished")
+    sft = root / "sft.jsonl"
+    sft.write_text("".join(json.dumps({"prompt": r["prompt"], "completion": r["candidates"][-1]["response"]}) + "\n"
+                           for r in tinyworld.sft_candidate_rows(200, seed=1)))
+    recipe = root / "mini.yaml"
+    recipe.write_text(MINI_RECIPE.replace("SFT_DATA", str(sft)))
+    run_dir = root / "run"
+    run(load(recipe), run_dir, echo=lambda m: None)
+    return recipe, run_dir, shutil
+
+
+def test_manifest_records_what_the_issue_asks(finished_run):
+    recipe, run_dir, _ = finished_run
+    m = manifest(run_dir, "sft")
+    assert m["status"] == "complete" and m["upstream"] == {"base": manifest(run_dir, "base")["fingerprint"]}
+    assert list(m["inputs"].values())[0] and m["versions"]["trl"] and m["started"] <= m["ended"]
+    assert (run_dir / m["artifacts"]["model"]).is_dir() and (run_dir / "sft" / "config.resolved.yaml").exists()
+    assert m["metrics"]["final_loss"] < m["metrics"]["first_loss"]  # it learned something
+    gen = json.loads((run_dir / "sft" / "model" / "generation_config.json").read_text())
+    tok = json.loads((run_dir / "sft" / "model" / "tokenizer_config.json").read_text())
+    assert gen["eos_token_id"] is not None and tok["eos_token"] == "<|endoftext|>"
+
+
+def test_rerun_is_fully_cached(finished_run, capsys):
+    recipe, run_dir, _ = finished_run
+    before = {s: manifest(run_dir, s)["ended"] for s in ("data", "base", "sft")}
+    proc = posttrain_cli("run", recipe, "--out", run_dir, check=True)
+    assert "nothing to do" in proc.stdout and proc.stdout.count("cached") >= 3
+    assert {s: manifest(run_dir, s)["ended"] for s in before} == before
+
+
+def test_formatting_does_not_change_fingerprints(finished_run, tmp_path):
+    recipe, run_dir, _ = finished_run
+    text = recipe.read_text().replace("    max_length: 96\n", "    max_length: 96   # a comment\n")
+    reformatted = tmp_path / "mini.yaml"
+    reformatted.write_text("# reformatted\n" + text)
+    assert set(actions(reformatted, run_dir).values()) == {"cached"}
+
+
+def test_config_change_reruns_stage_and_downstream_only(finished_run, tmp_path):
+    recipe, run_dir, shutil = finished_run
+    assert actions(recipe, run_dir, ["stages.base.train.learning_rate=0.002"]) == {"data": "cached", "base": "run", "sft": "run"}
+    assert actions(recipe, run_dir, ["stages.sft.train.learning_rate=0.002"]) == {"data": "cached", "base": "cached", "sft": "run"}
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    base_before = manifest(copy, "base")["ended"]
+    run(load(recipe, ["stages.sft.train.max_steps=6"]), copy, echo=lambda m: None)
+    assert manifest(copy, "base")["ended"] == base_before
+    assert manifest(copy, "sft")["metrics"]["global_step"] == 6
+
+
+def test_edited_artifact_is_detected_and_rerun(finished_run, tmp_path):
+    recipe, run_dir, shutil = finished_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    with open(copy / "data" / "rl.jsonl", "a") as f:
+        f.write('{"prompt": "tampered"}\n')
+    steps = {s.name: s for s in plan(load(recipe), RunStore(copy))}
+    assert steps["data"].action == "run" and "modified" in steps["data"].reason
+    assert steps["base"].action == "run"  # downstream of a stage that will run
+
+
+def test_only_and_from(finished_run, tmp_path):
+    recipe, run_dir, shutil = finished_run
+    steps = {s.name: s.action for s in plan(load(recipe), RunStore(run_dir), start="base")}
+    assert steps == {"data": "cached", "base": "run", "sft": "run"}
+    steps = {s.name: s.action for s in plan(load(recipe), RunStore(run_dir), only="sft", force=True)}
+    assert steps == {"data": "cached", "base": "cached", "sft": "run"}
+    empty = tmp_path / "empty"
+    proc = posttrain_cli("run", recipe, "--out", empty, "--only", "sft")
+    assert proc.returncode == 2 and "has not finished" in proc.stderr
+
+
+def test_kill_9_mid_sft_then_resume_is_exact(finished_run, tmp_path):
+    recipe, run_dir, shutil = finished_run
+    killed = tmp_path / "killed"
+    shutil.copytree(run_dir, killed)
+    shutil.rmtree(killed / "sft")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "posttrain.cli", "run", str(recipe), "--out", str(killed)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = killed / "sft" / "checkpoints" / "checkpoint-6" / "trainer_state.json"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert manifest(killed, "sft")["status"] == "running"
+    assert actions(recipe, killed)["sft"] == "resume"
+    run(load(recipe), killed, echo=lambda m: None)
+    resumed, straight = weights(killed, "sft"), weights(run_dir, "sft")
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        assert (resumed[key] == straight[key]).all(), key
+    steps = [r["step"] for r in map(json.loads, (killed / "sft" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps == sorted(set(steps)), "replayed steps were logged twice"
+
+
+def test_half_written_checkpoint_is_never_loaded(tmp_path):
+    from posttrain.training import latest_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    (ckpts / "checkpoint-4").mkdir(parents=True)
+    (ckpts / "checkpoint-4" / "trainer_state.json").write_text('{"global_step": 4}')
+    (ckpts / "checkpoint-4" / "model.safetensors").write_bytes(b"x")
+    (ckpts / "checkpoint-8").mkdir()
+    (ckpts / "checkpoint-8" / "model.safetensors").write_bytes(b"x")  # killed before trainer_state.json
+    (ckpts / "checkpoint-12").mkdir()
+    (ckpts / "checkpoint-12" / "trainer_state.json").write_text('{"global_')  # killed mid-write
+    assert latest_checkpoint(ckpts).name == "checkpoint-4"
+
+
+def test_lock_refuses_a_second_run_and_frees_on_death(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from posttrain.store import RunStore; store = RunStore(sys.argv[1]); store.lock(); "
+        "print('locked', flush=True); time.sleep(60)"), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(LockedError, match=f"pid {holder.pid}"):
+        RunStore(tmp_path).lock()
+    holder.send_signal(signal.SIGKILL)  # a dead holder leaves a stale lock file behind
+    holder.wait()
+    store = RunStore(tmp_path)
+    store.lock()
+    store.unlock()
+
+
+def test_failed_stage_is_recorded_and_not_consumed(tmp_path, sft_file):
+    from conftest import MINI_RECIPE
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(MINI_RECIPE.replace("SFT_DATA", str(sft_file)))
+    sft_file.write_text('{"prompt": "only a prompt"}\n')  # valid JSON, no completion: the SFT stage must fail
+    proc = posttrain_cli("run", recipe, "--out", tmp_path / "run")
+    assert proc.returncode == 1 and "row 1" in proc.stderr and "Traceback" not in proc.stderr
+    m = manifest(tmp_path / "run", "sft")
+    assert m["status"] == "failed" and "fits no SFT format" in m["error"]
+    assert not (tmp_path / "run" / "sft" / "model").exists()
