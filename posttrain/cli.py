@@ -127,6 +127,34 @@ def cmd_inspect(args) -> int:
     return 0
 
 
+def stage_reference(kinds: list[str] | None = None) -> str:
+    """Markdown: every stage kind's outputs and recipe keys, straight from the Config dataclasses."""
+    import posttrain.stages  # noqa: F401
+    from posttrain.schema import describe
+    from posttrain.stage import STAGES
+
+    parts = []
+    for kind in kinds or sorted(STAGES):
+        stage = STAGES[kind]
+        outs = ", ".join(f"`{o}` ({t.__name__.lower()})" for o, t in stage.outputs.items())
+        parts.append(f"### `{kind}`: {stage.description}\n\nOutputs: {outs}\n\n| key | type | default | meaning |\n|---|---|---|---|")
+        parts += [f"| `{k}` | {t.replace(' | ', ' or ')} | {d} | {h} |" for k, t, d, h in describe(stage.Config)]
+        parts.append("")
+    return "\n".join(parts)
+
+
+def cmd_keys(args) -> int:
+    from posttrain.stage import STAGES
+
+    import posttrain.stages  # noqa: F401
+
+    unknown = [k for k in args.kinds if k not in STAGES]
+    if unknown:
+        raise SystemExit(f"error: unknown stage kind(s) {', '.join(unknown)}; kinds: {', '.join(sorted(STAGES))}")
+    print(stage_reference(args.kinds))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="posttrain", description="Post-training recipes as a cached, resumable stage graph.")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -150,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = recipe_cmd("inspect", cmd_inspect, "show one tokenized SFT example with its trained tokens marked")
     c.add_argument("--stage", default="sft")
     c.add_argument("--index", type=int, default=0)
+    c = sub.add_parser("keys", help="every stage kind's recipe keys, types, defaults and meaning")
+    c.add_argument("kinds", nargs="*")
+    c.set_defaults(fn=cmd_keys)
     c = sub.add_parser("status", help="every stage's state, fingerprint, wall time and headline metrics")
     c.add_argument("run_dir")
     c.set_defaults(fn=cmd_status)

@@ -12,6 +12,7 @@ from posttrain import store as st
 from posttrain.recipe import Recipe, StageSpec, resolved_stage_config
 from posttrain.stage import Context, output_path
 from posttrain.data import write_json
+from posttrain.launch import run_launched
 
 
 class PlanError(Exception):
@@ -125,7 +126,11 @@ def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, e
     run_store.write_manifest(spec.name, manifest)
     t0 = time.time()
     try:
-        metrics = spec.stage.run(spec.config, ctx) or {}
+        launcher = getattr(spec.config, "launcher", None)
+        if launcher is not None and launcher.type != "none":
+            metrics = run_launched(spec.stage, spec.config, ctx, step.fingerprint)
+        else:
+            metrics = spec.stage.run(spec.config, ctx) or {}
         missing = [o for o in outputs if not output_path(stage_dir, o, outputs[o]).exists()]
         if missing:
             raise StageFailed(f"stage '{spec.name}' finished without writing its declared output(s): {', '.join(missing)}")

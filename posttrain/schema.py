@@ -156,3 +156,51 @@ def _check_artifact(tp, value, path: str, problems: list[Problem], ref_types: Re
     if tp is Model and value.startswith((".", "/")) and not Path(value).exists():
         problems.append((path, f"model folder not found: {value}"))
     return tp(value)
+
+
+def describe(cls, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every key of a Config dataclass, nested ones dotted."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        key = f"{prefix}{f.name}"
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+            default = "" if dataclasses.is_dataclass(value) else repr(value)
+        else:
+            default = "required"
+        nested = _nested_dataclass(tp)
+        if nested is not None:
+            rows.append((key, _annotation(tp), default if default == "required" else "", f.metadata.get("help", "")))
+            rows += describe(nested, key + ("[]." if typing.get_origin(tp) is list else "."))
+            continue
+        limits = " ".join(f"{k} {f.metadata[k]}" for k in ("ge", "gt", "le", "lt") if k in f.metadata)
+        help_text = f.metadata.get("help", "") + (f" ({limits})" if limits else "")
+        rows.append((key, _annotation(tp), default, help_text))
+    return rows
+
+
+def _nested_dataclass(tp):
+    """The dataclass inside `X`, `X | None` or `list[X]`, if any (its keys are documented too)."""
+    for candidate in (tp, *typing.get_args(tp)):
+        if dataclasses.is_dataclass(candidate):
+            return candidate
+    return None
+
+
+def _annotation(tp) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return " | ".join(map(str, args))
+    if origin in (Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else _annotation(a) for a in args)
+    if origin is list:
+        return f"list[{_annotation(args[0])}]"
+    if origin is dict:
+        return f"mapping[{_annotation(args[1])}]"
+    if dataclasses.is_dataclass(tp):
+        return tp.__name__
+    return _type_name(tp) if tp is not Any else "any"

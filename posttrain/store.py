@@ -126,7 +126,10 @@ class RunStore:
             return None
 
     def write_manifest(self, name: str, manifest: dict) -> None:
-        write_json(self.stage_dir(name) / "manifest.json", manifest)
+        from posttrain.launch import node_rank
+
+        if node_rank() == 0:  # multi-node: one writer, the rest only train
+            write_json(self.stage_dir(name) / "manifest.json", manifest)
 
     def missing_artifacts(self, manifest: dict) -> list[str]:
         """Artifacts a complete manifest lists that are gone or were changed by hand since."""
@@ -143,7 +146,11 @@ class RunStore:
     def lock(self) -> None:
         """One `posttrain run` per run folder. flock is released by the kernel when a process dies, so a
         lock left by a killed run is never mistaken for a live one."""
+        from posttrain.launch import node_rank
+
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if node_rank() != 0:  # the other nodes of a multi-node run join node 0's run
+            return
         f = open(self.run_dir / ".lock", "a+")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -38,6 +38,25 @@ class TrainArgs:
 
 
 @dataclass
+class Lora:
+    r: int = field(default=16, metadata={"ge": 1})
+    alpha: int = field(default=32, metadata={"ge": 1})
+    dropout: float = field(default=0.05, metadata={"ge": 0, "lt": 1})
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    merge: bool = field(default=True, metadata={"help": "export merged full weights (else the adapter)"})
+
+
+def peft_config(lora: "Lora | None"):
+    if lora is None:
+        return None
+    from peft import LoraConfig
+
+    targets = lora.target_modules
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
+                      target_modules=targets[0] if targets == ["all-linear"] else targets)
+
+
+@dataclass
 class Launcher:
     """How a training stage is launched. `none` runs in this process; the others spawn workers."""
 
@@ -45,6 +64,14 @@ class Launcher:
     num_processes: int = field(default=1, metadata={"ge": 1})
     num_machines: int = field(default=1, metadata={"ge": 1})
     deepspeed: str | None = field(default=None, metadata={"help": "zero2, zero3, or a DeepSpeed JSON path"})
+
+
+def check_launcher(launcher: Launcher) -> list[tuple[str, str]]:
+    if launcher.deepspeed and launcher.type == "none":
+        return [("launcher.deepspeed", "DeepSpeed runs under a launcher: set launcher.type to accelerate or torchrun")]
+    if launcher.deepspeed and launcher.deepspeed not in ("zero2", "zero3") and not Path(launcher.deepspeed).exists():
+        return [("launcher.deepspeed", f"{launcher.deepspeed}: not zero2, zero3 or an existing DeepSpeed JSON file")]
+    return []
 
 
 def check_trl_args(config_cls, train: TrainArgs, reserved: set[str]) -> list[tuple[str, str]]:
@@ -61,12 +88,14 @@ def check_trl_args(config_cls, train: TrainArgs, reserved: set[str]) -> list[tup
 
 
 # Arguments posttrain itself sets; recipes may not override them through trl_args.
-RESERVED = {"output_dir", "report_to", "save_strategy", "bf16", "fp16", "use_cpu", "overwrite_output_dir",
+RESERVED = {"output_dir", "report_to", "deepspeed", "save_strategy", "bf16", "fp16", "use_cpu", "overwrite_output_dir",
             "logging_strategy", "data_seed", "full_determinism", "warmup_steps", "logging_first_step"}
 
 
-def trl_config(config_cls, train: TrainArgs, ctx: Context, **stage_args):
+def trl_config(config_cls, train: TrainArgs, ctx: Context, launcher: "Launcher | None" = None, **stage_args):
     """Build the TRL config from the recipe's keys; nothing is left at a silent default that matters."""
+    from posttrain.launch import deepspeed_config
+
     common = {f.name: getattr(train, f.name) for f in dataclasses.fields(TrainArgs)
               if f.name not in ("precision", "trl_args", "warmup_ratio")}
     precision = train.precision
@@ -76,6 +105,7 @@ def trl_config(config_cls, train: TrainArgs, ctx: Context, **stage_args):
         output_dir=str(ctx.checkpoints_dir), report_to=[], save_strategy="steps", logging_strategy="steps",
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=hf.device() == "cpu", data_seed=train.seed,
         warmup_steps=train.warmup_ratio, logging_first_step=True,
+        deepspeed=deepspeed_config(launcher.deepspeed) if launcher else None,
         **common, **stage_args, **train.trl_args,
     )
 

@@ -13,7 +13,7 @@ from typing import Literal
 from posttrain import hf
 from posttrain.data import DataError, ReadStats, read_rows
 from posttrain.stage import Context, Dataset, Model, Stage, register
-from posttrain.training import Launcher, TrainArgs, check_trl_args, train_and_save, trl_config
+from posttrain.training import Launcher, check_launcher, Lora, TrainArgs, check_trl_args, peft_config, train_and_save, trl_config
 
 DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
@@ -33,6 +33,7 @@ class DPOStageConfig:
     max_length: int = field(default=2048, metadata={"ge": 8})
     chat_template: str = "model"
     on_bad_rows: Literal["error", "skip"] = "error"
+    lora: Lora | None = field(default=None, metadata={"help": "train adapters; the reference is then the adapter-free model"})
     train: TrainArgs = field(default_factory=lambda: TrainArgs(learning_rate=5e-7))
     launcher: Launcher = field(default_factory=Launcher)
 
@@ -84,12 +85,14 @@ class DPO(Stage):
     def check(self, cfg: DPOStageConfig) -> list[tuple[str, str]]:
         from trl import DPOConfig
 
-        problems = check_trl_args(DPOConfig, cfg.train, {"loss_type", "loss_weights", "beta", "label_smoothing",
+        problems = check_launcher(cfg.launcher) + check_trl_args(DPOConfig, cfg.train, {"loss_type", "loss_weights", "beta", "label_smoothing",
                                                          "precompute_ref_log_probs", "max_length"})
         if cfg.loss_weights is not None and len(cfg.loss_weights) != len(cfg.loss_type):
             problems.append(("loss_weights", f"{len(cfg.loss_weights)} weights for {len(cfg.loss_type)} loss types"))
         if "exo_pair" in cfg.loss_type and cfg.label_smoothing <= 0:
             problems.append(("label_smoothing", "exo_pair needs label_smoothing > 0 (e.g. 1e-3)"))
+        if cfg.lora and cfg.reference:
+            problems.append(("reference", "with lora the reference is the adapter-free model; drop `reference`"))
         return problems
 
     def run(self, cfg: DPOStageConfig, ctx: Context) -> dict:
@@ -117,12 +120,14 @@ class DPO(Stage):
         model_path = ctx.path(cfg.model)
         tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
         model = hf.load_model(model_path)
-        reference = hf.load_model(ctx.path(cfg.reference) if cfg.reference else model_path)
-        args = trl_config(DPOConfig, cfg.train, ctx, loss_type=cfg.loss_type, loss_weights=cfg.loss_weights,
+        # With LoRA, TRL's reference is the model with adapters disabled: the same saved checkpoint.
+        reference = None if cfg.lora else hf.load_model(ctx.path(cfg.reference) if cfg.reference else model_path)
+        args = trl_config(DPOConfig, cfg.train, ctx, cfg.launcher, loss_type=cfg.loss_type, loss_weights=cfg.loss_weights,
                           beta=cfg.beta, label_smoothing=cfg.label_smoothing, max_length=cfg.max_length,
                           precompute_ref_log_probs=cfg.precompute_ref_log_probs)
-        trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer)
-        metrics = train_and_save(trainer, tokenizer, ctx)
+        trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=peft_config(cfg.lora))
+        metrics = train_and_save(trainer, tokenizer, ctx, merge_lora=not cfg.lora or cfg.lora.merge)
         last = next((h for h in reversed(trainer.state.log_history) if "rewards/margins" in h), {})
         return {**metrics, "pairs": len(rows), "skipped_rows": stats.skipped,
                 **{k: last[k] for k in ("rewards/margins", "rewards/accuracies") if k in last}}

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from posttrain import hf
-from posttrain.data import read_rows
+from posttrain.data import DataError, read_rows
 from posttrain.stage import Context, Dataset, Model, Stage, register
-from posttrain.training import Launcher, TrainArgs, check_trl_args, train_and_save, trl_config
+from posttrain.training import Launcher, check_launcher, TrainArgs, check_trl_args, train_and_save, trl_config
 
 ROUTE_BY_ROW = "verifier"
 # GRPOConfig arguments that come from this stage's own keys (not settable through train.trl_args).
@@ -39,7 +39,10 @@ class VLLM:
 @dataclass
 class RLVRConfig:
     model: Model
-    data: Dataset = field(metadata={"help": "rows with `prompt`, `ground_truth` and (for routing) `verifier`"})
+    data: Dataset = field(metadata={"help": "rows with a prompt, `ground_truth` and (for routing) a verifier column"})
+    prompt_column: str = field(default="prompt", metadata={"help": "a chat (list of messages) or a plain string"})
+    route_column: str = field(default="verifier", metadata={"help": "the column naming each row's verifier (Tülu 3: dataset)"})
+    route_map: dict[str, str] = field(default_factory=dict, metadata={"help": "route_column value -> verifier, e.g. {MATH: math}"})
     rewards: list[RewardTerm] = field(default_factory=lambda: [RewardTerm(ROUTE_BY_ROW)])
     verified_reward: float = field(default=1.0, metadata={"gt": 0, "help": "reward of a verified answer (Tülu 3: 10)"})
     eos_penalty: float = field(default=0.0, metadata={"ge": 0, "help": "subtracted when a completion has no end-of-turn token"})
@@ -87,6 +90,17 @@ def reward_functions(cfg: RLVRConfig, stop_ids: list[int]) -> tuple[list, list[f
     return funcs, weights
 
 
+def routed(row: dict, cfg: RLVRConfig, where: str) -> dict:
+    """The row with `verifier` set from its route column (mapped through route_map) when a term routes by row."""
+    by_row = any(t.name == ROUTE_BY_ROW for t in cfg.rewards)
+    missing = [c for c in (cfg.prompt_column, cfg.route_column if by_row else None) if c and c not in row]
+    if missing:
+        raise DataError(f"{where}: missing column `{missing[0]}`; it has: {', '.join(sorted(row)[:8])}")
+    if by_row:
+        row = {**row, "verifier": cfg.route_map.get(row[cfg.route_column], row[cfg.route_column])}
+    return row
+
+
 def as_chat(prompt) -> list[dict]:
     return prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
 
@@ -108,8 +122,11 @@ class RLVR(Stage):
         from posttrain.rewards import list_verifiers
         from posttrain.schema import suggest
 
-        problems = check_trl_args(GRPOConfig, cfg.train, SET_BY_STAGE)
+        problems = check_launcher(cfg.launcher) + check_trl_args(GRPOConfig, cfg.train, SET_BY_STAGE)
         known = list_verifiers()
+        for value, name in cfg.route_map.items():
+            if name not in known:
+                problems.append((f"route_map.{value}", f"unknown verifier '{name}'{suggest(name, known)}"))
         for i, term in enumerate(cfg.rewards):
             if term.name != ROUTE_BY_ROW and term.name not in known:
                 problems.append((f"rewards[{i}].name", f"unknown verifier '{term.name}'{suggest(term.name, known)}; "
@@ -134,9 +151,9 @@ class RLVR(Stage):
         from datasets import Dataset as HFDataset
         from trl import GRPOConfig, GRPOTrainer
 
-        rows = read_rows(ctx.path(cfg.data))
+        rows = [routed(r, cfg, f"{ctx.path(cfg.data)}: row {i}") for i, r in enumerate(read_rows(ctx.path(cfg.data)), 1)]
         # Rows differ in their fields across verifiers; one JSON column keeps each row whole for its verifier.
-        dataset = HFDataset.from_list([{"prompt": as_chat(r["prompt"]), "row_json": json.dumps(r)} for r in rows])
+        dataset = HFDataset.from_list([{"prompt": as_chat(r[cfg.prompt_column]), "row_json": json.dumps(r)} for r in rows])
         model_path = ctx.path(cfg.model)
         tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
         tokenizer.padding_side = "left"
@@ -144,7 +161,7 @@ class RLVR(Stage):
         vllm = {} if cfg.vllm.mode == "off" else {
             "use_vllm": True, "vllm_mode": cfg.vllm.mode, "vllm_server_host": cfg.vllm.server_host,
             "vllm_server_port": cfg.vllm.server_port, "vllm_gpu_memory_utilization": cfg.vllm.gpu_memory_utilization}
-        args = trl_config(GRPOConfig, cfg.train, ctx, loss_type=cfg.loss_type, beta=cfg.beta,
+        args = trl_config(GRPOConfig, cfg.train, ctx, cfg.launcher, loss_type=cfg.loss_type, beta=cfg.beta,
                           num_generations=cfg.num_generations, temperature=cfg.temperature,
                           max_completion_length=cfg.max_completion_length,
                           mask_truncated_completions=cfg.mask_truncated_completions,

@@ -9,7 +9,7 @@ from typing import Literal
 from posttrain import hf
 from posttrain.data import DataError, ReadStats, read_rows, write_json
 from posttrain.stage import Context, Dataset, Model, Stage, register
-from posttrain.training import Launcher, TrainArgs, check_trl_args, train_and_save, trl_config
+from posttrain.training import Launcher, check_launcher, Lora, TrainArgs, check_trl_args, peft_config, train_and_save, trl_config
 
 
 @dataclass
@@ -18,15 +18,6 @@ class Source:
     count: int | None = field(default=None, metadata={"ge": 1, "help": "rows to use; more than the source has upsamples by repetition"})
     fraction: float | None = field(default=None, metadata={"gt": 0, "help": "fraction of the source's rows; >1 upsamples"})
     format: Literal["auto", "messages", "prompt_completion", "alpaca"] = "auto"
-
-
-@dataclass
-class Lora:
-    r: int = field(default=16, metadata={"ge": 1})
-    alpha: int = field(default=32, metadata={"ge": 1})
-    dropout: float = field(default=0.05, metadata={"ge": 0, "lt": 1})
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
-    merge: bool = field(default=True, metadata={"help": "export merged full weights (else the adapter)"})
 
 
 @dataclass
@@ -120,7 +111,7 @@ class SFT(Stage):
     def check(self, cfg: SFTStageConfig) -> list[tuple[str, str]]:
         from trl import SFTConfig
 
-        problems = check_trl_args(SFTConfig, cfg.train, {"max_length", "packing", "assistant_only_loss", "loss_type"})
+        problems = check_launcher(cfg.launcher) + check_trl_args(SFTConfig, cfg.train, {"max_length", "packing", "assistant_only_loss", "loss_type"})
         for i, src in enumerate(_sources(cfg)):
             if src.count is not None and src.fraction is not None:
                 problems.append((f"data[{i}]", "give either count or fraction, not both"))
@@ -145,17 +136,11 @@ class SFT(Stage):
 def _trainer(cfg: SFTStageConfig, ctx: Context, model, tokenizer, dataset):
     from trl import SFTConfig, SFTTrainer
 
-    args = trl_config(SFTConfig, cfg.train, ctx, max_length=cfg.max_length, packing=cfg.packing,
+    args = trl_config(SFTConfig, cfg.train, ctx, cfg.launcher, max_length=cfg.max_length, packing=cfg.packing,
                       assistant_only_loss=cfg.assistant_only_loss)
-    peft_config = None
-    if cfg.lora:
-        from peft import LoraConfig
-
-        targets = cfg.lora.target_modules
-        peft_config = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
-                                 target_modules=targets[0] if targets == ["all-linear"] else targets, task_type="CAUSAL_LM")
     trainer_cls = _sum_loss_trainer(SFTTrainer) if cfg.loss_reduction == "sum" else SFTTrainer
-    return trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+    return trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                       peft_config=peft_config(cfg.lora))
 
 
 def _sum_loss_trainer(SFTTrainer):

@@ -30,7 +30,7 @@ stages:
     kind: sft
     model: ${stages.base.output.model}
     data: SFT_DATA
-    max_length: 96
+    max_length: 160
     train: {learning_rate: 3.0e-3, max_steps: 12, per_device_train_batch_size: 8, save_steps: 3, logging_steps: 1}
 """
 
