@@ -19,7 +19,7 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/posttrain run recipes/tiny.yaml
 	$(VENV)/bin/posttrain status runs/tiny
-	@echo "report: runs/tiny/report/report.html"
+	@echo "report: runs/tiny/report/report/report.html"
 
 test: setup
 	$(PY) -m pytest -q

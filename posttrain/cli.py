@@ -74,7 +74,7 @@ def cmd_status(args) -> int:
 
     from posttrain.store import RunStore
 
-    run_dir = Path(args.run_dir)
+    run_dir = _require_run_dir(args.run_dir)
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     names = info.get("stages") or sorted(p.name for p in run_dir.iterdir() if (p / "manifest.json").exists())
     store = RunStore(run_dir)
@@ -94,11 +94,24 @@ def cmd_status(args) -> int:
     return 0
 
 
+def _require_run_dir(path: str) -> Path:
+    from posttrain.data import DataError
+
+    run_dir = Path(path)
+    if not run_dir.is_dir() or not any(run_dir.glob("*/manifest.json")):
+        raise DataError(f"{run_dir}: not a run folder (no <stage>/manifest.json inside); runs go to runs/<recipe name>/")
+    return run_dir
+
+
 def cmd_report(args) -> int:
     from posttrain.eval.report import build_report
 
-    out = Path(args.out) if args.out else Path(args.run_dir) / "report"
-    path = build_report(Path(args.run_dir), out, reference=args.reference)
+    run_dir = _require_run_dir(args.run_dir)
+    report_stages = [json.loads(m.read_text()) for m in sorted(run_dir.glob("*/manifest.json"))]
+    existing = [m["artifacts"]["report"] for m in report_stages if m.get("kind") == "report" and m.get("artifacts")]
+    # Rebuild where the recipe's report stage put it; a run without one gets run_dir/report.
+    out = Path(args.out) if args.out else run_dir / existing[0] if existing else run_dir / "report"
+    path = build_report(run_dir, out, reference=args.reference)
     _console().print(f"[green]report[/]: {path}")
     return 0
 

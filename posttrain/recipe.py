@@ -123,13 +123,13 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
         cfg = OmegaConf.create(yaml.safe_load(text) if text.strip() else {})
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise RecipeError([f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
+        line = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
+        hint = (" (an interpolation inside [...] or {...} must be quoted: '${...}')"
+                if "${" in line and ("[" in line or "{" in line.replace("${", "")) else "")
+        raise RecipeError([f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML: {getattr(e, 'problem', e)}{hint}"]) from None
     if not isinstance(cfg, DictConfig):
         raise RecipeError([f"{path}: a recipe is a mapping with 'name' and 'stages', got {type(cfg).__name__}"])
-    try:
-        cfg.merge_with(OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as e:
-        raise RecipeError([f"override: {e}"]) from None
+    _apply_overrides(cfg, overrides, problems)
 
     for key in cfg:
         if key not in TOP_LEVEL_KEYS:
@@ -166,6 +166,19 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
     if problems.items:
         raise RecipeError(problems.items)
     return Recipe(name, path, {n: specs[n] for n in order}, resolved)
+
+
+def _apply_overrides(cfg: DictConfig, overrides, problems: "_Problems") -> None:
+    """key=value, values parsed as YAML; list items by index (stages.eval.tasks.0.limit=20)."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            problems.add("", f"override '{item}' is not key=value")
+            continue
+        try:
+            OmegaConf.update(cfg, key.strip(), yaml.safe_load(value) if value.strip() else "", merge=True)
+        except (OmegaConfBaseException, yaml.YAMLError) as e:
+            problems.add(key.strip(), f"cannot apply override '{item}': {str(e).splitlines()[0]}")
 
 
 def _inject_outputs(stages_cfg: DictConfig, problems: _Problems) -> dict[str, str]:

@@ -36,10 +36,10 @@ DEFAULT_ARCH = dict(hidden_size=96, num_hidden_layers=3, num_attention_heads=4, 
 HELDOUT_SPLIT_SEED = 12345  # fixes the order of heldout_rows
 NAMES = ["Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Ivy", "Jon", "Kim", "Lea", "Max"]
 ITEMS = ["apples", "pens", "cards", "coins", "books", "shells", "stamps", "marbles"]
-ADD_TEMPLATES = ["{n} has {a} {i} and gets {b} more. How many {i} now?",
-                 "{n} had {a} {i}. A friend gave {b} more. How many {i} in total?"]
-SUB_TEMPLATES = ["{n} has {a} {i} and gives away {b}. How many {i} are left?",
-                 "{n} had {a} {i} and lost {b}. How many {i} remain?"]
+ADD_TEMPLATES = ["{n} has {a} {i} and gets {b} more. How many now?",
+                 "{n} had {a} {i}, then found {b}. How many in all?"]
+SUB_TEMPLATES = ["{n} has {a} {i} and gives away {b}. How many left?",
+                 "{n} had {a} {i} and lost {b}. How many remain?"]
 
 
 # ---------- tokenizer and model ----------

@@ -4,7 +4,7 @@ skipped and counted. Every sample and its score is kept in samples.jsonl for aud
 from dataclasses import dataclass, field
 from typing import Literal
 
-from posttrain.data import read_rows, write_rows
+from posttrain.data import DataError, read_rows, write_rows
 from posttrain.stage import Context, Dataset, Model, Stage, register
 from posttrain.stages.rlvr import as_chat
 
@@ -72,6 +72,10 @@ class Generate(Stage):
                           "rejected": [{"role": "assistant", "content": group[picked[1]]}],
                           "chosen_score": scores[picked[0]], "rejected_score": scores[picked[1]]})
         write_rows(ctx.out_dir / "samples.jsonl", audit)
-        write_rows(ctx.output("pairs"), pairs)
         mean_score = sum(v.score for v in verdicts) / max(len(verdicts), 1)
+        if not pairs:
+            raise DataError(f"no prompt gave a pair: all {cfg.num_samples} samples of each of the {len(rows)} prompts scored "
+                            f"the same (mean score {mean_score:.3f}); raise num_samples or temperature, or start from a "
+                            f"stronger model (samples: {ctx.out_dir / 'samples.jsonl'})")
+        write_rows(ctx.output("pairs"), pairs)
         return {"prompts": len(rows), "pairs": len(pairs), "skipped_all_equal": tied, "mean_sample_score": mean_score}

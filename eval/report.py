@@ -1,0 +1,388 @@
+"""The Tülu-style report of a run folder: report.md and a self-contained report.html.
+
+Sections: the main table (benchmarks grouped by skill x evaluated models, each cell the score with n
+and 95% CI, the best per row marked, an average row, optionally a reference column with deltas), the
+evaluation settings, training curves per stage, the data section (selection, dedup, decontamination)
+and provenance (recipe hash, fingerprints, versions, hardware, wall time). Everything is read from the
+files the runner and the stages wrote; nothing is recomputed.
+"""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from posttrain.data import read_rows
+from posttrain.eval import plots
+from posttrain.eval.render import Block, Cell, Figure, Heading, Para, Table, to_html, to_markdown
+
+SKILL_ORDER = ["math", "instruction following", "code", "knowledge", "reasoning", "tiny world", "lm-eval"]
+SELECTION_FILE = "selection_summary.json"
+
+
+@dataclass
+class Stage:
+    name: str
+    manifest: dict
+    dir: Path
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest.get("status") == "complete"
+
+
+@dataclass
+class Run:
+    dir: Path
+    info: dict
+    stages: list[Stage]
+
+
+@dataclass
+class Scores:
+    """The main table's data: columns (model labels, in order) and per task label its entry per column."""
+    columns: list[str] = field(default_factory=list)
+    tasks: dict[str, dict[str, dict]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def build_report(run_dir: Path, out_dir: Path, reference: str | None = None) -> Path:
+    """Write out_dir/report.md, out_dir/report.html (and out_dir/plots/*.png); return the HTML path."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    run = load_run(run_dir)
+    scores = collect_scores(run)
+    ref = load_reference(reference) if reference else None
+    blocks: list[Block] = [Para(_summary_line(run))]
+    blocks += results_section(scores, ref)
+    blocks += curves_section(run, out_dir / "plots")
+    blocks += data_section(run, out_dir / "plots")
+    blocks += provenance_section(run)
+    title = f"Report: {run.info.get('recipe', run_dir.name)}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "report.md").write_text(to_markdown(title, blocks, out_dir))
+    html_path = out_dir / "report.html"
+    html_path.write_text(to_html(title, blocks))
+    return html_path
+
+
+# ---------- reading the run ----------
+def load_run(run_dir: Path) -> Run:
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir}: no such run folder")
+    info = _read_json(run_dir / "run.json") or {}
+    names = info.get("stages") or sorted(p.parent.name for p in run_dir.glob("*/manifest.json"))
+    stages = [Stage(n, m, run_dir / n) for n in names if (m := _read_json(run_dir / n / "manifest.json"))]
+    if not stages:
+        raise FileNotFoundError(f"{run_dir}: no stage manifests (*/manifest.json); is this a posttrain run folder?")
+    return Run(run_dir, info, stages)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def collect_scores(run: Run) -> Scores:
+    """Every complete eval stage's results.json, in run order. A model label used by two eval stages
+    becomes `stage/label` so neither hides the other."""
+    scores = Scores()
+    loaded = []
+    for stage in (s for s in run.stages if s.manifest.get("kind") == "eval"):
+        if not stage.complete:
+            scores.notes.append(f"eval stage '{stage.name}' is {stage.manifest.get('status')}: not in the table")
+            continue
+        path = run.dir / stage.manifest["artifacts"]["results"] / "results.json"  # artifacts are run-relative
+        results = _read_json(path)
+        if results is None:
+            raise FileNotFoundError(f"{path}: missing, though eval stage '{stage.name}' is complete; rerun it with --force")
+        loaded.append((stage.name, results))
+    labels = [label for _, results in loaded for label in results["models"]]
+    for stage_name, results in loaded:
+        for label, model in results["models"].items():
+            column = f"{stage_name}/{label}" if labels.count(label) > 1 else label
+            scores.columns.append(column)
+            for task, entry in model["tasks"].items():
+                scores.tasks.setdefault(task, {})[column] = entry
+    return scores
+
+
+def load_reference(path: str) -> dict:
+    """A user file (YAML or JSON) of published numbers in percent: {name: ..., scores: {task label: 87.6}}.
+    Sub-metric rows are keyed `task · metric` (e.g. `ifeval · prompt_loose`)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: reference file not found") from None
+    if not isinstance(data, dict) or not isinstance(data.get("scores"), dict):
+        raise ValueError(f"{path}: expected a mapping with `name` and `scores: {{task: percent}}`")
+    bad = [k for k, v in data["scores"].items() if not isinstance(v, (int, float))]
+    if bad:
+        raise ValueError(f"{path}: scores must be numbers (percent); not numbers: {', '.join(map(str, bad))}")
+    return {"name": str(data.get("name", Path(path).stem)), "scores": data["scores"]}
+
+
+# ---------- the main table ----------
+def results_section(scores: Scores, ref: dict | None) -> list[Block]:
+    blocks: list[Block] = [Heading("Results")]
+    if not scores.columns:
+        return blocks + [Para("No complete eval stage in this run.")] + [Para(n) for n in scores.notes]
+    blocks.append(main_table(scores, ref))
+    blocks += [Para(n) for n in scores.notes]
+    blocks.append(settings_table(scores))
+    return blocks
+
+
+def table_rows(scores: Scores) -> list[tuple[str, str, str, dict[str, dict]]]:
+    """(skill, row label, metric, {column: {score, n, ci}}) in display order: skills in SKILL_ORDER,
+    tasks in suite order, each task's headline row followed by its sub-metric rows."""
+    def skill_of(task):
+        return next(iter(scores.tasks[task].values())).get("skill", "other")
+
+    order = sorted(scores.tasks, key=lambda t: (SKILL_ORDER.index(skill_of(t)) if skill_of(t) in SKILL_ORDER
+                                                else len(SKILL_ORDER), skill_of(t)))
+    rows = []
+    for task in order:
+        by_column = scores.tasks[task]
+        first = next(iter(by_column.values()))
+        rows.append((skill_of(task), task, first.get("metric", ""), by_column))
+        for metric in first.get("metrics", {}):
+            rows.append((skill_of(task), f"{task} · {metric}", metric,
+                         {c: e["metrics"][metric] for c, e in by_column.items() if metric in e.get("metrics", {})}))
+    return rows
+
+
+def main_table(scores: Scores, ref: dict | None) -> Table:
+    headers = ["Benchmark", "metric"] + scores.columns
+    if ref:
+        headers += [f"{ref['name']} (ref.)", f"Δ {scores.columns[-1]}"]
+    rows, groups, skill = [], set(), None
+    for row_skill, label, metric, by_column in table_rows(scores):
+        if row_skill != skill:
+            skill = row_skill
+            groups.add(len(rows))
+            rows.append([skill.capitalize()])
+        cells = [Cell(label), Cell(metric)] + score_cells(by_column, scores.columns)
+        if ref:
+            cells += _reference_cells(ref["scores"].get(label), by_column.get(scores.columns[-1]))
+        rows.append(cells)
+    rule = len(rows)
+    rows.append(average_row(scores, ref))
+    caption = ("Scores in % (95% CI and n below each). ▲ / bold: best in the row. "
+               "Average: mean of the benchmarks' headline scores, over models that have them all.")
+    return Table(headers, rows, caption, numeric=set(range(2, len(headers))), group_rows=groups, rule_before={rule})
+
+
+def score_cells(by_column: dict[str, dict], columns: list[str]) -> list[Cell]:
+    best = _best([by_column[c]["score"] for c in columns if c in by_column])
+    cells = []
+    for c in columns:
+        entry = by_column.get(c)
+        if entry is None:
+            cells.append(Cell("–"))
+            continue
+        lo, hi = entry["ci"]
+        cells.append(Cell(pct(entry["score"]), f"{pct(lo)}–{pct(hi)}, n={entry['n']}", best=entry["score"] == best))
+    return cells
+
+
+def average_row(scores: Scores, ref: dict | None) -> list[Cell]:
+    headline = list(scores.tasks.values())
+    averages = {c: sum(t[c]["score"] for t in headline) / len(headline)
+                for c in scores.columns if all(c in t for t in headline)}
+    best = _best(list(averages.values()))
+    cells = [Cell("Average"), Cell(f"{len(headline)} benchmarks")]
+    cells += [Cell(pct(averages[c]), best=averages[c] == best) if c in averages else Cell("–") for c in scores.columns]
+    if ref:
+        known = [ref["scores"].get(t) for t in scores.tasks]
+        ref_avg = sum(known) / len(known) if all(v is not None for v in known) else None
+        last = averages.get(scores.columns[-1])
+        cells += [Cell(f"{ref_avg:.1f}" if ref_avg is not None else "–"),
+                  Cell(f"{100 * last - ref_avg:+.1f}" if ref_avg is not None and last is not None else "–")]
+    return cells
+
+
+def _best(values: list[float]) -> float | None:
+    """The value to mark as best, or None when there is nothing to choose between (one value, or all tied)."""
+    return max(values) if len(set(values)) > 1 else None
+
+
+def _reference_cells(ref_score: float | None, entry: dict | None) -> list[Cell]:
+    if ref_score is None:
+        return [Cell("–"), Cell("–")]
+    delta = f"{100 * entry['score'] - ref_score:+.1f}" if entry else "–"
+    return [Cell(f"{ref_score:.1f}"), Cell(delta)]
+
+
+def pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def settings_table(scores: Scores) -> Table:
+    rows = []
+    for task, by_column in scores.tasks.items():
+        entry = next(iter(by_column.values()))
+        o = entry.get("options", {})
+        sampling = "greedy" if not o.get("temperature") else f"T={o['temperature']}, top-p={o.get('top_p', 1.0)}"
+        rows.append([task, entry.get("description", entry.get("task", "")), str(o.get("shots", "–")),
+                     "chat template" if o.get("chat") else "plain text", str(o.get("max_new_tokens", "–")),
+                     f"{sampling}, {o.get('samples', 1)} per prompt", str(o.get("limit") or "all")])
+    return Table(["Benchmark", "what", "shots", "prompt", "max new tokens", "decoding", "limit"], rows, numeric={2, 4, 6},
+                 caption="Evaluation settings (per-example outputs: samples/<model>/<benchmark>.jsonl in the eval stage)")
+
+
+# ---------- training curves ----------
+def curves_section(run: Run, plots_dir: Path) -> list[Block]:
+    figures = []
+    for stage in run.stages:
+        path = stage.dir / "metrics.jsonl"
+        if stage.manifest.get("kind") == "eval" or not path.exists():
+            continue
+        png = plots.training_curves(f"{stage.name} ({stage.manifest.get('kind')})",
+                                    read_rows(path, on_bad_rows="skip"), plots_dir / f"curves_{stage.name}.png")
+        if png:
+            figures.append(Figure(png, f"Training curves of stage '{stage.name}' from its metrics.jsonl"))
+    return [Heading("Training curves")] + (figures or [Para("No stage logged training metrics.")])
+
+
+# ---------- data ----------
+# selection_summary.json and selection.jsonl are written by the select stage (schema in stages/select.py).
+AUDIT_FILE = "selection.jsonl"
+
+
+def data_section(run: Run, plots_dir: Path) -> list[Block]:
+    blocks: list[Block] = []
+    for stage in run.stages:
+        summary = _read_json(stage.dir / SELECTION_FILE)
+        if summary:
+            blocks += selection_blocks(stage, summary, plots_dir)
+    return [Heading("Data")] + (blocks or [Para("No stage wrote a selection summary.")])
+
+
+def selection_blocks(stage: Stage, s: dict, plots_dir: Path) -> list[Block]:
+    blocks: list[Block] = [Heading(f"Selection: {stage.name} ({s.get('method', '?')})", 3),
+                           Table(["", "rows"], overview_rows(s), "Selection summary", numeric={1})]
+    clusters = (s.get("paser") or {}).get("clusters")
+    if clusters:
+        blocks += paser_blocks(stage.name, s["paser"], plots_dir)
+    if s.get("sources"):
+        blocks += source_blocks(stage.name, s["sources"], plots_dir)
+    if s.get("dedup"):
+        d = s["dedup"]
+        blocks.append(Para(f"Deduplication (MinHash, {d.get('shingle')}-gram shingles, {d.get('num_perm')} permutations, "
+                           f"Jaccard threshold {d.get('threshold')}): {d.get('dropped')} near-duplicate rows dropped."))
+    if s.get("decontamination"):
+        blocks.append(decontamination_table(s["decontamination"], contaminated_examples(stage.dir / AUDIT_FILE)))
+    return blocks
+
+
+def overview_rows(s: dict) -> list[list[str]]:
+    rows = [[key.replace("_", " "), _fmt(s[key])] for key in
+            ("input_rows", "filtered_rows", "pool_rows", "kept_rows", "dropped_rows") if key in s]
+    budget = s.get("budget") or {}
+    if budget:
+        asked = f"{budget['fraction']:.0%} of the pool" if budget.get("fraction") else f"{budget.get('count')} rows"
+        rows.append([f"budget ({asked})", _fmt(budget.get("resolved"))])
+    rows += [[f"reason: {reason}", _fmt(n)] for reason, n in (s.get("reasons") or {}).items()]
+    return rows
+
+
+def paser_blocks(stage: str, p: dict, plots_dir: Path) -> list[Block]:
+    """PASER's clusters: size, capability degradation (mean JSD), the budget it earned and rows selected."""
+    clusters = p["clusters"]
+    labels = [str(c["cluster"]) for c in clusters]
+    png = plots.bar_chart(f"{stage}: PASER budget per cluster", labels,
+                          {key: [c.get(key, 0) for c in clusters] for key in ("size", "budget", "selected")},
+                          "rows", plots_dir / f"paser_{stage}.png")
+    rows = [[str(c["cluster"]), _fmt(c.get("size")), _fmt(c.get("degradation")), _fmt(c.get("budget")),
+             _fmt(c.get("selected"))] for c in clusters]
+    caption = (f"PASER clusters: k={p.get('k')} chosen by {p.get('k_chosen_by', '?')}; "
+               f"CCG rejected {p.get('ccg_rejected', 0)}; budget shortfall {p.get('budget_shortfall', 0)}")
+    return [Table(["cluster", "size", "degradation (JSD)", "budget", "selected"], rows, caption, numeric={1, 2, 3, 4}),
+            Figure(png, f"PASER: cluster sizes, the budget each cluster earned, and rows selected ({stage})")]
+
+
+def source_blocks(stage: str, sources: dict, plots_dir: Path) -> list[Block]:
+    """GRAPE-style selection: per source (teacher), its candidates and how many were chosen."""
+    names = list(sources)
+    png = plots.bar_chart(f"{stage}: responses chosen per source", names,
+                          {key: [sources[n].get(key, 0) for n in names] for key in ("candidates", "kept")},
+                          "responses", plots_dir / f"sources_{stage}.png")
+    rows = [[n, _fmt(sources[n].get("candidates")), _fmt(sources[n].get("kept"))] for n in names]
+    return [Table(["source", "candidates", "kept"], rows, "Responses per source", numeric={1, 2}),
+            Figure(png, f"Source histogram of the chosen responses ({stage})")]
+
+
+def contaminated_examples(audit: Path, per_set: int = 3) -> dict[str, list[str]]:
+    """Eval set -> the ids of the first few training rows dropped as contaminated with it."""
+    examples: dict[str, list[str]] = {}
+    if not audit.exists():
+        return examples
+    for row in read_rows(audit, on_bad_rows="skip"):
+        if row.get("filter") == "decontaminate":
+            for name in row.get("eval_sets", []):
+                ids = examples.setdefault(name, [])
+                if len(ids) < per_set:
+                    ids.append(str(row.get("id", row.get("index"))))
+    return examples
+
+
+def decontamination_table(d: dict, examples: dict[str, list[str]]) -> Table:
+    """Per eval set: training rows that share an n-gram with it (and were dropped), with example ids."""
+    rows = [[name, _fmt(v.get("items")), _fmt(v.get("matched_rows")), ", ".join(examples.get(name, [])) or "–"]
+            for name, v in (d.get("per_eval_set") or {}).items()]
+    return Table(["eval set", "eval items", "training rows matched", "example training rows"], rows,
+                 f"Decontamination: {d.get('ngram')}-gram overlap with each eval set; {d.get('dropped', 0)} "
+                 "training rows dropped", numeric={1, 2})
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "–" if v is None else str(v)
+
+
+# ---------- provenance ----------
+def provenance_section(run: Run) -> list[Block]:
+    rows = []
+    for s in run.stages:
+        m = s.manifest
+        hw = m.get("hardware", {})
+        where = ", ".join(hw.get("gpus", [])) or (f"{hw['cpus']} CPUs" if hw.get("cpus") else "–")
+        wall = m.get("wall_time_s")
+        rows.append([s.name, m.get("kind", "–"), m.get("status", "–"), m.get("fingerprint", "–"),
+                     ", ".join(m.get("upstream", {})) or "–", where,
+                     f"{wall:.1f} s" if isinstance(wall, (int, float)) else "–", m.get("ended") or "–"])
+    blocks: list[Block] = [Heading("Provenance"),
+                           Para(f"Recipe '{run.info.get('recipe', '?')}', recipe hash {run.info.get('recipe_hash', '?')}; "
+                                f"run folder {run.dir}."),
+                           Table(["stage", "kind", "status", "fingerprint", "upstream", "hardware", "wall time", "ended"],
+                                 rows, "Stages in run order", numeric={6})]
+    blocks.append(versions_table(run))
+    return blocks
+
+
+def versions_table(run: Run) -> Table:
+    """Package versions; a stage that ran with a different version is named next to it."""
+    by_package: dict[str, dict[str, list[str]]] = {}
+    for s in run.stages:
+        for package, version in s.manifest.get("versions", {}).items():
+            by_package.setdefault(package, {}).setdefault(version, []).append(s.name)
+    rows = []
+    for package, versions in by_package.items():
+        ranked = sorted(versions.items(), key=lambda kv: -len(kv[1]))
+        text = ranked[0][0] + "".join(f"; {v} in {', '.join(names)}" for v, names in ranked[1:])
+        rows.append([package, text])
+    host = next((s.manifest["hardware"] for s in run.stages if s.manifest.get("hardware")), {})
+    return Table(["package", "version"], rows, "Package versions" + (f" (host {host.get('host', '?')}, "
+                                                                      f"{host.get('platform', '?')})" if host else ""))
+
+
+def _summary_line(run: Run) -> str:
+    done = sum(s.complete for s in run.stages)
+    total_wall = sum(s.manifest.get("wall_time_s") or 0 for s in run.stages)
+    return (f"{done} of {len(run.stages)} stages complete ({' → '.join(s.name for s in run.stages)}); "
+            f"total stage wall time {total_wall / 60:.1f} min.")

@@ -1,0 +1,107 @@
+"""Evaluate one or more models (stage outputs, the base, or any HF path) on a suite of tasks. Labels become
+the report's columns in the order given. Output: results.json + samples/<label>/<task>.jsonl."""
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from posttrain.data import write_json
+from posttrain.schema import suggest
+from posttrain.stage import Context, Model, Results, Stage, register
+
+LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class TaskSpec:
+    name: str = field(metadata={"help": "a built-in task (see posttrain.eval.tasks.TASKS) or lm_eval:<task>"})
+    label: str | None = field(default=None, metadata={"help": "the report row name (default: name)"})
+    limit: int | None = field(default=None, metadata={"ge": 1, "help": "the first N examples (default: the suite's)"})
+    shots: int | None = field(default=None, metadata={"ge": 0, "help": "few-shot exemplars (default: the task's)"})
+    chat: bool | None = field(default=None, metadata={"help": "apply the chat template (default: the task's)"})
+    max_new_tokens: int | None = field(default=None, metadata={"ge": 1})
+    samples: int = field(default=1, metadata={"ge": 1, "help": "completions per prompt (pass@k needs k or more)"})
+    temperature: float | None = field(default=None, metadata={"ge": 0})
+    k: list[int] = field(default_factory=list, metadata={"help": "report pass@k for these k (k <= samples)"})
+    source: str | None = field(default=None, metadata={"help": "rows from this file or hf:org/name:split instead"})
+
+
+@dataclass
+class EvalConfig:
+    models: dict[str, Model] = field(metadata={"help": "label -> model; labels are the report's columns, in order"})
+    tasks: list[TaskSpec] = field(metadata={"help": "the suite; each item at least {name: ...}"})
+    limit: int | None = field(default=None, metadata={"ge": 1, "help": "default per-task example limit"})
+    max_new_tokens: int | None = field(default=None, metadata={"ge": 1, "help": "default (else the task's)"})
+    temperature: float = field(default=0.0, metadata={"ge": 0, "help": "0 = greedy"})
+    top_p: float = field(default=1.0, metadata={"gt": 0, "le": 1})
+    batch_size: int = field(default=16, metadata={"ge": 1})
+    backend: Literal["hf", "vllm"] = "hf"
+    seed: int = 0
+
+
+@register
+class Eval(Stage):
+    kind = "eval"
+    Config = EvalConfig
+    outputs = {"results": Results}
+    description = "benchmark scores with n and 95% CI per model and task"
+
+    def check(self, cfg: EvalConfig) -> list[tuple[str, str]]:
+        from posttrain.eval.lm_eval_backend import is_lm_eval
+        from posttrain.eval.tasks import TASKS
+
+        problems = [(f"models.{label}", "labels become file and column names: letters, digits, _ . -")
+                    for label in cfg.models if not LABEL_RE.match(label)]
+        if not cfg.models:
+            problems.append(("models", "name at least one model to evaluate"))
+        if not cfg.tasks:
+            problems.append(("tasks", "name at least one task"))
+        seen = set()
+        for i, spec in enumerate(cfg.tasks):
+            where = f"tasks[{i}]"
+            if not is_lm_eval(spec.name) and spec.name not in TASKS:
+                problems.append((f"{where}.name", f"unknown task '{spec.name}'{suggest(spec.name, TASKS)}; built-in: "
+                                                  f"{', '.join(TASKS)}, or lm_eval:<task>"))
+            label = spec.label or spec.name
+            if not LABEL_RE.match(label.replace(":", "_")):
+                problems.append((f"{where}.label", f"'{label}': use letters, digits, _ . -"))
+            if label in seen:
+                problems.append((f"{where}.label", f"two tasks are labelled '{label}'; give one a distinct label"))
+            seen.add(label)
+            problems += [(f"{where}.k", f"pass@{k} needs samples >= {k} (samples is {spec.samples})")
+                         for k in spec.k if k > spec.samples or k < 1]
+            if spec.samples > 1 and (spec.temperature if spec.temperature is not None else cfg.temperature) == 0:
+                problems.append((f"{where}.samples", "several samples under greedy decoding are identical; "
+                                                     "set temperature > 0 (e.g. 0.8) for pass@k"))
+        return problems
+
+    def run(self, cfg: EvalConfig, ctx: Context) -> dict:
+        from posttrain.eval.suite import evaluate_model
+
+        out = ctx.output("results")
+        runs = [resolve(spec, cfg) for spec in cfg.tasks]
+        results = {"seed": cfg.seed, "backend": cfg.backend, "models": {}}
+        for label, model in cfg.models.items():
+            path = ctx.path(model)
+            ctx.info(f"evaluating {label} ({path})")
+            tasks = evaluate_model(path, label, runs, out, backend=cfg.backend,
+                                   batch_size=cfg.batch_size, seed=cfg.seed, log=lambda m: ctx.info(f"{label}/{m}"))
+            results["models"][label] = {"model": path, "tasks": tasks}
+        write_json(out / "results.json", results)
+        return {f"{label}/{task}": r["score"] for label, m in results["models"].items() for task, r in m["tasks"].items()}
+
+
+def resolve(spec: TaskSpec, cfg: EvalConfig):
+    """A TaskSpec with the suite's settings and the task's defaults filled in."""
+    from posttrain.eval.lm_eval_backend import is_lm_eval
+    from posttrain.eval.suite import TaskRun
+    from posttrain.eval.tasks import TASKS
+
+    task = None if is_lm_eval(spec.name) else TASKS[spec.name]
+    return TaskRun(
+        name=spec.name, label=(spec.label or spec.name).replace(":", "_"),
+        limit=spec.limit if spec.limit is not None else cfg.limit,
+        shots=spec.shots if spec.shots is not None or task is None else task.shots,
+        chat=spec.chat if spec.chat is not None else (task.chat if task else True),
+        max_new_tokens=spec.max_new_tokens or cfg.max_new_tokens or (task.max_new_tokens if task else 256),
+        samples=spec.samples, temperature=spec.temperature if spec.temperature is not None else cfg.temperature,
+        top_p=cfg.top_p, k=list(spec.k), source=spec.source)
