@@ -30,7 +30,7 @@ class RewardTerm:
 
 @dataclass
 class VLLM:
-    mode: Literal["off", "colocate", "server"] = "off"
+    mode: Literal["none", "colocate", "server"] = "none"
     server_host: str = "127.0.0.1"
     server_port: int = 8000
     gpu_memory_utilization: float = field(default=0.3, metadata={"gt": 0, "le": 1})
@@ -139,12 +139,12 @@ class RLVR(Stage):
         if cfg.train.save_steps % _steps_per_generation(cfg):
             problems.append(("train.save_steps", f"must be a multiple of steps_per_generation={_steps_per_generation(cfg)}: "
                              "a checkpoint inside a generation buffer does not resume exactly"))
-        if cfg.vllm.mode != "off":
+        if cfg.vllm.mode != "none":
             import importlib.util
 
             if importlib.util.find_spec("vllm") is None:
                 problems.append(("vllm.mode", f"{cfg.vllm.mode} needs vLLM, which is not installed here: "
-                                              "pip install 'posttrain[vllm]' on a GPU machine, or set vllm.mode: off"))
+                                              "pip install 'posttrain[vllm]' on a GPU machine, or set vllm.mode: none"))
         return problems
 
     def run(self, cfg: RLVRConfig, ctx: Context) -> dict:
@@ -158,7 +158,7 @@ class RLVR(Stage):
         tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
         tokenizer.padding_side = "left"
         funcs, weights = reward_functions(cfg, hf.end_of_turn_ids(tokenizer))
-        vllm = {} if cfg.vllm.mode == "off" else {
+        vllm = {} if cfg.vllm.mode == "none" else {
             "use_vllm": True, "vllm_mode": cfg.vllm.mode, "vllm_server_host": cfg.vllm.server_host,
             "vllm_server_port": cfg.vllm.server_port, "vllm_gpu_memory_utilization": cfg.vllm.gpu_memory_utilization}
         args = trl_config(GRPOConfig, cfg.train, ctx, cfg.launcher, loss_type=cfg.loss_type, beta=cfg.beta,
