@@ -146,7 +146,8 @@ def stage_reference(kinds: list[str] | None = None) -> str:
     from posttrain.schema import describe
     from posttrain.stage import STAGES
 
-    parts = []
+    parts = [] if kinds else ["# Stage reference\n\nEvery stage kind, its outputs and its recipe keys, generated from the "
+                              "code: `posttrain keys > docs/stages.md` (a test fails when this file is stale).\n"]
     for kind in kinds or sorted(STAGES):
         stage = STAGES[kind]
         outs = ", ".join(f"`{o}` ({t.__name__.lower()})" for o, t in stage.outputs.items())

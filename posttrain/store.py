@@ -144,8 +144,9 @@ class RunStore:
 
     # -- the lock -------------------------------------------------------------
     def lock(self) -> None:
-        """One `posttrain run` per run folder. flock is released by the kernel when a process dies, so a
-        lock left by a killed run is never mistaken for a live one."""
+        """One `posttrain run` per run folder. A POSIX record lock is released by the kernel when its process
+        dies, so a lock left by a killed run never blocks the next one; unlike flock, it is not shared with
+        forked children (reward workers), which may outlive a killed parent for a moment."""
         from posttrain.launch import node_rank
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -153,8 +154,8 @@ class RunStore:
             return
         f = open(self.run_dir / ".lock", "a+")
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             f.seek(0)
             holder = f.read().strip() or "another process"
             f.close()
@@ -167,7 +168,7 @@ class RunStore:
 
     def unlock(self) -> None:
         if self._lock_file:
-            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+            fcntl.lockf(self._lock_file, fcntl.LOCK_UN)
             self._lock_file.close()
             self._lock_file = None
 

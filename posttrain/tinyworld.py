@@ -122,8 +122,8 @@ def _tutor(a, op, b, rng):  # always right, shows the column working
     return f"{a}{op}{b}: {steps}. The answer is {result}."
 
 
-def _hasty(a, op, b, rng):  # same working, forgets the carry/borrow 40% of the time
-    steps, result = _column_steps(a, op, b, slip=rng.random() < 0.4)
+def _hasty(a, op, b, rng):  # same working, forgets the carry/borrow half of the time
+    steps, result = _column_steps(a, op, b, slip=rng.random() < 0.5)
     return f"{a}{op}{b}: {steps}. The answer is {result}."
 
 

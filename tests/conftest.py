@@ -34,20 +34,43 @@ stages:
     train: {learning_rate: 3.0e-3, max_steps: 12, per_device_train_batch_size: 8, save_steps: 3, logging_steps: 1}
 """
 
+# The mini chain continued through DPO (on a preference file) and RLVR (on the tiny world's RL prompts).
+MINI_PREFERENCE_TAIL = """
+  dpo:
+    kind: dpo
+    model: ${stages.sft.output.model}
+    data: PREF_DATA
+    max_length: 160
+    train: {learning_rate: 1.0e-3, max_steps: 8, per_device_train_batch_size: 4, save_steps: 2, logging_steps: 1}
+  rlvr:
+    kind: rlvr
+    model: ${stages.dpo.output.model}
+    data: ${stages.data.output.rl}
+    num_generations: 4
+    max_completion_length: 24
+    train: {learning_rate: 1.0e-3, max_steps: 6, per_device_train_batch_size: 8, save_steps: 2, logging_steps: 1}
+"""
 
-@pytest.fixture
-def sft_file(tmp_path):
-    """A prompt/completion SFT file made from the tiny world's correct teacher."""
+
+def write_mini_files(root: Path) -> tuple[Path, Path]:
+    """SFT (prompt/completion, the correct teacher) and preference (tutor vs guesser) files."""
     import json
 
     from posttrain import tinyworld
 
-    path = tmp_path / "sft.jsonl"
-    with open(path, "w") as f:
-        for row in tinyworld.sft_candidate_rows(200, seed=1):
-            tutor = next(c for c in row["candidates"] if c["source"] == "tutor")
-            f.write(json.dumps({"prompt": row["prompt"], "completion": tutor["response"]}) + "\n")
-    return path
+    sft, prefs = root / "sft.jsonl", root / "prefs.jsonl"
+    rows = tinyworld.sft_candidate_rows(200, seed=1)
+    with open(sft, "w") as f, open(prefs, "w") as g:
+        for row in rows:
+            by_source = {c["source"]: c["response"] for c in row["candidates"]}
+            f.write(json.dumps({"prompt": row["prompt"], "completion": by_source["tutor"]}) + "\n")
+            g.write(json.dumps({"prompt": row["prompt"], "chosen": by_source["tutor"], "rejected": by_source["guesser"]}) + "\n")
+    return sft, prefs
+
+
+@pytest.fixture
+def sft_file(tmp_path):
+    return write_mini_files(tmp_path)[0]
 
 
 @pytest.fixture

@@ -30,18 +30,16 @@ def actions(recipe_path, run_dir, overrides=()):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """One uninterrupted run of the mini chain, shared by the tests below (they copy it before changing it)."""
+    """One uninterrupted run of the mini chain (data -> base -> sft -> dpo -> rlvr), shared by the tests
+    below; they copy it before changing it."""
     import shutil
 
-    from conftest import MINI_RECIPE
-    from posttrain import tinyworld
+    from conftest import MINI_PREFERENCE_TAIL, MINI_RECIPE, write_mini_files
 
     root = tmp_path_factory.mktemp("finished")
-    sft = root / "sft.jsonl"
-    sft.write_text("".join(json.dumps({"prompt": r["prompt"], "completion": r["candidates"][-1]["response"]}) + "\n"
-                           for r in tinyworld.sft_candidate_rows(200, seed=1)))
+    sft, prefs = write_mini_files(root)
     recipe = root / "mini.yaml"
-    recipe.write_text(MINI_RECIPE.replace("SFT_DATA", str(sft)))
+    recipe.write_text(MINI_RECIPE.replace("SFT_DATA", str(sft)) + MINI_PREFERENCE_TAIL.replace("PREF_DATA", str(prefs)))
     run_dir = root / "run"
     run(load(recipe), run_dir, echo=lambda m: None)
     return recipe, run_dir, shutil
@@ -61,9 +59,9 @@ def test_manifest_records_what_the_issue_asks(finished_run):
 
 def test_rerun_is_fully_cached(finished_run, capsys):
     recipe, run_dir, _ = finished_run
-    before = {s: manifest(run_dir, s)["ended"] for s in ("data", "base", "sft")}
+    before = {s: manifest(run_dir, s)["ended"] for s in ("data", "base", "sft", "dpo", "rlvr")}
     proc = posttrain_cli("run", recipe, "--out", run_dir, check=True)
-    assert "nothing to do" in proc.stdout and proc.stdout.count("cached") >= 3
+    assert "nothing to do" in proc.stdout and proc.stdout.count("cached") >= 5
     assert {s: manifest(run_dir, s)["ended"] for s in before} == before
 
 
@@ -77,8 +75,10 @@ def test_formatting_does_not_change_fingerprints(finished_run, tmp_path):
 
 def test_config_change_reruns_stage_and_downstream_only(finished_run, tmp_path):
     recipe, run_dir, shutil = finished_run
-    assert actions(recipe, run_dir, ["stages.base.train.learning_rate=0.002"]) == {"data": "cached", "base": "run", "sft": "run"}
-    assert actions(recipe, run_dir, ["stages.sft.train.learning_rate=0.002"]) == {"data": "cached", "base": "cached", "sft": "run"}
+    assert actions(recipe, run_dir, ["stages.base.train.learning_rate=0.002"]) == {
+        "data": "cached", "base": "run", "sft": "run", "dpo": "run", "rlvr": "run"}
+    assert actions(recipe, run_dir, ["stages.dpo.beta=0.2"]) == {
+        "data": "cached", "base": "cached", "sft": "cached", "dpo": "run", "rlvr": "run"}
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     base_before = manifest(copy, "base")["ended"]
@@ -100,39 +100,41 @@ def test_edited_artifact_is_detected_and_rerun(finished_run, tmp_path):
 
 def test_only_and_from(finished_run, tmp_path):
     recipe, run_dir, shutil = finished_run
-    steps = {s.name: s.action for s in plan(load(recipe), RunStore(run_dir), start="base")}
-    assert steps == {"data": "cached", "base": "run", "sft": "run"}
+    steps = {s.name: s.action for s in plan(load(recipe), RunStore(run_dir), start="dpo")}
+    assert steps == {"data": "cached", "base": "cached", "sft": "cached", "dpo": "run", "rlvr": "run"}
     steps = {s.name: s.action for s in plan(load(recipe), RunStore(run_dir), only="sft", force=True)}
-    assert steps == {"data": "cached", "base": "cached", "sft": "run"}
+    assert steps == {"data": "cached", "base": "cached", "sft": "run", "dpo": "cached", "rlvr": "cached"}
     empty = tmp_path / "empty"
     proc = posttrain_cli("run", recipe, "--out", empty, "--only", "sft")
     assert proc.returncode == 2 and "has not finished" in proc.stderr
 
 
-def test_kill_9_mid_sft_then_resume_is_exact(finished_run, tmp_path):
+@pytest.mark.parametrize("stage,checkpoint", [("sft", 6), ("dpo", 4), ("rlvr", 2)])
+def test_kill_9_mid_stage_then_resume_is_exact(finished_run, tmp_path, stage, checkpoint):
     recipe, run_dir, shutil = finished_run
     killed = tmp_path / "killed"
     shutil.copytree(run_dir, killed)
-    shutil.rmtree(killed / "sft")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in load(recipe).downstream(stage):
+        shutil.rmtree(killed / name)
     proc = subprocess.Popen([sys.executable, "-m", "posttrain.cli", "run", str(recipe), "--out", str(killed)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    marker = killed / "sft" / "checkpoints" / "checkpoint-6" / "trainer_state.json"
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = killed / stage / "checkpoints" / f"checkpoint-{checkpoint}" / "trainer_state.json"
     deadline = time.time() + 300
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+        time.sleep(0.005)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert manifest(killed, "sft")["status"] == "running"
-    assert actions(recipe, killed)["sft"] == "resume"
+    assert manifest(killed, stage)["status"] == "running"
+    assert actions(recipe, killed)[stage] == "resume"
     run(load(recipe), killed, echo=lambda m: None)
-    resumed, straight = weights(killed, "sft"), weights(run_dir, "sft")
+    resumed, straight = weights(killed, stage), weights(run_dir, stage)
     assert resumed.keys() == straight.keys()
     for key in straight:
         assert (resumed[key] == straight[key]).all(), key
-    steps = [r["step"] for r in map(json.loads, (killed / "sft" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    steps = [r["step"] for r in map(json.loads, (killed / stage / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert steps == sorted(set(steps)), "replayed steps were logged twice"
+    assert manifest(killed, stage)["metrics"]["global_step"] == manifest(run_dir, stage)["metrics"]["global_step"]
 
 
 def test_half_written_checkpoint_is_never_loaded(tmp_path):

@@ -1,0 +1,463 @@
+"""Data selection before SFT: GRAPE and its ablations over candidate responses, PASER, cheap baselines,
+with optional MinHash dedup and n-gram decontamination applied first.
+
+Input rows: candidate rows `{"id", "prompt", "candidates": [{"source", "response"}]}` for grape,
+grape_reverse, random_response and single_source (output: SFT `messages` rows with the chosen `source`);
+SFT rows (messages / alpaca / prompt+completion) for the other methods (output: the kept rows unchanged,
+in input order).
+
+Files written into the stage folder besides the `data` output:
+- selection.jsonl: one record per input row: index, id, kept, reason, filter (dedup | decontaminate |
+  null), and per method: scores, rank, cluster, eval_sets / duplicate_of, sources / chosen (candidates).
+- scores.jsonl: model scores appended as they are computed; a killed run resumes from it.
+- selection_summary.json, for the report:
+    method: str; input_rows: int (rows read; prompts for candidate methods); filtered_rows: int (dropped by
+    dedup/decontamination); pool_rows: int (rows the method chose from); kept_rows: int (rows written);
+    dropped_rows: int (input rows with nothing kept);
+    budget: {count, fraction, resolved} (null for candidate methods); reasons: {reason: rows};
+    dedup: null | {threshold, num_perm, shingle, dropped};
+    decontamination: null | {ngram, dropped, per_eval_set: {name: {items, short_items_unchecked, matched_rows}}};
+    sources (candidate methods): {source: {candidates, kept}};
+    paser (paser): {k, k_chosen_by, eigenvalues, clusters: [{cluster, size, degradation, budget, selected}],
+                    ccg_rejected, budget_shortfall}.
+"""
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from posttrain.data import DataError, iter_rows, read_rows, write_json, write_rows
+from posttrain.selection import baselines, grape, paser
+from posttrain.selection.budget import gumbel_top_k, resolve
+from posttrain.selection.ccg import key_phrases
+from posttrain.selection.filters import BUILTIN_EVAL_SETS, Contamination, NearDuplicates
+from posttrain.selection.formats import Example, candidate_examples, candidates, locate, row_text, sft_row, to_example
+from posttrain.selection.scoring import PAPER_TEMPLATE, Formatter, ScoreLog, mean_jsd, mean_log_probs, score_stream
+from posttrain.stage import Context, Dataset, Model, Stage, is_ref, register
+
+Method = Literal["grape", "grape_reverse", "random_response", "single_source", "paser", "random", "length",
+                 "perplexity", "ifd", "dsir", "qurating"]
+EvalSetName = Literal["gsm8k", "math500", "ifeval", "humaneval", "mbpp"]
+CANDIDATE_METHODS = ("grape", "grape_reverse", "random_response", "single_source")
+MODEL_METHODS = ("grape", "grape_reverse", "perplexity", "ifd", "paser")
+DEFAULT_RANK = {"length": "highest", "perplexity": "lowest", "ifd": "highest"}
+DEDUP_BATCH = 1024
+
+
+@dataclass
+class Budget:
+    count: int | None = field(default=None, metadata={"ge": 1, "help": "keep this many rows"})
+    fraction: float | None = field(default=None, metadata={"gt": 0, "le": 1, "help": "keep this fraction of the rows"})
+
+
+@dataclass
+class ScoringOptions:
+    prompt_format: Literal["plain", "chat"] = field(default="plain", metadata={"help": "plain: `template`; chat: the tokenizer's chat template"})
+    template: str = field(default=PAPER_TEMPLATE, metadata={"help": "plain format; must contain {instruction} and end with {response}"})
+    max_length: int = field(default=1024, metadata={"ge": 8, "help": "longer texts lose tokens from the left"})
+    batch_size: int = field(default=8, metadata={"ge": 1})
+    chunk_rows: int = field(default=512, metadata={"ge": 1, "help": "rows scored between checkpoints"})
+
+
+@dataclass
+class GrapeOptions:
+    top_k: int = field(default=1, metadata={"ge": 1, "help": "responses kept per prompt"})
+    source: str | None = field(default=None, metadata={"help": "single_source: the source to keep"})
+
+
+@dataclass
+class PaserOptions:
+    reference_model: Model | None = field(default=None, metadata={"help": "the model to recover towards (e.g. the unpruned one); `model` is the target"})
+    clusters: int | None = field(default=None, metadata={"ge": 1, "help": "K; unset: chosen by the eigengap"})
+    max_clusters: int = field(default=30, metadata={"ge": 2})
+    landmarks: int = field(default=1000, metadata={"ge": 2, "help": "anchor points of the kNN graph"})
+    neighbors: int = field(default=5, metadata={"ge": 1, "help": "landmarks each point links to"})
+    embedding_model: str | None = field(default=None, metadata={"help": "sentence-transformers folder; unset: bundled all-MiniLM-L6-v2"})
+    ccg: bool = field(default=True, metadata={"help": "apply the Concept Consistency Graph filter"})
+    concepts_per_sample: int = field(default=5, metadata={"ge": 1})
+
+
+@dataclass
+class DsirOptions:
+    target: Dataset | None = field(default=None, metadata={"help": "rows that look like the wanted data"})
+    buckets: int = field(default=10000, metadata={"ge": 16})
+
+
+@dataclass
+class QuratingOptions:
+    score_key: str | None = field(default=None, metadata={"help": "the numeric column to sample by"})
+    temperature: float = field(default=1.0, metadata={"gt": 0})
+
+
+@dataclass
+class DedupOptions:
+    threshold: float = field(default=0.7, metadata={"gt": 0, "le": 1, "help": "estimated Jaccard similarity"})
+    num_perm: int = field(default=128, metadata={"ge": 16})
+    shingle: int = field(default=5, metadata={"ge": 1, "help": "words per shingle"})
+
+
+@dataclass
+class EvalFile:
+    name: str
+    path: Dataset
+    fields: list[str] = field(default_factory=list, metadata={"help": "text fields; empty: question/problem/prompt/instruction/text"})
+
+
+@dataclass
+class DecontaminateOptions:
+    ngram: int = field(default=13, metadata={"ge": 1})
+    builtin: list[EvalSetName] = field(default_factory=lambda: list(BUILTIN_EVAL_SETS),
+                                       metadata={"help": "eval sets from ../shared/data"})
+    extra: list[EvalFile] = field(default_factory=list)
+
+
+@dataclass
+class SelectConfig:
+    data: Dataset
+    method: Method
+    model: Model | None = field(default=None, metadata={"help": "the scoring model (GRAPE: the base model to fine-tune)"})
+    budget: Budget = field(default_factory=Budget)
+    rank: Literal["highest", "lowest"] | None = field(default=None, metadata={"help": "length/perplexity/ifd: which end to keep"})
+    seed: int = 0
+    scoring: ScoringOptions = field(default_factory=ScoringOptions)
+    grape: GrapeOptions = field(default_factory=GrapeOptions)
+    paser: PaserOptions = field(default_factory=PaserOptions)
+    dsir: DsirOptions = field(default_factory=DsirOptions)
+    qurating: QuratingOptions = field(default_factory=QuratingOptions)
+    dedup: DedupOptions | None = None
+    decontaminate: DecontaminateOptions | None = None
+    on_bad_rows: Literal["error", "skip"] = "error"
+
+
+def _vocab_size(model: str | None) -> int | None:
+    """The vocabulary size from a local model folder's config, when it can be known before running."""
+    config = Path(model or "") / "config.json"
+    if not model or is_ref(model) or not config.exists():
+        return None
+    data = json.loads(config.read_text())
+    return data.get("vocab_size") or data.get("text_config", {}).get("vocab_size")
+
+
+@register
+class Select(Stage):
+    kind = "select"
+    Config = SelectConfig
+    outputs = {"data": Dataset}
+    description = "data selection (GRAPE, PASER, baselines) with dedup and decontamination"
+
+    def check(self, cfg: SelectConfig) -> list[tuple[str, str]]:
+        m, problems = cfg.method, []
+        both = cfg.budget.count is not None and cfg.budget.fraction is not None
+        if both:
+            problems.append(("budget", "set budget.count or budget.fraction, not both"))
+        if m in CANDIDATE_METHODS and (cfg.budget.count is not None or cfg.budget.fraction is not None):
+            problems.append(("budget", f"{m} keeps the chosen response(s) of every prompt and takes no budget"))
+        if m not in CANDIDATE_METHODS and cfg.budget.count is None and cfg.budget.fraction is None:
+            problems.append(("budget", f"{m} needs budget.count or budget.fraction"))
+        if m in MODEL_METHODS and cfg.model is None:
+            problems.append(("model", f"{m} scores with a model: set model"))
+        unused = {"model": m not in MODEL_METHODS and cfg.model is not None,
+                  "rank": m not in DEFAULT_RANK and cfg.rank is not None,
+                  "paser.reference_model": m != "paser" and cfg.paser.reference_model is not None,
+                  "dsir.target": m != "dsir" and cfg.dsir.target is not None,
+                  "qurating.score_key": m != "qurating" and cfg.qurating.score_key is not None,
+                  "grape.source": m != "single_source" and cfg.grape.source is not None}
+        problems += [(key, f"not used by method {m}: remove it") for key, hit in unused.items() if hit]
+        required = {"paser": ("paser.reference_model", cfg.paser.reference_model),
+                    "single_source": ("grape.source", cfg.grape.source),
+                    "dsir": ("dsir.target", cfg.dsir.target), "qurating": ("qurating.score_key", cfg.qurating.score_key)}
+        if m in required and required[m][1] is None:
+            problems.append((required[m][0], f"method {m} needs {required[m][0]}"))
+        if m == "single_source" and cfg.grape.top_k != 1:
+            problems.append(("grape.top_k", "single_source keeps one response per prompt"))
+        if m in MODEL_METHODS and cfg.scoring.prompt_format == "plain" and not (
+                "{instruction}" in cfg.scoring.template and cfg.scoring.template.endswith("{response}")):
+            problems.append(("scoring.template", "must contain {instruction} and end with {response}"))
+        if m == "paser":
+            sizes = (_vocab_size(cfg.model), _vocab_size(cfg.paser.reference_model))
+            if None not in sizes and sizes[0] != sizes[1]:
+                problems.append(("paser.reference_model", f"vocabulary size {sizes[1]} differs from model's {sizes[0]}: "
+                                 "the JSD needs both models to share one vocabulary"))
+        return problems
+
+    def run(self, cfg: SelectConfig, ctx: Context) -> dict:
+        path = ctx.path(cfg.data)
+        hits, filter_summary = _filter(cfg, path)
+        runner = _run_candidates if cfg.method in CANDIDATE_METHODS else _run_subset
+        audit, summary = runner(cfg, ctx, path, hits)
+        write_rows(ctx.out_dir / "selection.jsonl", audit)
+        reasons = Counter(a["reason"] for a in audit)
+        summary = {"method": cfg.method, "input_rows": len(audit), "filtered_rows": len(hits),
+                   "pool_rows": len(audit) - len(hits), **summary,
+                   "dropped_rows": sum(not a["kept"] for a in audit), "reasons": dict(reasons), **filter_summary}
+        write_json(ctx.out_dir / "selection_summary.json", summary)
+        ctx.info(f"{cfg.method}: kept {summary['kept_rows']} rows from {summary['input_rows']}")
+        return {"rows/input": summary["input_rows"], "rows/kept": summary["kept_rows"],
+                "rows/filtered": summary["filtered_rows"]}
+
+
+# ---------- dedup and decontamination ----------
+
+def _filter(cfg: SelectConfig, path: str) -> tuple[dict[int, dict], dict]:
+    """Audit fields of the rows dropped before selection (index -> fields), and the filters' summary."""
+    summary = {"dedup": None, "decontamination": None}
+    if cfg.dedup is None and cfg.decontaminate is None:
+        return {}, summary
+    contamination = _contamination(cfg.decontaminate) if cfg.decontaminate else None
+    dedup = NearDuplicates(cfg.dedup.threshold, cfg.dedup.num_perm, cfg.dedup.shingle) if cfg.dedup else None
+    hits: dict[int, dict] = {}
+    pending: list[tuple[int, str]] = []
+
+    def flush():
+        for (index, _), dup_of in zip(pending, dedup.check([str(i) for i, _ in pending], [t for _, t in pending])):
+            if dup_of is not None:
+                hits[index] = {"filter": "dedup", "reason": "near-duplicate", "duplicate_of": int(dup_of)}
+        pending.clear()
+
+    for index, row in enumerate(iter_rows(path, cfg.on_bad_rows)):
+        text = row_text(row, locate(path, index, row))
+        sets = contamination.matches(text) if contamination else []
+        if sets:
+            hits[index] = {"filter": "decontaminate", "reason": "contaminated", "eval_sets": sets}
+        elif dedup:
+            pending.append((index, text))
+            if len(pending) == DEDUP_BATCH:
+                flush()
+    if dedup:
+        flush()
+        summary["dedup"] = {"threshold": cfg.dedup.threshold, "num_perm": cfg.dedup.num_perm,
+                            "shingle": cfg.dedup.shingle, "dropped": sum(h["filter"] == "dedup" for h in hits.values())}
+    if contamination:
+        summary["decontamination"] = {"ngram": contamination.n, "per_eval_set": contamination.stats,
+                                      "dropped": sum(h["filter"] == "decontaminate" for h in hits.values())}
+    return hits, summary
+
+
+def _contamination(opts: DecontaminateOptions) -> Contamination:
+    index = Contamination(opts.ngram)
+    for name in opts.builtin:
+        index.add_builtin(name)
+    for extra in opts.extra:
+        index.add_file(extra.name, extra.path, extra.fields)
+    return index
+
+
+# ---------- models ----------
+
+def _load(path: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return tokenizer, model
+
+
+def _pad_id(tokenizer) -> int:
+    return next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None)
+
+
+def _formatter(cfg: SelectConfig, tokenizer) -> Formatter:
+    s = cfg.scoring
+    return Formatter(tokenizer, s.prompt_format, s.template, s.max_length)
+
+
+def _score_log(ctx: Context) -> ScoreLog:
+    return ScoreLog(ctx.out_dir / "scores.jsonl", fresh=ctx.resume == "off")
+
+
+def _progress(ctx: Context):
+    return lambda done: ctx.info(f"scored {done} rows")
+
+
+# ---------- candidate methods (GRAPE family), streamed ----------
+
+def _run_candidates(cfg: SelectConfig, ctx: Context, path: str, hits: dict[int, dict]) -> tuple[list[dict], dict]:
+    def rows() -> Iterator[tuple[int, dict, str]]:
+        for index, row in enumerate(iter_rows(path, cfg.on_bad_rows)):
+            yield index, row, locate(path, index, row)
+
+    scored: dict[int, dict] = {}
+    if cfg.method in ("grape", "grape_reverse"):
+        tokenizer, model = _load(ctx.path(cfg.model))
+        fmt, pad = _formatter(cfg, tokenizer), _pad_id(tokenizer)
+        items = ((i, str(row.get("id", i)), where, candidate_examples(row, where))
+                 for i, row, where in rows() if i not in hits)
+        scored = score_stream(items, lambda exs, where: [fmt.encode(e, where) for e in exs],
+                              lambda enc: mean_log_probs(model, enc, cfg.scoring.batch_size, pad),
+                              _score_log(ctx), cfg.scoring.chunk_rows, _progress(ctx))
+    audit: list[dict] = []
+    offered, kept = Counter(), Counter()
+
+    def selected_rows() -> Iterator[dict]:
+        for i, row, where in rows():
+            cands = candidates(row, where)
+            sources = [c["source"] for c in cands]
+            offered.update(sources)
+            record = {"index": i, "id": row.get("id"), "sources": sources, "filter": None}
+            if i in hits:
+                audit.append({**record, "kept": False, **hits[i]})
+                continue
+            scores = scored[i]["scores"] if scored else None
+            chosen = grape.choose(cfg.method, scores, sources, cfg.grape.top_k, cfg.grape.source, cfg.seed, i)
+            reason = "selected" if chosen else f"no candidate from source {cfg.grape.source}"
+            audit.append({**record, "kept": bool(chosen), "reason": reason, "scores": scores, "chosen": chosen})
+            row_id = str(row.get("id", i))
+            for r, j in enumerate(chosen):
+                kept[sources[j]] += 1
+                yield sft_row(row, cands[j], row_id if cfg.grape.top_k == 1 else f"{row_id}-{r}")
+
+    written = write_rows(ctx.output("data"), selected_rows())
+    sources = {s: {"candidates": offered[s], "kept": kept[s]} for s in sorted(offered)}
+    return audit, {"kept_rows": written, "budget": None, "sources": sources}
+
+
+# ---------- subset methods ----------
+
+@dataclass
+class Decision:
+    kept: bool
+    reason: str
+    fields: dict = field(default_factory=dict)  # scores, rank, cluster, ...
+
+
+def _run_subset(cfg: SelectConfig, ctx: Context, path: str, hits: dict[int, dict]) -> tuple[list[dict], dict]:
+    rows = read_rows(path, cfg.on_bad_rows)
+    pool = [i for i in range(len(rows)) if i not in hits]
+    examples = [to_example(rows[i], locate(path, i, rows[i])) for i in pool]
+    wheres = [locate(path, i, rows[i]) for i in pool]
+    budget = resolve(cfg.budget.count, cfg.budget.fraction, len(pool))
+    decide = SUBSET_METHODS[cfg.method]
+    decisions, extra = decide(cfg, ctx, examples, wheres, [rows[i] for i in pool], budget) if pool else ([], {})
+    by_index = dict(zip(pool, decisions))
+    audit = []
+    for i, row in enumerate(rows):
+        base = {"index": i, "id": row.get("id")}
+        if i in hits:
+            audit.append({**base, "kept": False, **hits[i]})
+        else:
+            d = by_index[i]
+            audit.append({**base, "kept": d.kept, "reason": d.reason, "filter": None, **d.fields})
+    written = write_rows(ctx.output("data"), (rows[i] for i in pool if by_index[i].kept))
+    summary = {"kept_rows": written, "budget": {"count": cfg.budget.count, "fraction": cfg.budget.fraction,
+                                                 "resolved": budget}}
+    return audit, {**summary, **extra}
+
+
+def _by_rank(order, k: int, fields: list[dict], not_chosen: str) -> list[Decision]:
+    """Decisions from a ranked or drawn order over the pool: its first k are kept."""
+    decisions = [Decision(False, not_chosen, f) for f in fields]
+    for rank, p in enumerate(order):
+        decisions[p].fields["rank"] = rank
+        if rank < k:
+            decisions[p].kept, decisions[p].reason = True, "selected"
+    return decisions
+
+
+def _random(cfg, ctx, examples, wheres, rows, k):
+    order = np.random.default_rng(cfg.seed).permutation(len(examples))[:k]
+    return _by_rank(order, k, [{} for _ in examples], "not drawn"), {}
+
+
+def _ranked(cfg: SelectConfig, scores, k: int, eligible=None) -> list[Decision]:
+    """Keep the k best by `scores` (name -> array); the first name is the ranking score."""
+    names = list(scores)
+    fields = [{"scores": {n: float(scores[n][p]) for n in names}} for p in range(len(scores[names[0]]))]
+    highest = (cfg.rank or DEFAULT_RANK[cfg.method]) == "highest"
+    order = [p for p in baselines.ranked(scores[names[0]], highest) if eligible is None or eligible[p]]
+    return _by_rank(order, k, fields, "below budget")
+
+
+def _length(cfg, ctx, examples, wheres, rows, k):
+    return _ranked(cfg, {"response_chars": np.array([len(e.response) for e in examples])}, k), {}
+
+
+def _model_scores(cfg: SelectConfig, ctx: Context, examples: list[Example], wheres: list[str], with_response_only: bool):
+    """Mean response log-probs per example under `model` (and, for IFD, of the response alone)."""
+    tokenizer, model = _load(ctx.path(cfg.model))
+    fmt, pad = _formatter(cfg, tokenizer), _pad_id(tokenizer)
+
+    def encode(exs, where):
+        return [fmt.encode(exs[0], where)] + ([fmt.encode_response_only(exs[0], where)] if with_response_only else [])
+    items = ((p, str(p), wheres[p], [ex]) for p, ex in enumerate(examples))
+    done = score_stream(items, encode, lambda enc: mean_log_probs(model, enc, cfg.scoring.batch_size, pad),
+                        _score_log(ctx), cfg.scoring.chunk_rows, _progress(ctx))
+    return np.array([done[p]["scores"] for p in range(len(examples))])
+
+
+def _perplexity(cfg, ctx, examples, wheres, rows, k):
+    logp = _model_scores(cfg, ctx, examples, wheres, False)[:, 0]
+    return _ranked(cfg, {"perplexity": np.exp(-logp), "mean_logprob": logp}, k), {}
+
+
+def _ifd(cfg, ctx, examples, wheres, rows, k):
+    logp = _model_scores(cfg, ctx, examples, wheres, True)
+    score = baselines.ifd(logp[:, 0], logp[:, 1])
+    decisions = _ranked(cfg, {"ifd": score, "logprob_given_question": logp[:, 0], "logprob_alone": logp[:, 1]},
+                        k, eligible=score <= 1)
+    for d, s in zip(decisions, score):
+        if s > 1:
+            d.reason = "ifd > 1"
+    return decisions, {}
+
+
+def _plain_text(row: dict, where: str) -> str:
+    return row["text"] if isinstance(row.get("text"), str) else row_text(row, where)
+
+
+def _dsir(cfg, ctx, examples, wheres, rows, k):
+    target_path = ctx.path(cfg.dsir.target)
+    target = [_plain_text(r, locate(target_path, i, r)) for i, r in enumerate(iter_rows(target_path))]
+    weights = baselines.dsir_log_weights([_plain_text(r, w) for r, w in zip(rows, wheres)], target, cfg.dsir.buckets)
+    order = gumbel_top_k(weights, k, np.random.default_rng(cfg.seed))
+    return _by_rank(order, k, [{"scores": {"dsir_log_weight": float(w)}} for w in weights], "not drawn"), {}
+
+
+def _qurating(cfg, ctx, examples, wheres, rows, k):
+    key = cfg.qurating.score_key
+    bad = next((w for r, w in zip(rows, wheres) if not isinstance(r.get(key), (int, float)) or isinstance(r.get(key), bool)), None)
+    if bad:
+        raise DataError(f"{bad}: qurating.score_key '{key}' must be a number in every row")
+    scores = np.array([float(r[key]) for r in rows])
+    order = gumbel_top_k(scores / cfg.qurating.temperature, k, np.random.default_rng(cfg.seed))
+    return _by_rank(order, k, [{"scores": {key: float(s)}} for s in scores], "not drawn"), {}
+
+
+def _paser(cfg, ctx, examples, wheres, rows, k):
+    opts = cfg.paser
+    tokenizer, model = _load(ctx.path(cfg.model))
+    _, reference = _load(ctx.path(opts.reference_model))
+    if reference.config.vocab_size != model.config.vocab_size:
+        raise ValueError(f"paser.reference_model has vocabulary size {reference.config.vocab_size}, model has "
+                         f"{model.config.vocab_size}: the JSD needs one shared vocabulary")
+    fmt, pad = _formatter(cfg, tokenizer), _pad_id(tokenizer)
+    items = ((p, str(p), wheres[p], [ex]) for p, ex in enumerate(examples))
+    done = score_stream(items, lambda exs, where: [fmt.encode(exs[0], where)],
+                        lambda enc: mean_jsd(reference, model, enc, cfg.scoring.batch_size, pad),
+                        _score_log(ctx), cfg.scoring.chunk_rows, _progress(ctx))
+    jsd = np.array([done[p]["scores"][0] for p in range(len(examples))])
+    tokens = np.array([done[p]["tokens"][0] for p in range(len(examples))])
+    ctx.info(f"embedding {len(examples)} instructions")
+    clustering = paser.spectral_clusters(paser.embed([e.instruction for e in examples], opts.embedding_model),
+                                         opts.clusters, opts.max_clusters, opts.landmarks, opts.neighbors, cfg.seed)
+    concepts = ([key_phrases(f"{e.instruction}\n{e.response}", opts.concepts_per_sample) for e in examples]
+                if opts.ccg else None)
+    decisions, table = paser.select(clustering.labels, jsd, tokens, concepts, k)
+    out = [Decision(d.kept, d.reason, {"scores": {"jsd": float(jsd[p]), "tokens": int(tokens[p]), "efficiency": d.efficiency},
+                                       "cluster": int(clustering.labels[p]), "rank": d.rank,
+                                       **({"concepts": concepts[p]} if concepts else {}),
+                                       **({"conflict": d.conflict} if d.conflict else {})})
+           for p, d in enumerate(decisions)]
+    kept = sum(d.kept for d in decisions)
+    summary = {"k": clustering.k, "k_chosen_by": clustering.k_chosen_by, "eigenvalues": clustering.eigenvalues,
+               "clusters": table, "ccg_rejected": sum(d.reason == "ccg conflict" for d in decisions),
+               "budget_shortfall": k - kept}
+    return out, {"paser": summary}
+
+
+SUBSET_METHODS = {"random": _random, "length": _length, "perplexity": _perplexity, "ifd": _ifd, "dsir": _dsir,
+                  "qurating": _qurating, "paser": _paser}

@@ -1,0 +1,225 @@
+"""The select and prune stages end to end on the tiny world: config checks, every method, audit and summary
+files, pruned models that reload."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from posttrain import hf, schema, tinyworld
+from posttrain.data import read_rows, shared_file, write_rows
+from posttrain.stage import Context
+from posttrain.stages.prune import Prune, PruneConfig
+from posttrain.stages.select import Select, SelectConfig
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory) -> str:
+    tok = tinyworld.build_tokenizer()
+    path = tmp_path_factory.mktemp("models") / "base"
+    hf.save_model(tinyworld.build_model(tok, seed=0), tok, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def candidate_file(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("data") / "candidates.jsonl"
+    write_rows(path, tinyworld.sft_candidate_rows(12, seed=3))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def sft_file(tmp_path_factory) -> str:
+    """Messages rows: the tutor's answer to tiny-world prompts."""
+    rows = [{"id": r["id"], "messages": [{"role": "user", "content": r["prompt"]},
+                                         {"role": "assistant", "content": r["candidates"][3]["response"]}],
+             "quality": float(i % 5)} for i, r in enumerate(tinyworld.sft_candidate_rows(40, seed=4))]
+    path = tmp_path_factory.mktemp("data") / "sft.jsonl"
+    write_rows(path, rows)
+    return str(path)
+
+
+def config(**raw) -> SelectConfig:
+    problems: list = []
+    cfg = schema.build(SelectConfig, raw, "", problems, lambda s, o: "no refs here")
+    assert problems == []
+    return cfg
+
+
+def problems_of(**raw) -> list[str]:
+    return [key for key, _ in Select().check(config(**raw))]
+
+
+def run(cfg: SelectConfig, out: Path, resume: str = "auto") -> tuple[list[dict], list[dict], dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    ctx = Context("select", out, out.parent, Select.outputs, {}, resume)
+    Select().run(cfg, ctx)
+    return (read_rows(out / "data.jsonl"), read_rows(out / "selection.jsonl"),
+            json.loads((out / "selection_summary.json").read_text()))
+
+
+# ---------- checks ----------
+
+def test_check_budget_and_required_keys(sft_file, candidate_file, base_model, tmp_path):
+    assert problems_of(data=sft_file, method="random", budget={"count": 3, "fraction": 0.5}) == ["budget"]
+    assert problems_of(data=sft_file, method="random") == ["budget"]
+    assert problems_of(data=candidate_file, method="grape", model=base_model, budget={"count": 3}) == ["budget"]
+    assert problems_of(data=candidate_file, method="grape") == ["model"]
+    assert problems_of(data=candidate_file, method="single_source") == ["grape.source"]
+    assert problems_of(data=sft_file, method="random", budget={"count": 2}, model=base_model, rank="lowest") == ["model", "rank"]
+    assert problems_of(data=candidate_file, method="grape", model=base_model,
+                       scoring={"template": "{response} after {instruction}"}) == ["scoring.template"]
+    assert problems_of(data=sft_file, method="length", budget={"fraction": 0.1}) == []
+
+
+def test_check_paser_vocabulary_mismatch(sft_file, base_model, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"vocab_size": 50}))
+    assert problems_of(data=sft_file, method="paser", model=base_model, budget={"count": 3}) == ["paser.reference_model"]
+    assert problems_of(data=sft_file, method="paser", model=base_model, budget={"count": 3},
+                       paser={"reference_model": str(other)}) == ["paser.reference_model"]
+    assert problems_of(data=sft_file, method="paser", model=base_model, budget={"count": 3},
+                       paser={"reference_model": base_model}) == []
+
+
+# ---------- GRAPE family ----------
+
+def test_grape_keeps_the_best_scored_candidate_and_resumes(candidate_file, base_model, tmp_path, monkeypatch):
+    cfg = config(data=candidate_file, method="grape", model=base_model, scoring={"chunk_rows": 5})
+    rows, audit, summary = run(cfg, tmp_path / "grape")
+    assert len(rows) == len(audit) == 12
+    for row, record in zip(rows, audit):
+        best = max(range(4), key=lambda j: (round(record["scores"][j], 6), -j))
+        assert record["chosen"] == [best] and row["source"] == record["sources"][best]
+        assert row["messages"][0]["role"] == "user" and row["messages"][1]["role"] == "assistant"
+        assert row["id"] == record["id"] and "ground_truth" in row and "candidates" not in row
+    assert sum(s["kept"] for s in summary["sources"].values()) == 12
+    assert all(s["candidates"] == 12 for s in summary["sources"].values())
+    assert summary["budget"] is None and summary["kept_rows"] == 12
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("resume must reuse the checkpointed scores")
+    monkeypatch.setattr("posttrain.stages.select.mean_log_probs", no_scoring)
+    again, _, _ = run(cfg, tmp_path / "grape")
+    assert again == rows
+
+
+def test_reverse_random_and_single_source(candidate_file, base_model, tmp_path):
+    _, best, _ = run(config(data=candidate_file, method="grape", model=base_model, grape={"top_k": 2}), tmp_path / "g2")
+    _, worst, _ = run(config(data=candidate_file, method="grape_reverse", model=base_model), tmp_path / "rev")
+    for b, w in zip(best, worst):
+        assert w["chosen"][0] not in b["chosen"]  # 4 candidates: the bottom one is never in the top 2
+    drawn = [run(config(data=candidate_file, method="random_response", seed=s), tmp_path / f"rr{s}")[1] for s in (1, 1, 2)]
+    assert [a["chosen"] for a in drawn[0]] == [a["chosen"] for a in drawn[1]]
+    assert [a["chosen"] for a in drawn[0]] != [a["chosen"] for a in drawn[2]]
+    rows, _, summary = run(config(data=candidate_file, method="single_source", grape={"source": "tutor"}), tmp_path / "ss")
+    assert {r["source"] for r in rows} == {"tutor"} and summary["sources"]["tutor"]["kept"] == 12
+
+
+# ---------- filters through the stage ----------
+
+def test_decontamination_and_dedup_drop_and_report(sft_file, tmp_path):
+    rows = read_rows(sft_file)[:10]
+    question = json.loads(shared_file("gsm8k/test.jsonl").read_text().splitlines()[3])["question"]
+    planted = {"id": "planted", "instruction": question, "output": "The answer is 5."}
+    duplicate = {**rows[2], "id": "copy"}
+    path = tmp_path / "train.jsonl"
+    write_rows(path, rows[:5] + [planted] + rows[5:] + [duplicate])
+    cfg = config(data=str(path), method="length", budget={"count": 100},
+                 decontaminate={"builtin": ["gsm8k", "mbpp"]}, dedup={})
+    kept, audit, summary = run(cfg, tmp_path / "out")
+    by_id = {a["id"]: a for a in audit}
+    assert by_id["planted"]["filter"] == "decontaminate" and by_id["planted"]["eval_sets"] == ["gsm8k"]
+    assert by_id["copy"]["filter"] == "dedup" and by_id["copy"]["duplicate_of"] == 2
+    assert summary["decontamination"]["per_eval_set"]["gsm8k"]["matched_rows"] == 1
+    assert summary["decontamination"]["per_eval_set"]["mbpp"]["matched_rows"] == 0
+    assert summary["dedup"]["dropped"] == 1 and summary["filtered_rows"] == 2
+    assert [r["id"] for r in kept] == [r["id"] for r in rows]
+
+
+# ---------- baselines ----------
+
+def test_length_keeps_the_longest_and_records_ranks(sft_file, tmp_path):
+    rows, audit, summary = run(config(data=sft_file, method="length", budget={"fraction": 0.25}), tmp_path / "len")
+    lengths = sorted((len(r["messages"][1]["content"]) for r in read_rows(sft_file)), reverse=True)
+    assert len(rows) == 10 == summary["budget"]["resolved"]
+    assert min(len(r["messages"][1]["content"]) for r in rows) >= lengths[9]
+    assert sorted(a["rank"] for a in audit) == list(range(40))
+
+
+def test_perplexity_and_ifd_rank_by_model_scores(sft_file, base_model, tmp_path):
+    rows, audit, _ = run(config(data=sft_file, method="perplexity", model=base_model, budget={"count": 5}), tmp_path / "ppl")
+    ppl = [a["scores"]["perplexity"] for a in audit]
+    assert sorted(a["scores"]["perplexity"] for a in audit if a["kept"]) == sorted(ppl)[:5]
+    assert all(p == pytest.approx(np.exp(-a["scores"]["mean_logprob"])) for p, a in zip(ppl, audit))
+    _, audit, _ = run(config(data=sft_file, method="ifd", model=base_model, budget={"count": 5}), tmp_path / "ifd")
+    for a in audit:
+        s = a["scores"]
+        assert s["ifd"] == pytest.approx(s["logprob_given_question"] / s["logprob_alone"])
+        assert not (a["kept"] and s["ifd"] > 1)
+        assert (a["reason"] == "ifd > 1") == (s["ifd"] > 1)
+
+
+def test_dsir_prefers_rows_like_the_target(sft_file, tmp_path):
+    target = tmp_path / "target.jsonl"
+    write_rows(target, [{"text": "How many marbles are left after giving some away?"}] * 5)
+    rows, _, _ = run(config(data=sft_file, method="dsir", dsir={"target": str(target)}, budget={"count": 8}), tmp_path / "dsir")
+    share = np.mean(["marbles" in r["messages"][0]["content"] for r in rows])
+    base = np.mean(["marbles" in r["messages"][0]["content"] for r in read_rows(sft_file)])
+    assert share > base
+
+
+def test_qurating_samples_towards_high_scores(sft_file, tmp_path):
+    rows, audit, _ = run(config(data=sft_file, method="qurating", qurating={"score_key": "quality", "temperature": 0.25},
+                                budget={"count": 8}), tmp_path / "qr")
+    assert np.mean([r["quality"] for r in rows]) > np.mean([r["quality"] for r in read_rows(sft_file)])
+    assert sorted(a["rank"] for a in audit if a["kept"]) == list(range(8))
+
+
+# ---------- PASER and prune ----------
+
+def prune(base: str, out: Path, method: str, ratio: float):
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = Prune().run(PruneConfig(model=base, method=method, ratio=ratio),
+                          Context("prune", out, out, Prune.outputs, {}, "auto"))
+    return metrics, AutoModelForCausalLM.from_pretrained(out / "model")
+
+
+def test_paser_selects_exactly_the_budget_from_a_pruned_model(sft_file, base_model, tmp_path):
+    out = tmp_path / "prune"
+    prune(base_model, out, "magnitude", 0.5)
+    cfg = config(data=sft_file, method="paser", model=str(out / "model"), budget={"fraction": 0.25},
+                 paser={"reference_model": base_model, "max_clusters": 6})
+    rows, audit, summary = run(cfg, tmp_path / "paser")
+    table = summary["paser"]["clusters"]
+    assert len(rows) == 10 and sum(t["budget"] for t in table) == 10
+    assert summary["paser"]["budget_shortfall"] == 10 - sum(t["selected"] for t in table) == 0
+    assert {a["cluster"] for a in audit} == {t["cluster"] for t in table}
+    assert all(a["scores"]["jsd"] > 0 for a in audit)
+    for t in table:
+        members = [a["scores"]["jsd"] for a in audit if a["cluster"] == t["cluster"]]
+        assert t["degradation"] == pytest.approx(np.mean(members)) and t["size"] == len(members)
+
+
+def test_magnitude_zeroes_the_smallest_weights_per_layer(base_model, tmp_path):
+    metrics, model = prune(base_model, tmp_path, "magnitude", 0.3)
+    original = AutoModelForCausalLM.from_pretrained(base_model)
+    layer, before = model.model.layers[0].mlp.up_proj.weight, original.model.layers[0].mlp.up_proj.weight
+    zero = layer == 0
+    assert zero.float().mean().item() == pytest.approx(0.3, abs=0.01)
+    assert before[zero].abs().max() <= before[~zero].abs().min()  # the pruned ones were the smallest
+    assert torch.equal(model.model.embed_tokens.weight, original.model.embed_tokens.weight)
+    assert metrics["zero_weight_fraction"] == pytest.approx(0.3, abs=0.01)
+    assert metrics["parameters_after"] == metrics["parameters_before"]
+
+
+def test_structured_removes_mlp_channels_and_reloads(base_model, tmp_path):
+    metrics, model = prune(base_model, tmp_path, "structured", 0.25)
+    assert model.config.intermediate_size == metrics["intermediate_size"] == 192  # 256 * 0.75
+    assert model.model.layers[1].mlp.down_proj.weight.shape[1] == 192
+    assert metrics["parameters_after"] < metrics["parameters_before"]
+    out = model(input_ids=torch.tensor([[5, 6, 7]])).logits
+    assert out.shape[-1] == model.config.vocab_size and torch.isfinite(out).all()
