@@ -1,0 +1,73 @@
+"""`score_rows`: verify a batch, each row by its own verifier, in worker processes with per-row limits."""
+from __future__ import annotations
+
+from typing import Any
+
+from posttrain.rewards.core import Verdict, Verifier, log
+from posttrain.rewards.guard import shared_pool
+from posttrain.rewards.registry import get_verifier, list_verifiers
+
+
+class VerifierFailure(RuntimeError):
+    """Too many rows of a batch could not be verified (errors, timeouts, crashes): stop, don't train."""
+
+
+def _options_by_name(verifier: str | None, options: dict | None) -> dict[str, dict]:
+    """options is either {verifier name: kwargs} or the kwargs of the `verifier` argument."""
+    if not options:
+        return {}
+    known = set(list_verifiers())
+    if all(key in known for key in options):
+        return options
+    if verifier is None:
+        raise ValueError(f"options {sorted(options)} must be keyed by verifier name when rows choose their "
+                         f"verifier (e.g. {{'numeric': {{'extract': ['answer_is']}}}})")
+    return {verifier: options}
+
+
+def _verifiers_for(rows: list[dict], verifier: str | None, options: dict | None) -> list[Verifier]:
+    names = []
+    for index, row in enumerate(rows):
+        name = row.get("verifier") or verifier
+        if not name:
+            raise ValueError(f"row {index} (id={row.get('id')!r}) has no 'verifier' field and no default "
+                             f"verifier was given; known verifiers: {', '.join(list_verifiers())}")
+        names.append(name)
+    by_name = _options_by_name(verifier, options)
+    built = {name: get_verifier(name, **by_name.get(name, {})) for name in set(names)}
+    return [built[name] for name in names]
+
+
+def score_rows(completions: list, rows: list[dict], verifier: str | None = None, *, timeout_s: float = 5.0,
+               max_failure_fraction: float = 0.5, options: dict | None = None) -> list[Verdict]:
+    """One Verdict per (completion, row), in order.
+
+    Each row goes to row["verifier"], or to `verifier` when the row has none. A row whose check raises,
+    overruns its limit or kills its worker scores 0 with the reason, and is logged with its row id. The
+    limit is `timeout_s`, or the verifier's own `time_limit_s` when that is longer (the code verifier's
+    is its sandbox timeout + 2 s).
+    When more than `max_failure_fraction` of the batch failed that way, raises VerifierFailure.
+    `options`: keyword arguments for the `verifier` argument's verifier, or a dict keyed by verifier
+    name ({"numeric": {...}, "code": {"timeout_s": 2}}).
+    """
+    if len(completions) != len(rows):
+        raise ValueError(f"score_rows: {len(completions)} completions but {len(rows)} rows")
+    if not rows:
+        return []
+    verifiers = _verifiers_for(rows, verifier, options)
+    limits = [max(timeout_s, v.time_limit_s) for v in verifiers]
+    outcomes = shared_pool().map(Verifier.verify_unguarded, list(zip(verifiers, completions, rows)), limits)
+    verdicts, failures = [], []
+    for index, (v, row, outcome) in enumerate(zip(verifiers, rows, outcomes)):
+        if outcome.ok:
+            verdicts.append(outcome.value)
+            continue
+        why = f"{v.name} {outcome.status}: {outcome.message}"
+        log.warning("row %d (id=%r): %s", index, row.get("id"), why)
+        failures.append(f"row {index} (id={row.get('id')!r}): {why}")
+        verdicts.append(Verdict(0.0, why))
+    if len(failures) > max_failure_fraction * len(rows):
+        raise VerifierFailure(
+            f"{len(failures)} of {len(rows)} rows could not be verified (more than max_failure_fraction="
+            f"{max_failure_fraction:g}); refusing to score this batch. First failures: " + "; ".join(failures[:3]))
+    return verdicts

@@ -1,0 +1,141 @@
+"""The `numeric` verifier (alias `gsm8k`): final numeric answer vs. the row's ground truth.
+
+Row fields:
+- `ground_truth`: the expected number as a string ("18", "-3.5", "3/4", "1,234"), or an int/float;
+- else `answer`: a GSM8K solution whose final line is `#### N`.
+
+Options:
+- `extract`: the extraction modes, tried in order until one finds a number (default: all three):
+  - "answer_is": the number after the last "The answer is" / "answer:" (the tiny arithmetic task ends
+    every solution with "The answer is N.");
+  - "hashes": the number after the last `####` (GSM8K's own format);
+  - "last_number": the last number anywhere in the text.
+- `rel_tol`, `abs_tol`: the numeric tolerance, |got - expected| <= max(rel_tol * |expected|, abs_tol).
+
+A number may carry thousands separators, a sign, a decimal part, a fraction bar ("3/4"), a currency
+sign, a percent sign or a trailing unit. Parsing is by regex and `fractions.Fraction`, never eval, and a
+number with more than MAX_DIGITS digits is refused rather than converted.
+"""
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import Any, Iterable
+
+from posttrain.rewards.core import RowError, Verdict, Verifier, last_match, row_label
+from posttrain.rewards.registry import register_verifier
+
+MAX_DIGITS = 40
+EXTRACT_MODES = ("answer_is", "hashes", "last_number")
+
+_NUMBER = re.compile(
+    r"(?P<sign>[-+\u2212])?[$\u20ac\u00a3\u00a5\u20b9]?\s?(?P<sign2>[-+\u2212])?"
+    r"(?P<num>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
+    r"(?:\s?/\s?(?P<den>\d+(?:\.\d+)?))?"
+)
+_ANCHORS = {
+    "answer_is": re.compile(r"\banswer(?:\s+is)?\s*:?", re.IGNORECASE),
+    "hashes": re.compile(r"####"),
+}
+_BETWEEN_ANCHOR_AND_NUMBER = re.compile(r"[\s*$\\{(:=]*(?:boxed\{)?[\s*$]*")
+
+
+class NumberTooLong(ValueError):
+    pass
+
+
+def to_fraction(match: re.Match) -> Fraction | None:
+    """The exact value of a _NUMBER match; None for a zero denominator."""
+    digits = match["num"].replace(",", "")
+    if len(digits) + len(match["den"] or "") > MAX_DIGITS:
+        raise NumberTooLong(f"number with {len(digits)} digits (limit {MAX_DIGITS})")
+    value = Fraction(digits)
+    if match["den"] is not None:
+        den = Fraction(match["den"])
+        if den == 0:
+            return None
+        value /= den
+    negative = sum(s in ("-", "\u2212") for s in (match["sign"], match["sign2"])) % 2 == 1
+    return -value if negative else value
+
+
+def parse_number(text: str) -> Fraction | None:
+    """The first number in `text` (used for ground truths)."""
+    match = _NUMBER.search(text)
+    return to_fraction(match) if match else None
+
+
+def _number_after_last_anchor(text: str, anchor: re.Pattern) -> Fraction | None:
+    """The number right after the last anchor that is followed by one."""
+    found = None
+    for anchor_match in anchor.finditer(text):
+        start = _BETWEEN_ANCHOR_AND_NUMBER.match(text, anchor_match.end()).end()
+        match = _NUMBER.match(text, start)
+        if match:
+            found = match
+    return to_fraction(found) if found else None
+
+
+def _last_number(text: str) -> Fraction | None:
+    last = last_match(_NUMBER, text)
+    return to_fraction(last) if last else None
+
+
+def extract_answer(text: str, modes: Iterable[str] = EXTRACT_MODES) -> tuple[Fraction | None, str]:
+    """(number, mode that found it), or (None, "") when no mode finds one."""
+    for mode in modes:
+        value = _last_number(text) if mode == "last_number" else _number_after_last_anchor(text, _ANCHORS[mode])
+        if value is not None:
+            return value, mode
+    return None, ""
+
+
+def ground_truth(row: dict) -> Fraction:
+    if row.get("ground_truth") is not None:
+        raw = row["ground_truth"]
+        value = Fraction(raw) if isinstance(raw, int) else parse_number(str(raw))
+        source = "ground_truth"
+    elif isinstance(row.get("answer"), str) and "####" in row["answer"]:
+        raw = row["answer"].rsplit("####", 1)[1]
+        value, source = parse_number(raw), "answer's #### line"
+    else:
+        raise RowError(f"{row_label(row)}: numeric verifier needs 'ground_truth' or a GSM8K 'answer' "
+                       f"with a '#### N' line (fields present: {sorted(row)})")
+    if value is None:
+        raise RowError(f"{row_label(row)}: {source} {str(raw)[:80]!r} is not a number")
+    return value
+
+
+def _show(value: Fraction) -> str:
+    return str(value.numerator) if value.denominator == 1 else f"{float(value):g}"
+
+
+class NumericVerifier(Verifier):
+    name = "numeric"
+    default_time_limit_s = 2.0
+
+    def __init__(self, *, extract: list[str] | tuple[str, ...] = EXTRACT_MODES, rel_tol: float = 1e-6,
+                 abs_tol: float = 1e-9, **base: Any):
+        super().__init__(**base)
+        unknown = [m for m in extract if m not in EXTRACT_MODES]
+        if unknown or not extract:
+            raise ValueError(f"numeric: extract must list modes from {EXTRACT_MODES}, got {list(extract)}")
+        self.extract = tuple(extract)
+        self.rel_tol = Fraction(rel_tol)
+        self.abs_tol = Fraction(abs_tol)
+
+    def check(self, text: str, row: dict) -> Verdict:
+        expected = ground_truth(row)
+        try:
+            got, mode = extract_answer(text, self.extract)
+        except NumberTooLong as e:
+            return Verdict(0.0, f"answer refused: {e}")
+        if got is None:
+            return Verdict(0.0, f"no number found (modes: {', '.join(self.extract)})")
+        if abs(got - expected) <= max(self.rel_tol * abs(expected), self.abs_tol):
+            return Verdict(1.0, f"correct: {_show(got)} ({mode})")
+        return Verdict(0.0, f"wrong: got {_show(got)} ({mode}), expected {_show(expected)}")
+
+
+register_verifier("numeric", NumericVerifier)
+register_verifier("gsm8k", NumericVerifier)
