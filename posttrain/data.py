@@ -8,7 +8,8 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from contextlib import contextmanager
+from typing import IO, Any, Callable, Iterable, Iterator
 
 SHARED_DATA = Path(os.environ.get("POSTTRAIN_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 MAX_LINE_BYTES = 64 * 1024 * 1024
@@ -117,40 +118,54 @@ def read_rows(path: str | Path, on_bad_rows: str = "error", stats: ReadStats | N
     return list(iter_rows(path, on_bad_rows, stats))
 
 
-def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
-    """Write jsonl atomically (temp file + rename), so a killed process never leaves half a file."""
+@contextmanager
+def atomic_open(path: str | Path) -> Iterator[IO[str]]:
+    """A text file that appears at `path` only once fully written and synced (temp file + rename),
+    so a killed process never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                n += 1
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    n = 0
+    with atomic_open(path) as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
     return n
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Atomic JSON write."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path) as f:
+        json.dump(obj, f, indent=2, default=str)
+
+
+def convert_rows(path: str, convert: Callable[[dict, str], dict], on_bad_rows: str, stats: ReadStats) -> list[dict]:
+    """Read `path` and convert each row; a row that does not convert is an error naming the file and
+    row, or with on_bad_rows="skip" is counted in `stats`."""
+    out = []
+    for i, row in enumerate(iter_rows(path, on_bad_rows, stats), 1):
+        where = f"{path}: row {i}"
+        try:
+            out.append(convert(row, where))
+        except DataError as e:
+            if on_bad_rows != "skip":
+                raise
+            stats.skip(where, str(e))
+    if not out:
+        raise DataError(f"{path}: no usable rows" + (f" ({stats.skipped} skipped, e.g. {stats.skipped_examples[0]})"
+                                                     if stats.skipped else ""))
+    return out
 
 
 def shared_file(relative: str) -> Path:

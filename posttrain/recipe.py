@@ -22,6 +22,7 @@ TOP_LEVEL_KEYS = {"name": "the recipe's name (the default run folder is runs/<na
                   "vars": "free-form values for ${vars.X} interpolation",
                   "stages": "the named stages"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+MAX_RECIPE_VALUES = 100_000  # far beyond any real recipe; guards against YAML alias bombs
 
 def _shared_data(relative: str) -> str:
     return str(SHARED_DATA / relative)
@@ -73,7 +74,7 @@ def canonical_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _line_map(text: str) -> dict[str, int]:
+def _line_map(root: yaml.Node | None) -> dict[str, int]:
     """Key path -> 1-based line of that key in the YAML text."""
     lines: dict[str, int] = {}
 
@@ -89,11 +90,70 @@ def _line_map(text: str) -> dict[str, int]:
                 lines[p] = item.start_mark.line + 1
                 walk(item, p)
 
-    try:
-        walk(yaml.compose(text), "")
-    except yaml.YAMLError:
-        pass
+    walk(root, "")
     return lines
+
+
+def _parse(path: Path) -> tuple[Any, yaml.Node | None]:
+    """The recipe's data and its YAML node graph, or a RecipeError for anything that is not a sane YAML file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecipeError([f"{path}: cannot read the recipe: {e}"]) from None
+    try:
+        root = yaml.compose(text)
+        data = yaml.safe_load(text) if text.strip() else {}
+        size, duplicates = _expanded_size(root), _duplicate_keys(root)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
+        hint = (" (an interpolation inside [...] or {...} must be quoted: '${...}')"
+                if "${" in line and ("[" in line or "{" in line.replace("${", "")) else "")
+        raise RecipeError([f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML: {getattr(e, 'problem', e)}{hint}"]) from None
+    except RecursionError:
+        raise RecipeError([f"{path}: nested too deeply to be a recipe"]) from None
+    if size > MAX_RECIPE_VALUES:
+        raise RecipeError([f"{path}: YAML aliases expand this recipe to {size:,} values (limit {MAX_RECIPE_VALUES:,})"])
+    if duplicates:
+        raise RecipeError([f"{path}:{line}: duplicate key '{key}' (YAML would silently keep only the last one)"
+                           for key, line in duplicates])
+    return data, root
+
+
+def _expanded_size(root: yaml.Node | None) -> int:
+    """How many values the node graph expands to; aliases make a short text exponentially large."""
+    sizes: dict[int, int] = {}
+
+    def size(node) -> int:
+        if id(node) not in sizes:
+            children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
+                node.value if isinstance(node, yaml.SequenceNode) else []
+            sizes[id(node)] = 1 + sum(size(c) for c in children)  # computed once per node, however often aliased
+        return sizes[id(node)]
+
+    return size(root) if root is not None else 0
+
+
+def _duplicate_keys(root: yaml.Node | None) -> list[tuple[str, int]]:
+    found, seen_nodes = [], set()
+
+    def walk(node):
+        if id(node) in seen_nodes:
+            return
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
+            found.extend((k.value, k.start_mark.line + 1) for i, (k, _) in enumerate(node.value)
+                         if isinstance(k, yaml.ScalarNode) and k.value in keys[:i] and k.value != "<<")
+            for pair in node.value:
+                for n in pair:
+                    walk(n)
+        elif isinstance(node, yaml.SequenceNode):
+            for n in node.value:
+                walk(n)
+
+    walk(root)
+    return found
 
 
 class _Problems:
@@ -117,16 +177,15 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
     path = Path(path)
     if not path.exists():
         raise RecipeError([f"{path}: no such recipe file"])
-    text = path.read_text()
-    problems = _Problems(path, _line_map(text), list(overrides))
+    data, root = _parse(path)
+    problems = _Problems(path, _line_map(root), list(overrides))
     try:
-        cfg = OmegaConf.create(yaml.safe_load(text) if text.strip() else {})
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
-        hint = (" (an interpolation inside [...] or {...} must be quoted: '${...}')"
-                if "${" in line and ("[" in line or "{" in line.replace("${", "")) else "")
-        raise RecipeError([f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML: {getattr(e, 'problem', e)}{hint}"]) from None
+        cfg = OmegaConf.create(data)
+    except OmegaConfBaseException as e:  # e.g. a YAML date or binary value, which OmegaConf cannot hold
+        problems.add(getattr(e, "full_key", "") or "", f"unsupported value: {str(e).splitlines()[0]}")
+        raise RecipeError(problems.items) from None
+    except RecursionError:
+        raise RecipeError([f"{path}: nested too deeply to be a recipe"]) from None
     if not isinstance(cfg, DictConfig):
         raise RecipeError([f"{path}: a recipe is a mapping with 'name' and 'stages', got {type(cfg).__name__}"])
     _apply_overrides(cfg, overrides, problems)
@@ -148,7 +207,10 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
     def ref_types(stage: str, output: str):
         if stage not in kinds:
             return f"stage '{stage}' does not exist{schema.suggest(stage, kinds)}"
-        return STAGES[kinds[stage]].outputs[output]
+        outputs = STAGES[kinds[stage]].outputs
+        if output not in outputs:  # e.g. `${stages.X.output.model}0`, which OmegaConf resolves to a string
+            return f"stage '{stage}' has no output '{output}'{schema.suggest(output, outputs)}; its outputs: {', '.join(outputs)}"
+        return outputs[output]
 
     specs: dict[str, StageSpec] = {}
     for sname, kind in kinds.items():
@@ -195,7 +257,7 @@ def _inject_outputs(stages_cfg: DictConfig, problems: _Problems) -> dict[str, st
         if "output" in scfg:
             problems.add(f"{spath}.output", "'output' is reserved: it names the stage's outputs for references")
         kind = scfg.get("kind")
-        if kind not in STAGES:
+        if not isinstance(kind, str) or kind not in STAGES:
             problems.add(f"{spath}.kind", f"unknown stage kind {kind!r}{schema.suggest(kind, STAGES)}; kinds: {', '.join(sorted(STAGES))}")
             continue
         kinds[str(sname)] = kind

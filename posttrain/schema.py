@@ -6,6 +6,8 @@ Range limits come from field metadata: ge, gt, le, lt.
 """
 import dataclasses
 import difflib
+import math
+import sys
 import types
 import typing
 from pathlib import Path
@@ -19,6 +21,8 @@ Problem = tuple[str, str]
 RefTypes = Callable[[str, str], "type | str"]
 
 DATASET_SCHEMES = ("hf:", "builtin:")
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+FLOAT_MAX = sys.float_info.max  # a bigger int would overflow float()
 UNRESOLVED = object()  # a value whose interpolation failed: already reported, not checked again
 
 
@@ -116,10 +120,15 @@ def check_value(tp, value: Any, path: str, problems: list[Problem], ref_types: R
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             problems.append((path, f"expected an integer, got {value!r:.80}"))
+        elif not INT64_MIN <= value <= INT64_MAX:  # torch and numpy could not hold it
+            problems.append((path, f"{value:.3g} is too large for an integer setting"))
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append((path, f"expected a number, got {value!r:.80}"))
+            return value
+        if abs(value) > FLOAT_MAX or not math.isfinite(value):
+            problems.append((path, f"expected a finite number, got {value!r:.80}"))
             return value
         return float(value)
     if tp is str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from posttrain import hf
-from posttrain.data import DataError, ReadStats, read_rows
+from posttrain.data import DataError, ReadStats, convert_rows
 from posttrain.stage import Context, Dataset, Model, Stage, register
 from posttrain.training import Launcher, check_launcher, Lora, TrainArgs, check_trl_args, peft_config, train_and_save, trl_config
 
@@ -101,16 +101,7 @@ class DPO(Stage):
 
         path = ctx.path(cfg.data)
         stats = ReadStats()
-        rows = []
-        for i, row in enumerate(read_rows(path, cfg.on_bad_rows, stats), 1):
-            try:
-                rows.append(to_preference(row, f"{path}: row {i}"))
-            except DataError as e:
-                if cfg.on_bad_rows != "skip":
-                    raise
-                stats.skip(f"{path}: row {i}", str(e))
-        if not rows:
-            raise DataError(f"{path}: no usable preference rows")
+        rows = convert_rows(path, to_preference, cfg.on_bad_rows, stats)
         # A copy on disk gives TRL's tokenisation and reference log-prob caches a home that survives a resume.
         data_dir = ctx.out_dir / "dataset"
         if not (data_dir / "dataset_info.json").exists():

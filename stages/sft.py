@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from posttrain import hf
-from posttrain.data import DataError, ReadStats, read_rows, write_json
+from posttrain.data import DataError, ReadStats, convert_rows, write_json
 from posttrain.stage import Context, Dataset, Model, Stage, register
 from posttrain.training import Launcher, check_launcher, Lora, TrainArgs, check_trl_args, peft_config, train_and_save, trl_config
 
@@ -68,18 +68,8 @@ def mix(sources: list[Source], ctx: Context, seed: int, on_bad_rows: str) -> tup
     for src in sources:
         path = ctx.path(src.path)
         stats = ReadStats()
-        raw = read_rows(path, on_bad_rows, stats)
-        convs = []
-        for i, row in enumerate(raw, 1):
-            try:
-                convs.append({"messages": to_messages(row, src.format, f"{path}: row {i}")})
-            except DataError as e:
-                if on_bad_rows != "skip":
-                    raise
-                stats.skip(f"{path}: row {i}", str(e))
+        convs = convert_rows(path, lambda row, where: {"messages": to_messages(row, src.format, where)}, on_bad_rows, stats)
         want = src.count if src.count is not None else round(len(convs) * src.fraction) if src.fraction is not None else len(convs)
-        if not convs:
-            raise DataError(f"{path}: no usable rows")
         order = list(range(len(convs)))
         rng.shuffle(order)
         picked = [convs[order[i % len(order)]] for i in range(want)]
