@@ -74,7 +74,11 @@ def run_launched(stage, config, ctx, fingerprint: str) -> dict:
         pickle.dump({"kind": stage.kind, "config": config, "ctx": ctx, "fingerprint": fingerprint}, f)
     cmd = command(config.launcher, job)
     ctx.info("launching: " + " ".join(cmd))
-    proc = subprocess.run(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", **os.environ, "PYTHONUNBUFFERED": "1"}
+    if config.launcher.num_processes * config.launcher.num_machines == 1:
+        # A single process gets no rank variables from the launcher; DeepSpeed would go looking for MPI.
+        env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    proc = subprocess.run(cmd, env=env)
     if proc.returncode != 0:
         raise LaunchError(f"the {config.launcher.type} workers exited with code {proc.returncode} (their output is above)")
     if node_rank() != 0:

@@ -137,7 +137,10 @@ def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, e
     except BaseException as e:
         manifest.update(status=st.FAILED, ended=st.now_iso(), wall_time_s=st.elapsed(t0),
                         error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
-        run_store.write_manifest(spec.name, manifest)
+        try:
+            run_store.write_manifest(spec.name, manifest)
+        except OSError:  # a full or read-only disk: the atomic "running" manifest stays, which is still true
+            pass
         if isinstance(e, (KeyboardInterrupt, SystemExit)):
             raise
         raise StageFailed(f"stage '{spec.name}' failed: {type(e).__name__}: {e}\n"

@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from posttrain.data import write_json
+from posttrain.data import DataError, write_json
 from posttrain.stage import is_ref, parse_ref
 
 KEY_PACKAGES = ("posttrain", "torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "datasets", "vllm")
@@ -73,7 +73,10 @@ class HashCache:
 
     def save(self) -> None:
         if self.path.parent.exists():
-            write_json(self.path, self.entries)
+            try:
+                write_json(self.path, self.entries)
+            except OSError:  # only a cache: a read-only or full disk must not stop `plan`
+                pass
 
 
 def local_inputs(config: Any) -> list[Path]:
@@ -149,10 +152,14 @@ class RunStore:
         forked children (reward workers), which may outlive a killed parent for a moment."""
         from posttrain.launch import node_rank
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if node_rank() != 0:  # the other nodes of a multi-node run join node 0's run
-            return
-        f = open(self.run_dir / ".lock", "a+")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if node_rank() != 0:  # the other nodes of a multi-node run join node 0's run
+                return
+            f = open(self.run_dir / ".lock", "a+")
+        except OSError as e:
+            raise DataError(f"{self.run_dir}: cannot write to the run folder ({e.strerror}); "
+                            "make it writable or choose another --out") from None
         try:
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -11,6 +11,7 @@ import random
 import string
 from collections.abc import Callable
 
+import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
@@ -58,11 +59,10 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, **arch_overrides) -> PreTrainedModel:
-    """A randomly initialised small Llama (about 0.36M parameters by default), deterministic in `seed`."""
+    """A randomly initialised small Llama (about 0.34M parameters by default), deterministic in `seed`."""
     config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True,
                          bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, **{**DEFAULT_ARCH, **arch_overrides})
-    import torch  # local: only model building needs torch's RNG
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)

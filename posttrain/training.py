@@ -89,7 +89,8 @@ def check_trl_args(config_cls, train: TrainArgs, reserved: set[str]) -> list[tup
 
 # Arguments posttrain itself sets; recipes may not override them through trl_args.
 RESERVED = {"output_dir", "report_to", "deepspeed", "save_strategy", "bf16", "fp16", "use_cpu", "overwrite_output_dir",
-            "logging_strategy", "data_seed", "full_determinism", "warmup_steps", "logging_first_step"}
+            "logging_strategy", "data_seed", "full_determinism", "warmup_steps", "logging_first_step",
+            "activation_checkpointing"}
 
 
 def trl_config(config_cls, train: TrainArgs, ctx: Context, launcher: "Launcher | None" = None, **stage_args):
@@ -97,7 +98,7 @@ def trl_config(config_cls, train: TrainArgs, ctx: Context, launcher: "Launcher |
     from posttrain.launch import deepspeed_config
 
     common = {f.name: getattr(train, f.name) for f in dataclasses.fields(TrainArgs)
-              if f.name not in ("precision", "trl_args", "warmup_ratio")}
+              if f.name not in ("precision", "trl_args", "warmup_ratio", "gradient_checkpointing")}
     precision = train.precision
     if precision == "auto":
         precision = "bf16" if hf.bf16_supported() else "fp32"
@@ -105,6 +106,7 @@ def trl_config(config_cls, train: TrainArgs, ctx: Context, launcher: "Launcher |
         output_dir=str(ctx.checkpoints_dir), report_to=[], save_strategy="steps", logging_strategy="steps",
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=hf.device() == "cpu", data_seed=train.seed,
         warmup_steps=train.warmup_ratio, logging_first_step=True,
+        activation_checkpointing=train.gradient_checkpointing,  # transformers 5's name for it
         deepspeed=deepspeed_config(launcher.deepspeed) if launcher else None,
         **common, **stage_args, **train.trl_args,
     )
