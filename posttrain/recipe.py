@@ -231,14 +231,14 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
 
 
 def _apply_overrides(cfg: DictConfig, overrides, problems: "_Problems") -> None:
-    """key=value, values parsed as YAML; list items by index (stages.eval.tasks.0.limit=20)."""
+    """key=value, values parsed as YAML, replacing what was there; list items by index (stages.eval.tasks.0.limit=20)."""
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             problems.add("", f"override '{item}' is not key=value")
             continue
         try:
-            OmegaConf.update(cfg, key.strip(), yaml.safe_load(value) if value.strip() else "", merge=True)
+            OmegaConf.update(cfg, key.strip(), yaml.safe_load(value) if value.strip() else "", merge=False)
         except (OmegaConfBaseException, yaml.YAMLError) as e:
             problems.add(key.strip(), f"cannot apply override '{item}': {str(e).splitlines()[0]}")
 

@@ -22,6 +22,8 @@ class TrainArgs:
     per_device_train_batch_size: int = field(default=8, metadata={"ge": 1})
     gradient_accumulation_steps: int = field(default=1, metadata={"ge": 1})
     lr_scheduler_type: str = "linear"
+    lr_scheduler_kwargs: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "e.g. {num_decay_steps: 150} for warmup_stable_decay"})
     warmup_ratio: float = field(default=0.0, metadata={"ge": 0, "lt": 1, "help": "fraction of steps for linear warmup"})
     weight_decay: float = field(default=0.0, metadata={"ge": 0})
     max_grad_norm: float = field(default=1.0, metadata={"ge": 0})

@@ -13,6 +13,7 @@ from posttrain.stages.rlvr import as_chat
 class GenerateConfig:
     model: Model
     prompts: Dataset = field(metadata={"help": "rows with `prompt` and what the verifier needs (`ground_truth`, ...)"})
+    limit: int | None = field(default=None, metadata={"ge": 1, "help": "use only the first N prompts"})
     num_samples: int = field(default=4, metadata={"ge": 2})
     temperature: float = field(default=0.7, metadata={"gt": 0})
     top_p: float = field(default=1.0, metadata={"gt": 0, "le": 1})
@@ -53,7 +54,7 @@ class Generate(Stage):
         from posttrain.eval.generation import generate
         from posttrain.rewards import score_rows
 
-        rows = read_rows(ctx.path(cfg.prompts))
+        rows = read_rows(ctx.path(cfg.prompts))[: cfg.limit]
         samples = generate(ctx.path(cfg.model), None, [r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens,
                            temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.num_samples, seed=cfg.seed,
                            batch_size=cfg.batch_size, chat=cfg.chat, backend=cfg.backend)
