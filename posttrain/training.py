@@ -173,6 +173,7 @@ def train_and_save(trainer, tokenizer, ctx: Context, merge_lora: bool = True) ->
         if state.get("global_step", 0) >= state.get("max_steps", float("inf")) > 0:
             # Resuming a finished checkpoint would train one extra step: load its weights instead.
             trainer.model.load_state_dict(_checkpoint_state_dict(checkpoint), strict=False)
+            trainer.state.log_history = state.get("log_history", [])  # stages read their headline metrics here
             return _finish(trainer, tokenizer, ctx, state, merge_lora)
     trainer.add_callback(MetricsToRunStore(ctx))
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)

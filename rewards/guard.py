@@ -75,8 +75,14 @@ def _serve(conn, parent_end) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     except (OSError, ValueError):
         pass  # no /proc or no permission: the time limit still holds
+    parent = os.getppid()
     while True:
         try:
+            # Siblings forked later hold copies of the pipe, so EOF alone may never come: also notice
+            # being re-parented, which is how a parent killed by SIGKILL shows.
+            while not conn.poll(1.0):
+                if os.getppid() != parent:
+                    return
             fn, args = conn.recv()
         except (EOFError, OSError):
             return  # the parent is gone

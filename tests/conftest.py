@@ -94,3 +94,11 @@ def posttrain_cli(*args, cwd=None, check=False, timeout=600):
     if check and proc.returncode != 0:
         raise AssertionError(f"posttrain {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def write_mini_chain(root: Path) -> Path:
+    """The mini chain through DPO and RLVR, on fresh data files in `root`; returns the recipe's path."""
+    sft, prefs = write_mini_files(root)
+    recipe = root / "mini.yaml"
+    recipe.write_text(MINI_RECIPE.replace("SFT_DATA", str(sft)) + MINI_PREFERENCE_TAIL.replace("PREF_DATA", str(prefs)))
+    return recipe

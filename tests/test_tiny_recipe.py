@@ -7,11 +7,9 @@ import pytest
 
 from conftest import REPO, posttrain_cli
 
-# Fewer steps and rows than the demo; the chain, the methods and the eval set are the demo's.
+# The demo's base model and SFT; fewer pairs, DPO/RLVR steps and eval problems, to fit CI.
 CI_SIZE = [
-    "stages.data.pretrain_rows=6000", "stages.data.sft_rows=1000", "stages.data.rl_rows=1000",
-    "stages.base.train.max_steps=400", "stages.base.train.lr_scheduler_type=constant_with_warmup",
-    "stages.base.train.lr_scheduler_kwargs={}",
+    "stages.data.sft_rows=1000", "stages.data.rl_rows=1000",
     "stages.pairs.limit=128",
     "stages.dpo.train.max_steps=10",
     "stages.rlvr.train.max_steps=10", "stages.rlvr.train.per_device_train_batch_size=32",
@@ -44,7 +42,7 @@ def test_every_stage_completes_with_its_artifacts(tiny_run):
 
 def test_sft_learns_the_task(tiny_run):
     s = scores(tiny_run)
-    assert s["sft"] > s["base"] + 0.1, s
+    assert s["sft"] > s["base"] + 0.3, s
 
 
 def test_report_table_carries_the_eval_numbers(tiny_run):

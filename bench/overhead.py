@@ -1,0 +1,121 @@
+"""posttrain's SFT, DPO and GRPO stages against the same TRL trainer called directly, on the tiny model.
+
+The posttrain side is a whole `run --only STAGE --force` (planning, input hashing, manifests, config dump,
+training, model export, artifact hashes). The raw side loads the same upstream model and data, builds the
+same TRL trainer with a copy of the exact TRL config posttrain used (captured from its trainer, only
+output_dir changed), trains and saves. Each side is run once to warm up, then alternately; the ratio is
+median posttrain time / median raw time (target <= 1.05 once warm).
+
+    OMP_NUM_THREADS=1 nice -n 10 python bench/overhead.py [--steps 30] [--repeats 3]
+"""
+import argparse
+import copy
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import write_mini_chain  # noqa: E402
+
+from posttrain import hf  # noqa: E402
+from posttrain.data import read_rows  # noqa: E402
+from posttrain.recipe import load  # noqa: E402
+from posttrain.runner import run  # noqa: E402
+
+STAGES = {"sft": "SFT", "dpo": "DPO", "rlvr": "GRPO"}
+
+
+def capture_trl_args() -> dict:
+    """Record the TRL config of every trainer that trains, keyed by its trainer class."""
+    from transformers import Trainer
+
+    seen, train = {}, Trainer.train
+
+    def recording_train(self, *a, **k):
+        seen[type(self).__name__] = self.args
+        return train(self, *a, **k)
+
+    Trainer.train = recording_train
+    return seen
+
+
+def raw_trainer(stage: str, spec, run_dir: Path, args):
+    """The TRL trainer as a user would build it by hand: same model, data, reward and config."""
+    from datasets import Dataset
+    from trl import DPOTrainer, GRPOTrainer, SFTTrainer
+
+    upstream = run_dir / spec.deps[-1] / "model" if stage != "sft" else run_dir / "base" / "model"
+    model, tokenizer = hf.load_model(str(upstream)), hf.load_tokenizer(str(upstream), "model")
+    if stage == "sft":
+        rows = [{"messages": [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}]}
+                for r in read_rows(spec.config.data)]
+        return SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    if stage == "dpo":
+        rows = [{"prompt": [{"role": "user", "content": r["prompt"]}], "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                 "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in read_rows(spec.config.data)]
+        return DPOTrainer(model=model, ref_model=hf.load_model(str(upstream)), args=args,
+                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    from posttrain.stages.rlvr import as_chat, reward_functions, routed
+
+    tokenizer.padding_side = "left"
+    rows = [routed(r, spec.config, "") for r in read_rows(run_dir / "data" / "rl.jsonl")]
+    data = Dataset.from_list([{"prompt": as_chat(r["prompt"]), "row_json": json.dumps(r)} for r in rows])
+    funcs, _ = reward_functions(spec.config, hf.end_of_turn_ids(tokenizer))
+    return GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=data, processing_class=tokenizer)
+
+
+def with_output_dir(args, out: Path):
+    """A copy of a TRL config writing elsewhere (not dataclasses.replace: __post_init__ derives fields)."""
+    args = copy.deepcopy(args)
+    args.output_dir = str(out)
+    return args
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=30, help="training steps per stage")
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    recipe_path = write_mini_chain(root)
+    overrides = [f"stages.{s}.train.{k}={v}" for s in STAGES for k, v in
+                 (("max_steps", a.steps), ("save_steps", 10), ("logging_steps", 5))]
+    recipe = load(recipe_path, overrides)
+    run_dir = root / "run"
+    trl_args = capture_trl_args()
+    run(recipe, run_dir, echo=lambda m: None)  # builds every upstream model once; also the warm-up of the posttrain side
+
+    print(f"{'stage':6} {'trainer':12} {'posttrain s':>12} {'raw TRL s':>10} {'ratio':>6}")
+    for stage in STAGES:
+        spec = recipe.stages[stage]
+        args = trl_args[f"{STAGES[stage]}Trainer"]
+        raw_out = root / f"raw-{stage}"
+
+        def raw():
+            trainer = raw_trainer(stage, spec, run_dir, with_output_dir(args, raw_out))
+            trainer.train()
+            trainer.save_model(str(raw_out / "model"))
+
+        def posttrain():
+            run(recipe, run_dir, only=stage, force=True, echo=lambda m: None)
+
+        raw()  # warm-up
+        ours, theirs = [], []
+        for _ in range(a.repeats):
+            ours.append(timed(posttrain))
+            theirs.append(timed(raw))
+        o, t = statistics.median(ours), statistics.median(theirs)
+        print(f"{stage:6} {STAGES[stage] + 'Trainer':12} {o:12.2f} {t:10.2f} {o / t:6.3f}")
+
+
+if __name__ == "__main__":
+    main()
