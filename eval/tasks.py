@@ -219,11 +219,11 @@ def _tinyworld_items(source: str) -> list[Item]:
 
 TASKS: dict[str, Task] = {t.name: t for t in [
     Task("gsm8k_8shot", "math", "exact match", "numeric", _gsm8k_items, source="shared:gsm8k/test.jsonl",
-         hub_id="hf:openai/gsm8k:test", shots=8, max_new_tokens=512, exemplars=_gsm8k_exemplars,
+         hub_id="hf:openai/gsm8k:main:test", shots=8, max_new_tokens=512, exemplars=_gsm8k_exemplars,
          stop=("\n\nQuestion:",), description="GSM8K test, 8-shot chain of thought"),
     Task("gsm8k_0shot", "math", "exact match", "numeric",
          lambda src: _gsm8k_items(src, GSM8K_INSTRUCTION), source="shared:gsm8k/test.jsonl",
-         hub_id="hf:openai/gsm8k:test", max_new_tokens=512, stop=("\n\nQuestion:",),
+         hub_id="hf:openai/gsm8k:main:test", max_new_tokens=512, stop=("\n\nQuestion:",),
          description="GSM8K test, zero-shot with an answer-format instruction"),
     Task("math500", "math", "math-verify equivalence", "math", _math_items, source="shared:math500/test.jsonl",
          hub_id="hf:HuggingFaceH4/MATH-500:test", max_new_tokens=1024, stop=("\n\nQuestion:",),

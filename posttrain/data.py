@@ -59,7 +59,7 @@ def _iter_jsonl(path: Path, stats: ReadStats, on_bad_rows: str) -> Iterator[dict
 
 
 def iter_rows(path: str | Path, on_bad_rows: str = "error", stats: ReadStats | None = None) -> Iterator[dict]:
-    """Stream rows from jsonl / json / parquet (optionally .gz), or a hub id `hf:org/name[:split]`."""
+    """Stream rows from jsonl / json / parquet (optionally .gz), or a hub id `hf:org/name[:config][:split]`."""
     stats = stats if stats is not None else ReadStats()
     spec = str(path)
     if spec.startswith("hf:"):
@@ -101,11 +101,13 @@ def iter_rows(path: str | Path, on_bad_rows: str = "error", stats: ReadStats | N
 
 
 def _iter_hub(spec: str, stats: ReadStats) -> Iterator[dict]:
+    """`org/name[:config]:split`, e.g. openai/gsm8k:main:test."""
     import datasets
 
-    name, _, split = spec.partition(":")
+    parts = spec.split(":")
+    name, config, split = parts[0], (parts[1] if len(parts) == 3 else None), (parts[-1] if len(parts) > 1 else "train")
     try:
-        ds = datasets.load_dataset(name, split=split or "train", streaming=True)
+        ds = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as e:  # no network here: say what to do instead
         raise DataError(f"hf:{spec}: could not load from the hub ({type(e).__name__}: {str(e)[:200]}); "
                         "download it where a network exists and point the recipe at the local file") from None

@@ -24,7 +24,7 @@ class Model(str):
 
 
 class Dataset(str):
-    """A dataset input: a local file (jsonl, json, parquet, .gz), a hub id `hf:org/name[:split]`,
+    """A dataset input: a local file (jsonl, json, parquet, .gz), a hub id `hf:org/name[:config][:split]`,
     or a reference to an upstream stage's dataset."""
 
 
