@@ -30,7 +30,7 @@ from typing import Literal
 
 import numpy as np
 
-from posttrain.data import DataError, iter_rows, read_rows, write_json, write_rows
+from posttrain.data import DataError, ReadStats, iter_rows, read_rows, write_json, write_rows
 from posttrain.selection import baselines, grape, paser
 from posttrain.selection.budget import gumbel_top_k, resolve
 from posttrain.selection.ccg import key_phrases
@@ -186,6 +186,9 @@ class Select(Stage):
 
     def run(self, cfg: SelectConfig, ctx: Context) -> dict:
         path = ctx.path(cfg.data)
+        bad = ReadStats()  # one counting pass: the methods below stream the file again, skipping the same rows
+        for _ in iter_rows(path, cfg.on_bad_rows, bad):
+            pass
         hits, filter_summary = _filter(cfg, path)
         runner = _run_candidates if cfg.method in CANDIDATE_METHODS else _run_subset
         audit, summary = runner(cfg, ctx, path, hits)
@@ -193,11 +196,12 @@ class Select(Stage):
         reasons = Counter(a["reason"] for a in audit)
         summary = {"method": cfg.method, "input_rows": len(audit), "filtered_rows": len(hits),
                    "pool_rows": len(audit) - len(hits), **summary,
-                   "dropped_rows": sum(not a["kept"] for a in audit), "reasons": dict(reasons), **filter_summary}
+                   "dropped_rows": sum(not a["kept"] for a in audit), "reasons": dict(reasons),
+                   "skipped_bad_rows": bad.skipped, **filter_summary}
         write_json(ctx.out_dir / "selection_summary.json", summary)
         ctx.info(f"{cfg.method}: kept {summary['kept_rows']} rows from {summary['input_rows']}")
         return {"rows/input": summary["input_rows"], "rows/kept": summary["kept_rows"],
-                "rows/filtered": summary["filtered_rows"]}
+                "rows/filtered": summary["filtered_rows"], "skipped_rows": bad.skipped}
 
 
 # ---------- dedup and decontamination ----------

@@ -223,3 +223,10 @@ def test_structured_removes_mlp_channels_and_reloads(base_model, tmp_path):
     assert metrics["parameters_after"] < metrics["parameters_before"]
     out = model(input_ids=torch.tensor([[5, 6, 7]])).logits
     assert out.shape[-1] == model.config.vocab_size and torch.isfinite(out).all()
+
+
+def test_bad_rows_skipped_are_counted(sft_file, tmp_path):
+    dirty = tmp_path / "dirty.jsonl"
+    dirty.write_text(Path(sft_file).read_text() + "{not json\n")
+    rows, _, summary = run(config(data=str(dirty), method="random", budget={"count": 5}, on_bad_rows="skip"), tmp_path / "r")
+    assert len(rows) == 5 and summary["skipped_bad_rows"] == 1 and summary["input_rows"] == 40
