@@ -98,6 +98,17 @@ def equivalent(gold: str, answer: str, parse_timeout_s: int = 1, compare_timeout
     return ok, f"{'equivalent' if ok else 'not equivalent (or comparison timed out)'}: {answer[:60]!r} vs {gold[:60]!r}"
 
 
+@functools.cache
+def _warm_up() -> None:
+    """Import and exercise math-verify (sympy, the LaTeX parser) once in the process that builds the
+    verifier, so forked workers inherit it warm: a cold import inside a worker can eat the parse timeout
+    and score a correct answer 0. Best effort: a failure here only means a cold start later."""
+    try:
+        equivalent("\\frac{1}{2}", "0.5")
+    except Exception:  # noqa: BLE001
+        pass
+
+
 class MathVerifier(Verifier):
     name = "math"
     default_time_limit_s = 5.0
@@ -109,6 +120,7 @@ class MathVerifier(Verifier):
         self.max_depth = max_depth
         self.parse_timeout_s = int(parse_timeout_s)
         self.compare_timeout_s = int(compare_timeout_s)
+        _warm_up()
 
     def check(self, text: str, row: dict) -> Verdict:
         gold = str(require_field(row, "ground_truth", "answer"))

@@ -150,3 +150,24 @@ def test_exported_checkpoint_reloads_and_stops_at_eos(tiny_model_dir, tmp_path):
     with torch.no_grad():
         ids = model.generate(**prompt, max_new_tokens=10, do_sample=False)[0, prompt["input_ids"].shape[1]:].tolist()
     assert tok.eos_token_id in ids and tok.decode(ids[:ids.index(tok.eos_token_id)]) == "ok"
+
+
+def test_grpo_with_a_verifier_raises_reward(tiny_model_dir, tmp_path):
+    """An SFT model that answers 7 or 3 about equally; RLVR with the numeric verifier (truth: 7) must
+    move it to 7."""
+    sft_data, rl_data = tmp_path / "sft.jsonl", tmp_path / "rl.jsonl"
+    sft_data.write_text("".join(json.dumps({"prompt": "Pick a number.", "completion": f"The answer is {n}."}) + "\n"
+                                for n in [7, 3] * 32))
+    rl_data.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": "Pick a number."}],
+                                           "ground_truth": "7", "verifier": "numeric"}) + "\n" for _ in range(64)))
+    _, sft_ctx = run_stage("sft", {"model": str(tiny_model_dir), "data": str(sft_data), "max_length": 64,
+                                   "train": {"learning_rate": 1e-2, "max_steps": 30, "per_device_train_batch_size": 16}},
+                           tmp_path / "sft")
+    metrics, ctx = run_stage("rlvr", {
+        "model": str(sft_ctx.output("model")), "data": str(rl_data), "num_generations": 8, "temperature": 1.0,
+        "max_completion_length": 24, "train": {"learning_rate": 5e-3, "max_steps": 12, "per_device_train_batch_size": 32,
+                                               "logging_steps": 1, "lr_scheduler_type": "constant"}}, tmp_path / "rl")
+    rewards = [r["rewards/verifier/mean"] for r in map(json.loads, (ctx.out_dir / "metrics.jsonl").read_text().splitlines())
+               if "rewards/verifier/mean" in r]
+    assert len(rewards) == 12
+    assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.2, rewards
