@@ -129,12 +129,13 @@ def cmd_inspect(args) -> int:
     from posttrain.store import RunStore
 
     run_dir = _run_dir(args, recipe)
-    manifests = {d: RunStore(run_dir).manifest(d) for d in spec.deps}
+    store = RunStore(run_dir)
+    manifests = {d: store.manifest(d) for d in spec.deps}
     unfinished = [d for d, m in manifests.items() if not m or m.get("status") != "complete"]
     if unfinished:
         raise SystemExit(f"error: inspect needs {', '.join(unfinished)} to have finished: "
                          f"posttrain run {args.recipe} --only {unfinished[0]}")
-    artifacts = {d: {o: str(run_dir / rel) for o, rel in m["artifacts"].items()} for d, m in manifests.items()}
+    artifacts = {d: store.artifact_paths(m) for d, m in manifests.items()}
     ctx = Context(args.stage, run_dir / args.stage, run_dir, {}, artifacts)
     print(inspect_example(spec.config, ctx, index=args.index))
     return 0

@@ -113,8 +113,7 @@ def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, e
     config = resolved_stage_config(spec)
     (stage_dir / "config.resolved.yaml").write_text(yaml.safe_dump(
         {"kind": spec.kind, **config, "fingerprint": step.fingerprint}, sort_keys=False))
-    upstream_artifacts = {d: {o: str(run_store.run_dir / rel) for o, rel in run_store.manifest(d)["artifacts"].items()}
-                          for d in spec.deps}
+    upstream_artifacts = {d: run_store.artifact_paths(run_store.manifest(d)) for d in spec.deps}
     outputs = spec.stage.outputs
     ctx = Context(spec.name, stage_dir, run_store.run_dir, outputs, upstream_artifacts, resume)
     manifest = {

@@ -134,6 +134,10 @@ class RunStore:
         if node_rank() == 0:  # multi-node: one writer, the rest only train
             write_json(self.stage_dir(name) / "manifest.json", manifest)
 
+    def artifact_paths(self, manifest: dict) -> dict[str, str]:
+        """A manifest's artifacts (stored relative to the run folder) as usable paths."""
+        return {out: str(self.run_dir / rel) for out, rel in manifest["artifacts"].items()}
+
     def missing_artifacts(self, manifest: dict) -> list[str]:
         """Artifacts a complete manifest lists that are gone or were changed by hand since."""
         problems = []

@@ -173,12 +173,13 @@ def train_and_save(trainer, tokenizer, ctx: Context, merge_lora: bool = True) ->
         if state.get("global_step", 0) >= state.get("max_steps", float("inf")) > 0:
             # Resuming a finished checkpoint would train one extra step: load its weights instead.
             trainer.model.load_state_dict(_checkpoint_state_dict(checkpoint), strict=False)
-            trainer.state.log_history = state.get("log_history", [])  # stages read their headline metrics here
-            return _finish(trainer, tokenizer, ctx, state, merge_lora)
+            # Stages read their headline metrics from the trainer's state, as after a real run.
+            trainer.state.log_history = state.get("log_history", [])
+            trainer.state.global_step = state["global_step"]
+            return _finish(trainer, tokenizer, ctx, merge_lora)
     trainer.add_callback(MetricsToRunStore(ctx))
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    return _finish(trainer, tokenizer, ctx, {"log_history": trainer.state.log_history,
-                                             "global_step": trainer.state.global_step}, merge_lora)
+    return _finish(trainer, tokenizer, ctx, merge_lora)
 
 
 def _checkpoint_state_dict(checkpoint: Path) -> dict:
@@ -190,14 +191,14 @@ def _checkpoint_state_dict(checkpoint: Path) -> dict:
     return state
 
 
-def _finish(trainer, tokenizer, ctx: Context, state: dict, merge_lora: bool) -> dict[str, Any]:
+def _finish(trainer, tokenizer, ctx: Context, merge_lora: bool) -> dict[str, Any]:
     model = trainer.model
     if merge_lora and hasattr(model, "merge_and_unload"):  # a LoRA adapter: export merged full weights
         model = model.merge_and_unload()
     if trainer.is_world_process_zero():
         hf.save_model(model, tokenizer, ctx.output("model"))
-    history = [h for h in state.get("log_history", []) if "loss" in h]
-    metrics: dict[str, Any] = {"global_step": state.get("global_step")}
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    metrics: dict[str, Any] = {"global_step": trainer.state.global_step}
     if history:
         metrics["first_loss"] = history[0]["loss"]
         metrics["final_loss"] = history[-1]["loss"]

@@ -73,11 +73,6 @@ def sft_file(tmp_path):
     return write_mini_files(tmp_path)[0]
 
 
-@pytest.fixture
-def mini_recipe(tmp_path, sft_file):
-    path = tmp_path / "mini.yaml"
-    path.write_text(MINI_RECIPE.replace("SFT_DATA", str(sft_file)))
-    return path
 
 
 def write_recipe(tmp_path: Path, text: str, name: str = "recipe.yaml") -> Path:

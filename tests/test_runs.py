@@ -1,6 +1,7 @@
 """Run-store semantics on a real tiny chain: caching, invalidation, exact resume after kill -9, the lock."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import posttrain_cli
+from conftest import posttrain_cli, write_mini_chain
 from posttrain.recipe import load
 from posttrain.runner import plan, run
 from posttrain.store import LockedError, RunStore
@@ -32,21 +33,15 @@ def actions(recipe_path, run_dir, overrides=()):
 def finished_run(tmp_path_factory):
     """One uninterrupted run of the mini chain (data -> base -> sft -> dpo -> rlvr), shared by the tests
     below; they copy it before changing it."""
-    import shutil
-
-    from conftest import MINI_PREFERENCE_TAIL, MINI_RECIPE, write_mini_files
-
     root = tmp_path_factory.mktemp("finished")
-    sft, prefs = write_mini_files(root)
-    recipe = root / "mini.yaml"
-    recipe.write_text(MINI_RECIPE.replace("SFT_DATA", str(sft)) + MINI_PREFERENCE_TAIL.replace("PREF_DATA", str(prefs)))
+    recipe = write_mini_chain(root)
     run_dir = root / "run"
     run(load(recipe), run_dir, echo=lambda m: None)
-    return recipe, run_dir, shutil
+    return recipe, run_dir
 
 
 def test_manifest_records_what_the_issue_asks(finished_run):
-    recipe, run_dir, _ = finished_run
+    recipe, run_dir = finished_run
     m = manifest(run_dir, "sft")
     assert m["status"] == "complete" and m["upstream"] == {"base": manifest(run_dir, "base")["fingerprint"]}
     assert list(m["inputs"].values())[0] and m["versions"]["trl"] and m["started"] <= m["ended"]
@@ -58,7 +53,7 @@ def test_manifest_records_what_the_issue_asks(finished_run):
 
 
 def test_rerun_is_fully_cached(finished_run, capsys):
-    recipe, run_dir, _ = finished_run
+    recipe, run_dir = finished_run
     before = {s: manifest(run_dir, s)["ended"] for s in ("data", "base", "sft", "dpo", "rlvr")}
     proc = posttrain_cli("run", recipe, "--out", run_dir, check=True)
     assert "nothing to do" in proc.stdout and proc.stdout.count("cached") >= 5
@@ -66,7 +61,7 @@ def test_rerun_is_fully_cached(finished_run, capsys):
 
 
 def test_formatting_does_not_change_fingerprints(finished_run, tmp_path):
-    recipe, run_dir, _ = finished_run
+    recipe, run_dir = finished_run
     text = recipe.read_text().replace("    max_length: 96\n", "    max_length: 96   # a comment\n")
     reformatted = tmp_path / "mini.yaml"
     reformatted.write_text("# reformatted\n" + text)
@@ -74,7 +69,7 @@ def test_formatting_does_not_change_fingerprints(finished_run, tmp_path):
 
 
 def test_config_change_reruns_stage_and_downstream_only(finished_run, tmp_path):
-    recipe, run_dir, shutil = finished_run
+    recipe, run_dir = finished_run
     assert actions(recipe, run_dir, ["stages.base.train.learning_rate=0.002"]) == {
         "data": "cached", "base": "run", "sft": "run", "dpo": "run", "rlvr": "run"}
     assert actions(recipe, run_dir, ["stages.dpo.beta=0.2"]) == {
@@ -88,7 +83,7 @@ def test_config_change_reruns_stage_and_downstream_only(finished_run, tmp_path):
 
 
 def test_edited_artifact_is_detected_and_rerun(finished_run, tmp_path):
-    recipe, run_dir, shutil = finished_run
+    recipe, run_dir = finished_run
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     with open(copy / "data" / "rl.jsonl", "a") as f:
@@ -99,7 +94,7 @@ def test_edited_artifact_is_detected_and_rerun(finished_run, tmp_path):
 
 
 def test_only_and_from(finished_run, tmp_path):
-    recipe, run_dir, shutil = finished_run
+    recipe, run_dir = finished_run
     steps = {s.name: s.action for s in plan(load(recipe), RunStore(run_dir), start="dpo")}
     assert steps == {"data": "cached", "base": "cached", "sft": "cached", "dpo": "run", "rlvr": "run"}
     steps = {s.name: s.action for s in plan(load(recipe), RunStore(run_dir), only="sft", force=True)}
@@ -111,7 +106,7 @@ def test_only_and_from(finished_run, tmp_path):
 
 @pytest.mark.parametrize("stage,checkpoint", [("sft", 6), ("dpo", 4), ("rlvr", 2)])
 def test_kill_9_mid_stage_then_resume_is_exact(finished_run, tmp_path, stage, checkpoint):
-    recipe, run_dir, shutil = finished_run
+    recipe, run_dir = finished_run
     killed = tmp_path / "killed"
     shutil.copytree(run_dir, killed)
     for name in load(recipe).downstream(stage):
