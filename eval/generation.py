@@ -6,6 +6,7 @@ from typing import Any
 import torch
 
 from posttrain import hf
+from posttrain.data import as_chat
 
 Prompt = str | list[dict[str, str]]
 
@@ -30,8 +31,7 @@ def prompt_texts(tokenizer, prompts: list[Prompt], chat: bool) -> list[str]:
         if not tokenizer.chat_template:
             raise ValueError("chat=True but the tokenizer has no chat template; set chat: false for a base model "
                              "or give the model a template (posttrain.hf.apply_chat_template)")
-        return [tokenizer.apply_chat_template([{"role": "user", "content": p}] if isinstance(p, str) else p,
-                                              tokenize=False, add_generation_prompt=True) for p in prompts]
+        return [tokenizer.apply_chat_template(as_chat(p), tokenize=False, add_generation_prompt=True) for p in prompts]
     bad = next((i for i, p in enumerate(prompts) if not isinstance(p, str)), None)
     if bad is not None:
         raise ValueError(f"chat=False needs plain-string prompts, but prompt {bad} is a message list; "

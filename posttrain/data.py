@@ -170,6 +170,11 @@ def convert_rows(path: str, convert: Callable[[dict, str], dict], on_bad_rows: s
     return out
 
 
+def as_chat(prompt: str | list[dict]) -> list[dict]:
+    """A prompt as a chat: a plain string becomes one user turn."""
+    return prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+
+
 def shared_file(relative: str) -> Path:
     """A file in ../shared/data, with a clear error when the folder is absent."""
     path = SHARED_DATA / relative

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from posttrain import hf
-from posttrain.data import DataError, ReadStats, convert_rows
+from posttrain.data import DataError, ReadStats, as_chat, convert_rows
 from posttrain.stage import Context, Dataset, Model, Stage, register
 from posttrain.training import Launcher, check_launcher, Lora, TrainArgs, check_trl_args, peft_config, train_and_save, trl_config
 
@@ -66,8 +66,7 @@ def to_preference(row: dict, where: str) -> dict:
         prompt_r, rejected = _split_last_assistant(rejected, where)
         if prompt_r != prompt:
             raise DataError(f"{where}: chosen and rejected have different conversations before the last assistant turn")
-    if isinstance(prompt, str):
-        prompt = [{"role": "user", "content": prompt}]
+    prompt = as_chat(prompt)
     if isinstance(chosen, str):
         chosen = [{"role": "assistant", "content": chosen}]
     if isinstance(rejected, str):

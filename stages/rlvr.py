@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from posttrain import hf
-from posttrain.data import DataError, read_rows
+from posttrain.data import DataError, as_chat, read_rows
 from posttrain.stage import Context, Dataset, Model, Stage, register
 from posttrain.training import Launcher, check_launcher, TrainArgs, check_trl_args, train_and_save, trl_config
 
@@ -99,10 +99,6 @@ def routed(row: dict, cfg: RLVRConfig, where: str) -> dict:
     if by_row:
         row = {**row, "verifier": cfg.route_map.get(row[cfg.route_column], row[cfg.route_column])}
     return row
-
-
-def as_chat(prompt) -> list[dict]:
-    return prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
 
 
 def _steps_per_generation(cfg: RLVRConfig) -> int:
