@@ -4,9 +4,10 @@ The posttrain side is a whole `run --only STAGE --force` (planning, input hashin
 training, model export, artifact hashes). The raw side loads the same upstream model and data, builds the
 same TRL trainer with a copy of the exact TRL config posttrain used (captured from its trainer, only
 output_dir changed), trains and saves. Each side is run once to warm up, then alternately; the ratio is
-median posttrain time / median raw time (target <= 1.05 once warm).
+median posttrain time / median raw time (target <= 1.05 once warm), at two run lengths, from which the
+script also splits posttrain's extra time into a fixed cost per stage and a cost per training step.
 
-    OMP_NUM_THREADS=1 nice -n 10 python bench/overhead.py [--steps 30] [--repeats 3]
+    OMP_NUM_THREADS=1 nice -n 10 python bench/overhead.py [--steps 30 300] [--repeats 3]
 """
 import argparse
 import copy
@@ -81,21 +82,15 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=30, help="training steps per stage")
-    p.add_argument("--repeats", type=int, default=3)
-    a = p.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+def measure(root: Path, steps: int, repeats: int, trl_args: dict) -> dict[str, tuple[float, float]]:
+    """{stage: (median posttrain s, median raw s)} with every stage set to `steps` training steps."""
     recipe_path = write_mini_chain(root)
     overrides = [f"stages.{s}.train.{k}={v}" for s in STAGES for k, v in
-                 (("max_steps", a.steps), ("save_steps", 10), ("logging_steps", 5))]
+                 (("max_steps", steps), ("save_steps", max(10, steps // 3)), ("logging_steps", 5))]
     recipe = load(recipe_path, overrides)
     run_dir = root / "run"
-    trl_args = capture_trl_args()
     run(recipe, run_dir, echo=lambda m: None)  # builds every upstream model once; also the warm-up of the posttrain side
-
-    print(f"{'stage':6} {'trainer':12} {'posttrain s':>12} {'raw TRL s':>10} {'ratio':>6}")
+    times = {}
     for stage in STAGES:
         spec = recipe.stages[stage]
         args = trl_args[f"{STAGES[stage]}Trainer"]
@@ -111,11 +106,34 @@ def main() -> None:
 
         raw()  # warm-up
         ours, theirs = [], []
-        for _ in range(a.repeats):
+        for _ in range(repeats):
             ours.append(timed(posttrain))
             theirs.append(timed(raw))
-        o, t = statistics.median(ours), statistics.median(theirs)
-        print(f"{stage:6} {STAGES[stage] + 'Trainer':12} {o:12.2f} {t:10.2f} {o / t:6.3f}")
+        times[stage] = statistics.median(ours), statistics.median(theirs)
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, nargs=2, default=[30, 300], help="two run lengths (training steps per stage)")
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args()
+    trl_args = capture_trl_args()
+    short, long = a.steps
+    results = {steps: measure(Path(tempfile.mkdtemp(prefix=f"bench-overhead-{steps}-")), steps, a.repeats, trl_args)
+               for steps in (short, long)}
+    print(f"{'stage':6} {'trainer':12} {'steps':>5} {'posttrain s':>12} {'raw TRL s':>10} {'ratio':>6}")
+    for stage in STAGES:
+        for steps in (short, long):
+            o, t = results[steps][stage]
+            print(f"{stage:6} {STAGES[stage] + 'Trainer':12} {steps:5d} {o:12.2f} {t:10.2f} {o / t:6.3f}")
+    # Extra time = fixed + per_step x steps, from the two lengths: what posttrain costs per stage and per step.
+    print("\nposttrain's extra time per stage (fixed) and per training step, from the two run lengths:")
+    for stage in STAGES:
+        extra = {steps: results[steps][stage][0] - results[steps][stage][1] for steps in (short, long)}
+        per_step = (extra[long] - extra[short]) / (long - short)
+        fixed = extra[short] - per_step * short
+        print(f"{stage:6} fixed {fixed * 1000:7.0f} ms   per step {per_step * 1000:6.2f} ms")
 
 
 if __name__ == "__main__":

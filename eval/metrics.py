@@ -4,13 +4,14 @@ import math
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
 
 CONFIDENCE = 0.95
 BOOTSTRAP_RESAMPLES = 2000
 
 
 def wilson_ci(successes: int, n: int) -> tuple[float, float]:
+    from scipy import stats
+
     ci = stats.binomtest(successes, n).proportion_ci(confidence_level=CONFIDENCE, method="wilson")
     return float(ci.low), float(ci.high)
 
@@ -19,6 +20,8 @@ def bootstrap_ci(values: Sequence[float], seed: int = 0) -> tuple[float, float]:
     data = np.asarray(values, dtype=float)
     if np.all(data == data[0]):  # no spread: every resample has the same mean
         return float(data[0]), float(data[0])
+    from scipy import stats
+
     res = stats.bootstrap((data,), np.mean, confidence_level=CONFIDENCE, n_resamples=BOOTSTRAP_RESAMPLES,
                           method="percentile", rng=np.random.default_rng(seed))
     return float(res.confidence_interval.low), float(res.confidence_interval.high)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from posttrain.data import read_rows
+from posttrain.data import atomic_open, read_rows
 from posttrain.eval import plots
 from posttrain.eval.render import Block, Cell, Figure, Heading, Para, Table, to_html, to_markdown
 
@@ -59,9 +59,10 @@ def build_report(run_dir: Path, out_dir: Path, reference: str | None = None) -> 
     blocks += provenance_section(run)
     title = f"Report: {run.info.get('recipe', run_dir.name)}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.md").write_text(to_markdown(title, blocks, out_dir))
     html_path = out_dir / "report.html"
-    html_path.write_text(to_html(title, blocks))
+    for path, text in ((out_dir / "report.md", to_markdown(title, blocks, out_dir)), (html_path, to_html(title, blocks))):
+        with atomic_open(path) as f:
+            f.write(text)
     return html_path
 
 

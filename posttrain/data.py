@@ -13,6 +13,8 @@ from typing import IO, Any, Callable, Iterable, Iterator
 
 SHARED_DATA = Path(os.environ.get("POSTTRAIN_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 MAX_LINE_BYTES = 64 * 1024 * 1024
+READ_CHUNK = 1024 * 1024
+TEMP_SUFFIX = ".posttrain-tmp"  # atomic writes' temp files: distinct, so stale ones can be found
 
 
 class DataError(Exception):
@@ -24,6 +26,7 @@ class ReadStats:
     rows: int = 0
     skipped: int = 0
     skipped_examples: list[str] = field(default_factory=list)
+    where: str = ""  # where the row last yielded came from ("file:line"); see located_rows
 
     def skip(self, where: str, why: str) -> None:
         self.skipped += 1
@@ -36,13 +39,27 @@ def _open_text(path: Path):
     return raw
 
 
+def _lines(f: IO[bytes]) -> Iterator[tuple[bytes | None, int]]:
+    """(line, size) per line; a line over MAX_LINE_BYTES comes as (None, size), read past in 1 MB chunks
+    so memory stays bounded by the limit, not by the longest line."""
+    while chunk := f.readline(READ_CHUNK):
+        chunks, size = [chunk], len(chunk)
+        while not chunk.endswith(b"\n") and (chunk := f.readline(READ_CHUNK)):
+            size += len(chunk)
+            if size <= MAX_LINE_BYTES:
+                chunks.append(chunk)
+            else:
+                chunks.clear()
+        yield (b"".join(chunks) if size <= MAX_LINE_BYTES else None), size
+
+
 def _iter_jsonl(path: Path, stats: ReadStats, on_bad_rows: str) -> Iterator[dict]:
     with _open_text(path) as f:
-        for lineno, raw in enumerate(f, 1):
+        for lineno, (raw, size) in enumerate(_lines(f), 1):
             where = f"{path}:{lineno}"
             try:
-                if len(raw) > MAX_LINE_BYTES:
-                    raise ValueError(f"line is {len(raw) // (1024 * 1024)} MB, over the {MAX_LINE_BYTES // (1024 * 1024)} MB limit")
+                if raw is None or size > MAX_LINE_BYTES:
+                    raise ValueError(f"line is {size // (1024 * 1024)} MB, over the {MAX_LINE_BYTES // (1024 * 1024)} MB limit")
                 text = raw.decode("utf-8")
                 if not text.strip():
                     continue
@@ -55,6 +72,7 @@ def _iter_jsonl(path: Path, stats: ReadStats, on_bad_rows: str) -> Iterator[dict
                     continue
                 raise DataError(f"{where}: malformed row: {str(e)[:300]} (set on_bad_rows: skip to skip and count bad rows)") from None
             stats.rows += 1
+            stats.where = where
             yield row
 
 
@@ -88,6 +106,7 @@ def iter_rows(path: str | Path, on_bad_rows: str = "error", stats: ReadStats | N
                     continue
                 raise DataError(f"{path}[{i}]: expected a JSON object, got {type(row).__name__}")
             stats.rows += 1
+            stats.where = f"{path}[{i}]"
             yield row
     elif name.endswith(".parquet"):
         import pyarrow.parquet as pq
@@ -95,6 +114,7 @@ def iter_rows(path: str | Path, on_bad_rows: str = "error", stats: ReadStats | N
         for batch in pq.ParquetFile(path).iter_batches():
             for row in batch.to_pylist():
                 stats.rows += 1
+                stats.where = f"{path}: row {stats.rows}"
                 yield row
     else:
         raise DataError(f"{path}: unknown file type (use .jsonl, .json or .parquet, optionally .gz)")
@@ -113,7 +133,15 @@ def _iter_hub(spec: str, stats: ReadStats) -> Iterator[dict]:
                         "download it where a network exists and point the recipe at the local file") from None
     for row in ds:
         stats.rows += 1
+        stats.where = f"hf:{spec}: row {stats.rows}"
         yield dict(row)
+
+
+def located_rows(path: str | Path, on_bad_rows: str = "error", stats: ReadStats | None = None) -> Iterator[tuple[str, dict]]:
+    """(where, row) pairs; `where` names the row's file and line, for errors about its fields."""
+    stats = stats if stats is not None else ReadStats()
+    for row in iter_rows(path, on_bad_rows, stats):
+        yield stats.where, row
 
 
 def read_rows(path: str | Path, on_bad_rows: str = "error", stats: ReadStats | None = None) -> list[dict]:
@@ -126,7 +154,7 @@ def atomic_open(path: str | Path) -> Iterator[IO[str]]:
     so a killed process never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "w") as f:
             yield f
@@ -136,6 +164,14 @@ def atomic_open(path: str | Path) -> Iterator[IO[str]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temp_files(folder: Path, recursive: bool = True) -> None:
+    """Delete the temp files of atomic writes that a killed process left behind. Only safe under the run
+    lock, when no other writer can be mid-write."""
+    for tmp in (folder.rglob if recursive else folder.glob)(f".*{TEMP_SUFFIX}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
 
 
 def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
@@ -154,10 +190,9 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def convert_rows(path: str, convert: Callable[[dict, str], dict], on_bad_rows: str, stats: ReadStats) -> list[dict]:
     """Read `path` and convert each row; a row that does not convert is an error naming the file and
-    row, or with on_bad_rows="skip" is counted in `stats`."""
+    line, or with on_bad_rows="skip" is counted in `stats`."""
     out = []
-    for i, row in enumerate(iter_rows(path, on_bad_rows, stats), 1):
-        where = f"{path}: row {i}"
+    for where, row in located_rows(path, on_bad_rows, stats):
         try:
             out.append(convert(row, where))
         except DataError as e:

@@ -1,9 +1,8 @@
 """Hugging Face checkpoints: loading, chat templates, and saving a folder that transformers and vLLM
 load directly (safetensors, tokenizer, chat template, generation_config whose EOS matches the template)."""
+import os
 import shutil
 from pathlib import Path
-
-import torch
 
 # Assistant content sits inside {% generation %} markers so TRL can train on assistant tokens only.
 CHAT_TEMPLATES = {
@@ -30,10 +29,14 @@ END_OF_TURN = {"tulu": None, "chatml": "<|im_end|>"}
 
 
 def device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def bf16_supported() -> bool:
+    import torch
+
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
@@ -60,12 +63,29 @@ def apply_chat_template(tok, chat_template: str) -> None:
         tok.eos_token = end
 
 
-def load_model(path: str, dtype: str = "auto"):
+def load_model(path: str, dtype: str = "auto", quantize: str = "none"):
+    """quantize: none, 4bit or 8bit (bitsandbytes, for QLoRA; needs CUDA)."""
+    import torch
     from transformers import AutoModelForCausalLM
 
     torch_dtype = {"auto": torch.bfloat16 if bf16_supported() else torch.float32,
                    "float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    if quantize == "none":
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    # Quantized weights are placed at load time: each process puts its copy on its own GPU.
+    gpu = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=gpu,
+                                                quantization_config=bnb_config(quantize, torch_dtype))
+
+
+def bnb_config(quantize: str, compute_dtype):
+    """QLoRA's 4-bit setting (NF4 with double quantization, computing in the training dtype), or 8-bit."""
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
 
 
 def end_of_turn_ids(tokenizer) -> list[int]:

@@ -256,7 +256,10 @@ def _inject_outputs(stages_cfg: DictConfig, problems: _Problems) -> dict[str, st
             continue
         if "output" in scfg:
             problems.add(f"{spath}.output", "'output' is reserved: it names the stage's outputs for references")
-        kind = scfg.get("kind")
+        try:
+            kind = scfg.get("kind")
+        except OmegaConfBaseException:  # a broken interpolation: reported when the leaves are resolved
+            continue
         if not isinstance(kind, str) or kind not in STAGES:
             problems.add(f"{spath}.kind", f"unknown stage kind {kind!r}{schema.suggest(kind, STAGES)}; kinds: {', '.join(sorted(STAGES))}")
             continue

@@ -11,7 +11,7 @@ import yaml
 from posttrain import store as st
 from posttrain.recipe import Recipe, StageSpec, resolved_stage_config
 from posttrain.stage import Context, output_path
-from posttrain.data import write_json
+from posttrain.data import atomic_open, remove_stale_temp_files, write_json
 from posttrain.launch import run_launched
 
 
@@ -88,6 +88,7 @@ def run(recipe: Recipe, run_dir: Path, only: str | None = None, start: str | Non
     run_store.lock()
     try:
         steps = plan(recipe, run_store, only, start, force)
+        remove_stale_temp_files(run_dir, recursive=False)
         write_json(run_dir / "run.json", {"recipe": recipe.name, "recipe_path": str(recipe.path),
                                           "recipe_hash": recipe.hash, "stages": list(recipe.stages)})
         for step in steps:
@@ -111,8 +112,9 @@ def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, e
         shutil.rmtree(stage_dir)  # stale artifacts of another config must never be mixed in
     stage_dir.mkdir(parents=True, exist_ok=True)
     config = resolved_stage_config(spec)
-    (stage_dir / "config.resolved.yaml").write_text(yaml.safe_dump(
-        {"kind": spec.kind, **config, "fingerprint": step.fingerprint}, sort_keys=False))
+    remove_stale_temp_files(stage_dir)
+    with atomic_open(stage_dir / "config.resolved.yaml") as f:
+        yaml.safe_dump({"kind": spec.kind, **config, "fingerprint": step.fingerprint}, f, sort_keys=False)
     upstream_artifacts = {d: run_store.artifact_paths(run_store.manifest(d)) for d in spec.deps}
     outputs = spec.stage.outputs
     ctx = Context(spec.name, stage_dir, run_store.run_dir, outputs, upstream_artifacts, resume)

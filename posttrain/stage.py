@@ -93,6 +93,10 @@ class Context:
     def info(self, message: str) -> None:
         log.info("[%s] %s", self.name, message)
 
+    def warn(self, message: str) -> None:
+        """Shown without --verbose; stages also return it under `warnings` so the manifest keeps it."""
+        log.warning("[%s] warning: %s", self.name, message)
+
 
 class Stage:
     """Base class of every stage kind. Subclasses set `kind`, `Config`, `outputs` and implement `run`."""

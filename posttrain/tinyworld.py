@@ -6,14 +6,12 @@ about one in ten into the held-out split; the training generators never emit tho
 answer each problem in their own style, and some of them are sometimes wrong, so data selection and RL
 have something to do.
 """
+from __future__ import annotations
+
 import hashlib
 import random
 import string
 from collections.abc import Callable
-
-import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 EOS, PAD, UNK = "<|endoftext|>", "<|pad|>", "<|unk|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -47,6 +45,9 @@ SUB_TEMPLATES = ["{n} has {a} {i} and gives away {b}. How many left?",
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """Character-level tokenizer: one token per printable character plus the special tokens."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
     specials = [PAD, EOS, UNK, *ROLE_TOKENS]
     vocab = {tok: i for i, tok in enumerate(specials + list(dict.fromkeys(CHARS)))}
     core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
@@ -60,6 +61,9 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, **arch_overrides) -> PreTrainedModel:
     """A randomly initialised small Llama (about 0.34M parameters by default), deterministic in `seed`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True,
                          bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, **{**DEFAULT_ARCH, **arch_overrides})

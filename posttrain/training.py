@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from transformers import TrainerCallback
-
 from posttrain import hf
+from posttrain.data import read_rows, write_rows
 from posttrain.stage import Context
 
 
@@ -45,7 +44,27 @@ class Lora:
     alpha: int = field(default=32, metadata={"ge": 1})
     dropout: float = field(default=0.05, metadata={"ge": 0, "lt": 1})
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
-    merge: bool = field(default=True, metadata={"help": "export merged full weights (else the adapter)"})
+    merge: bool = field(default=True, metadata={
+        "help": "export full weights: the adapter merged into an unquantized load of the base (else the adapter)"})
+    quantize: Literal["none", "4bit", "8bit"] = field(default="none", metadata={
+        "help": "QLoRA: load the base in 4-bit NF4 (double quant) or 8-bit; needs CUDA and the [qlora] extra"})
+
+
+def check_lora(lora: "Lora | None") -> list[tuple[str, str]]:
+    """Quantized loading needs a CUDA GPU and bitsandbytes; torch is imported only when it is asked for."""
+    if lora is None or lora.quantize == "none":
+        return []
+    import importlib.util
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return [("lora.quantize", f"{lora.quantize} needs a CUDA GPU and none is visible here; "
+                                  "set lora.quantize: none to train LoRA in full precision")]
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return [("lora.quantize", f"{lora.quantize} needs bitsandbytes, which is not installed here: "
+                                  "pip install 'posttrain[qlora]'")]
+    return []
 
 
 def peft_config(lora: "Lora | None"):
@@ -76,9 +95,15 @@ def check_launcher(launcher: Launcher) -> list[tuple[str, str]]:
     return []
 
 
-def check_trl_args(config_cls, train: TrainArgs, reserved: set[str]) -> list[tuple[str, str]]:
+def check_trl_args(config_name: str, train: TrainArgs, reserved: set[str]) -> list[tuple[str, str]]:
+    """Problems with `train.trl_args`, checked against the fields of TRL's `config_name` (e.g. "SFTConfig")."""
+    if not train.trl_args:
+        return []  # TRL is imported only when there is something to check: validation stays fast
+    import trl
+
     from posttrain.schema import suggest
 
+    config_cls = getattr(trl, config_name)
     names = {f.name for f in dataclasses.fields(config_cls)}
     problems = []
     for key in train.trl_args:
@@ -145,58 +170,79 @@ def resume_point(ctx: Context) -> Path | None:
     return found
 
 
-class MetricsToRunStore(TrainerCallback):
-    """Mirror the trainer's logs into the stage's metrics.jsonl (the report's curves). On resume, rows
-    after the checkpoint are dropped first, so replayed steps are not logged twice."""
+def metrics_to_run_store(ctx: Context):
+    """A callback that mirrors the trainer's logs into the stage's metrics.jsonl (the report's curves). On
+    resume, rows after the checkpoint are dropped first, so replayed steps are not logged twice."""
+    from transformers import TrainerCallback  # here, not at the top: validation and cached runs skip it
 
-    def __init__(self, ctx: Context):
-        self.ctx = ctx
+    class MetricsToRunStore(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            path = ctx.out_dir / "metrics.jsonl"
+            if path.exists() and path.stat().st_size:  # a line torn by a kill is dropped with the replayed ones
+                write_rows(path, [r for r in read_rows(path, on_bad_rows="skip") if r.get("step", 0) <= state.global_step])
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        path = self.ctx.out_dir / "metrics.jsonl"
-        if path.exists():
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            kept = [r for r in rows if r.get("step", 0) <= state.global_step]
-            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                ctx.log_metrics({k: v for k, v in logs.items() if isinstance(v, (int, float))}, step=state.global_step)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            self.ctx.log_metrics({k: v for k, v in logs.items() if isinstance(v, (int, float))}, step=state.global_step)
+    return MetricsToRunStore()
 
 
-def train_and_save(trainer, tokenizer, ctx: Context, merge_lora: bool = True) -> dict[str, Any]:
-    """Train (resuming where the checkpoints allow), save the final model, return headline metrics."""
+def train_and_save(trainer, tokenizer, ctx: Context, merge_into: str | None = None) -> dict[str, Any]:
+    """Train (resuming where the checkpoints allow), save the final model, return headline metrics.
+    merge_into: the base checkpoint a LoRA adapter is merged into for export (None: save the adapter)."""
     checkpoint = resume_point(ctx)
     if checkpoint is not None:
         ctx.info(f"resuming from {checkpoint}")
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         if state.get("global_step", 0) >= state.get("max_steps", float("inf")) > 0:
             # Resuming a finished checkpoint would train one extra step: load its weights instead.
-            trainer.model.load_state_dict(_checkpoint_state_dict(checkpoint), strict=False)
+            _load_weights(trainer.model, checkpoint)
             # Stages read their headline metrics from the trainer's state, as after a real run.
             trainer.state.log_history = state.get("log_history", [])
             trainer.state.global_step = state["global_step"]
-            return _finish(trainer, tokenizer, ctx, merge_lora)
-    trainer.add_callback(MetricsToRunStore(ctx))
+            return _finish(trainer, tokenizer, ctx, merge_into)
+    trainer.add_callback(metrics_to_run_store(ctx))
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    return _finish(trainer, tokenizer, ctx, merge_lora)
+    return _finish(trainer, tokenizer, ctx, merge_into)
 
 
-def _checkpoint_state_dict(checkpoint: Path) -> dict:
+def _load_weights(model, checkpoint: Path) -> None:
     from safetensors.torch import load_file
 
     state = {}
     for f in sorted(checkpoint.glob("*.safetensors")):
         state.update(load_file(f))
-    return state
+    if hasattr(model, "peft_config"):  # an adapter checkpoint: its keys leave out the adapter's name
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, state)
+    else:
+        model.load_state_dict(state, strict=False)
 
 
-def _finish(trainer, tokenizer, ctx: Context, merge_lora: bool) -> dict[str, Any]:
-    model = trainer.model
-    if merge_lora and hasattr(model, "merge_and_unload"):  # a LoRA adapter: export merged full weights
-        model = model.merge_and_unload()
+def export_model(model, tokenizer, out: Path, merge_into: str | None) -> None:
+    """Save the trained model as an HF folder. A LoRA adapter is merged into a fresh, unquantized load of the
+    base checkpoint `merge_into`: merging into a 4/8-bit base in place would round the result to its grid."""
+    if merge_into is not None and hasattr(model, "merge_and_unload"):
+        model = merge_adapter(model, merge_into)
+    hf.save_model(model, tokenizer, out)
+
+
+def merge_adapter(peft_model, base: str):
+    """Full weights: the trained adapter, as saved, loaded onto the base checkpoint and merged."""
+    import tempfile
+
+    from peft import PeftModel
+
+    with tempfile.TemporaryDirectory() as adapter_dir:
+        peft_model.save_pretrained(adapter_dir)
+        return PeftModel.from_pretrained(hf.load_model(base), adapter_dir).merge_and_unload()
+
+
+def _finish(trainer, tokenizer, ctx: Context, merge_into: str | None) -> dict[str, Any]:
     if trainer.is_world_process_zero():
-        hf.save_model(model, tokenizer, ctx.output("model"))
+        export_model(trainer.model, tokenizer, ctx.output("model"), merge_into)
     history = [h for h in trainer.state.log_history if "loss" in h]
     metrics: dict[str, Any] = {"global_step": trainer.state.global_step}
     if history:

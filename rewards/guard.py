@@ -63,11 +63,8 @@ def _vm_size_bytes() -> int:
 def _serve(conn, parent_end) -> None:
     global _in_worker
     _in_worker = True
-    # Drop the inherited parent ends of every pipe, so that when the parent dies recv() sees EOF.
+    # Drop the inherited parent end of our pipe (the others went at fork), so when the parent dies recv() sees EOF.
     parent_end.close()
-    for other in _all_workers:
-        if other._conn is not None:
-            other._conn.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     try:
@@ -186,6 +183,21 @@ def shared_pool() -> WorkerPool:
         if _pool is None:
             _pool = WorkerPool(POOL_WORKERS)
         return _pool
+
+
+def _forget_inherited_workers() -> None:
+    """In a forked child, the workers and their pipes belong to the parent: close the child's copies of
+    the pipe ends and start afresh, so the child forks workers of its own when it needs them."""
+    global _shared_worker, _pool, _shared_lock
+    for worker in _all_workers:
+        if worker._conn is not None:
+            worker._conn.close()
+    _all_workers.clear()
+    _shared_worker = _pool = None
+    _shared_lock = threading.Lock()  # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_forget_inherited_workers)
 
 
 @atexit.register

@@ -8,7 +8,6 @@
 - QuRating-style: sample without replacement with p proportional to exp(score / temperature).
 """
 import numpy as np
-from sklearn.feature_extraction.text import HashingVectorizer
 
 
 def ranked(scores, highest: bool) -> np.ndarray:
@@ -23,6 +22,8 @@ def ifd(conditional_logp, unconditional_logp) -> np.ndarray:
 
 
 def dsir_log_weights(raw_texts: list[str], target_texts: list[str], buckets: int) -> np.ndarray:
+    from sklearn.feature_extraction.text import HashingVectorizer
+
     vectorizer = HashingVectorizer(n_features=buckets, ngram_range=(1, 2), alternate_sign=False, norm=None)
     raw, target = vectorizer.transform(raw_texts), vectorizer.transform(target_texts)
 

@@ -8,8 +8,6 @@ words cannot be matched this way and are counted as unchecked.
 import re
 from collections.abc import Iterable, Iterator
 
-from datasketch import MinHash, MinHashLSH
-
 from posttrain.data import iter_rows, shared_file
 
 WORD = re.compile(r"\w+")
@@ -39,6 +37,8 @@ class NearDuplicates:
     """Streaming near-duplicate detection: each text is compared with every text kept before it."""
 
     def __init__(self, threshold: float, num_perm: int, shingle: int, seed: int = 1):
+        from datasketch import MinHashLSH
+
         self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
         self.num_perm, self.shingle, self.seed = num_perm, shingle, seed
 
@@ -50,6 +50,8 @@ class NearDuplicates:
 
     def check(self, keys: list[str], texts: list[str]) -> list[str | None]:
         """For each text in order: the key of an earlier near-duplicate, or None (then it is kept and indexed)."""
+        from datasketch import MinHash
+
         hashes = MinHash.bulk([self.shingles(t) for t in texts], num_perm=self.num_perm, seed=self.seed)
         result = []
         for key, minhash in zip(keys, hashes):

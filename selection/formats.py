@@ -78,6 +78,6 @@ def row_text(row: dict, where: str) -> str:
     return f"{ex.instruction}\n{ex.response}"
 
 
-def locate(path: str, index: int, row: dict) -> str:
-    """How errors name a row: file, 1-based row number and id."""
-    return f"{path} row {index + 1}" + (f" (id {row['id']})" if "id" in row else "")
+def locate(where: str, row: dict) -> str:
+    """How errors name a row: its file and line (from posttrain.data.located_rows) and its id."""
+    return where + (f" (id {row['id']})" if "id" in row else "")

@@ -16,13 +16,12 @@ K: set in the recipe, or the eigengap of W: the k in [2, max_clusters] with the 
 Efficiency: JSD / ln(cost), cost = the sample's token count (prompt + response) clipped below at 2, so
 the log is positive.
 """
+from __future__ import annotations
+
 import os
 from dataclasses import dataclass, field
 
 import numpy as np
-import scipy.linalg
-import scipy.sparse as sp
-from sklearn.cluster import KMeans
 
 from posttrain.selection.budget import allocate
 from posttrain.selection.ccg import ConceptGraph
@@ -54,6 +53,9 @@ class Clustering:
 
 def anchor_graph(x: np.ndarray, landmarks: int, neighbors: int, seed: int) -> sp.csr_matrix:
     """Sparse N x p point-to-landmark affinities, each row summing to 1."""
+    import scipy.sparse as sp
+    from sklearn.cluster import KMeans
+
     x = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32, copy=False)
     n = len(x)
     p = min(landmarks, n)
@@ -81,6 +83,10 @@ def anchor_graph(x: np.ndarray, landmarks: int, neighbors: int, seed: int) -> sp
 
 def spectral_clusters(x: np.ndarray, k: int | None, max_clusters: int, landmarks: int, neighbors: int,
                       seed: int) -> Clustering:
+    import scipy.linalg
+    import scipy.sparse as sp
+    from sklearn.cluster import KMeans
+
     z = anchor_graph(x, landmarks, neighbors, seed)
     p = z.shape[1]
     b = z @ sp.diags(1.0 / np.sqrt(np.maximum(np.asarray(z.sum(axis=0)).ravel(), 1e-12)))

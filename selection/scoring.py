@@ -8,13 +8,13 @@ response tokens are scored; each is predicted from everything before it.
 
 Too-long texts are cut from the left (the prompt start goes first) to `max_length` tokens.
 """
+from __future__ import annotations
+
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
 
 from posttrain.data import DataError
 from posttrain.selection.formats import Example
@@ -78,10 +78,11 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
     return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-@torch.inference_mode()
 def response_log_probs(model, batch: list[Encoded], pad_id: int) -> list[torch.Tensor]:
     """Per example, log-softmax next-token distributions at the positions that predict response tokens
     ([n_response_tokens, vocab]). Only logits from the earliest response position on are computed."""
+    import torch
+
     longest = max(len(e.ids) for e in batch)
     input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
     attention_mask = torch.zeros_like(input_ids)
@@ -89,7 +90,8 @@ def response_log_probs(model, batch: list[Encoded], pad_id: int) -> list[torch.T
         input_ids[b, : len(e.ids)] = torch.tensor(e.ids)
         attention_mask[b, : len(e.ids)] = 1
     first = min(e.start for e in batch) - 1
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=longest - first).logits
+    with torch.inference_mode():
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=longest - first).logits
     return [torch.log_softmax(logits[b, e.start - 1 - first: e.end - 1 - first].float(), dim=-1)
             for b, e in enumerate(batch)]
 
@@ -104,14 +106,35 @@ def _batched(encoded: list[Encoded], batch_size: int, per_batch: Callable[[list[
 
 def mean_log_probs(model, encoded: list[Encoded], batch_size: int, pad_id: int) -> list[float]:
     """Mean log p of the response tokens (GRAPE's length-normalised score; minus the mean NLL)."""
+    import torch
+
     def per_batch(batch):
         lps = response_log_probs(model, batch, pad_id)
         return [lp.gather(1, torch.tensor(e.ids[e.start: e.end]).unsqueeze(1)).mean().item() for e, lp in zip(batch, lps)]
     return _batched(encoded, batch_size, per_batch)
 
 
+def vllm_log_prob_scorer(model_path: str) -> Callable[[list[Encoded]], list[float]]:
+    """mean_log_probs on vLLM: the model is loaded once; each call feeds the Encoded token ids as they are and
+    reads vLLM's prompt logprobs (per position the logprob of the actual token given the ones before it;
+    position 0 has none). vLLM batches and schedules the prompts itself."""
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    llm = LLM(model=model_path)
+    params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
+
+    def score(encoded: list[Encoded]) -> list[float]:
+        outputs = llm.generate([TokensPrompt(prompt_token_ids=e.ids) for e in encoded], params, use_tqdm=False)
+        return [sum(out.prompt_logprobs[t][e.ids[t]].logprob for t in range(e.start, e.end)) / (e.end - e.start)
+                for e, out in zip(encoded, outputs)]
+    return score
+
+
 def jensen_shannon(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
     """Per-row JSD (natural log, at most ln 2) between distributions given as log-probabilities."""
+    import torch
+
     logm = torch.logsumexp(torch.stack([logp, logq]), dim=0) - math.log(2)
 
     def kl_to_m(logx):  # terms with zero probability contribute 0 (not 0 * -inf)
@@ -131,46 +154,82 @@ def mean_jsd(reference, target, encoded: list[Encoded], batch_size: int, pad_id:
 # ---------- streaming and resume ----------
 
 class ScoreLog:
-    """Scores appended to a jsonl file as they are computed, so a killed run continues where it stopped.
-    A row: {"index", "id", "scores": [one per encoded sequence], "tokens": [their lengths]}."""
+    """Scores appended to a jsonl file as they are computed, in row order, so a killed run continues where
+    it stopped. A row: {"index", "id", "scores": [one per encoded sequence], "tokens": [their lengths]}.
+    It is read back as a stream, never held whole."""
 
     def __init__(self, path: Path, fresh: bool):
         self.path = Path(path)
-        self.done: dict[int, dict] = {}
         if fresh:
             self.path.unlink(missing_ok=True)
         elif self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except ValueError:  # the last line of a killed run may be cut short
-                    continue
-                self.done[row["index"]] = row
+            _cut_partial_line(self.path)
+
+    def rows(self) -> Iterator[dict]:
+        """The logged rows, in the order they were written."""
+        if not self.path.exists():
+            return
+        with open(self.path) as f:
+            for line in f:
+                yield json.loads(line)
 
     def append(self, rows: list[dict]) -> None:
         with open(self.path, "a") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
-        self.done.update((r["index"], r) for r in rows)
 
 
-Item = tuple[int, str, str, list[Example]]  # (row index, row id, where, examples)
+def _cut_partial_line(path: Path) -> None:
+    """Drop a last line that a kill cut short (it has no newline), so the next append starts a line of its own."""
+    with open(path, "rb+") as f:
+        complete = sum(len(line) for line in f if line.endswith(b"\n"))
+        f.truncate(complete)
+
+
+class _Replay:
+    """Looks up logged rows for increasing row indices, reading the log once, front to back."""
+
+    def __init__(self, rows: Iterator[dict]):
+        self.rows = rows
+        self.next = next(rows, None)
+
+    def row(self, index: int) -> dict | None:
+        while self.next is not None and self.next["index"] < index:
+            self.next = next(self.rows, None)
+        return self.next if self.next is not None and self.next["index"] == index else None
+
+
+Item = tuple[int, str, str, list[Example]]  # (row index, row id, where, examples); indices increase
 
 
 def score_stream(items: Iterable[Item], encode: Callable[[list[Example], str], list[Encoded]],
                  score: Callable[[list[Encoded]], list[float]], log: ScoreLog, chunk_rows: int,
-                 progress: Callable[[int], None] = lambda n: None) -> dict[int, dict]:
-    """Score rows chunk by chunk (each chunk length-sorted inside `score`), skipping rows already in `log`."""
-    for chunk in _chunks((it for it in items if it[0] not in log.done), chunk_rows):
-        encoded = [encode(examples, where) for _, _, where, examples in chunk]
-        flat = score([e for group in encoded for e in group])
-        rows, pos = [], 0
-        for (index, row_id, _, _), group in zip(chunk, encoded):
-            rows.append({"index": index, "id": row_id, "scores": flat[pos: pos + len(group)],
-                         "tokens": [len(e.ids) for e in group]})
-            pos += len(group)
-        log.append(rows)
-        progress(len(log.done))
-    return log.done
+                 progress: Callable[[int], None] = lambda n: None) -> Iterator[dict]:
+    """Each item's score row, in item order. Rows are scored chunk by chunk (each chunk length-sorted inside
+    `score`) and appended to `log`; rows that `log` already holds (a killed run's) are read back instead.
+    Memory holds one chunk."""
+    replay, done = _Replay(log.rows()), 0
+    for chunk in _chunks(items, chunk_rows):
+        rows = {index: replay.row(index) for index, *_ in chunk}
+        todo = [item for item in chunk if rows[item[0]] is None]
+        if todo:
+            scored = _score_chunk(todo, encode, score)
+            log.append(scored)
+            rows.update((r["index"], r) for r in scored)
+        done += len(chunk)
+        progress(done)
+        yield from (rows[index] for index, *_ in chunk)
+
+
+def _score_chunk(chunk: list[Item], encode: Callable[[list[Example], str], list[Encoded]],
+                 score: Callable[[list[Encoded]], list[float]]) -> list[dict]:
+    encoded = [encode(examples, where) for _, _, where, examples in chunk]
+    flat = score([e for group in encoded for e in group])
+    rows, pos = [], 0
+    for (index, row_id, _, _), group in zip(chunk, encoded):
+        rows.append({"index": index, "id": row_id, "scores": flat[pos: pos + len(group)],
+                     "tokens": [len(e.ids) for e in group]})
+        pos += len(group)
+    return rows
 
 
 def _chunks(items: Iterable, size: int) -> Iterator[list]:

@@ -6,6 +6,7 @@ The reference model is always a saved checkpoint (by default the `model` input i
 is in memory. Reference log-probs are precomputed once and cached next to the stage's dataset copy,
 keyed by the reference weights and the data, so a resume reuses them and any change recomputes them.
 """
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Literal
@@ -13,7 +14,7 @@ from typing import Literal
 from posttrain import hf
 from posttrain.data import DataError, ReadStats, as_chat, convert_rows
 from posttrain.stage import Context, Dataset, Model, Stage, register
-from posttrain.training import Launcher, check_launcher, Lora, TrainArgs, check_trl_args, peft_config, train_and_save, trl_config
+from posttrain.training import Launcher, check_launcher, check_lora, Lora, TrainArgs, check_trl_args, peft_config, train_and_save, trl_config
 
 DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
@@ -82,9 +83,7 @@ class DPO(Stage):
     description = "preference optimisation (TRL DPOTrainer, every loss type)"
 
     def check(self, cfg: DPOStageConfig) -> list[tuple[str, str]]:
-        from trl import DPOConfig
-
-        problems = check_launcher(cfg.launcher) + check_trl_args(DPOConfig, cfg.train, {"loss_type", "loss_weights", "beta", "label_smoothing",
+        problems = check_launcher(cfg.launcher) + check_lora(cfg.lora) + check_trl_args("DPOConfig", cfg.train, {"loss_type", "loss_weights", "beta", "label_smoothing",
                                                          "precompute_ref_log_probs", "max_length"})
         if cfg.loss_weights is not None and len(cfg.loss_weights) != len(cfg.loss_type):
             problems.append(("loss_weights", f"{len(cfg.loss_weights)} weights for {len(cfg.loss_type)} loss types"))
@@ -109,15 +108,35 @@ class DPO(Stage):
 
         model_path = ctx.path(cfg.model)
         tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
-        model = hf.load_model(model_path)
+        model = hf.load_model(model_path, quantize=cfg.lora.quantize if cfg.lora else "none")
         # With LoRA, TRL's reference is the model with adapters disabled: the same saved checkpoint.
         reference = None if cfg.lora else hf.load_model(ctx.path(cfg.reference) if cfg.reference else model_path)
         args = trl_config(DPOConfig, cfg.train, ctx, cfg.launcher, loss_type=cfg.loss_type, loss_weights=cfg.loss_weights,
                           beta=cfg.beta, label_smoothing=cfg.label_smoothing, max_length=cfg.max_length,
                           precompute_ref_log_probs=cfg.precompute_ref_log_probs)
+        repeated = repeated_pairs_warning(len(rows), args)
+        if repeated:
+            ctx.warn(repeated)
         trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=peft_config(cfg.lora))
-        metrics = train_and_save(trainer, tokenizer, ctx, merge_lora=not cfg.lora or cfg.lora.merge)
+        metrics = train_and_save(trainer, tokenizer, ctx, merge_into=model_path if cfg.lora and cfg.lora.merge else None)
         last = next((h for h in reversed(trainer.state.log_history) if "rewards/margins" in h), {})
         return {**metrics, "pairs": len(rows), "skipped_rows": stats.skipped,
-                **{k: last[k] for k in ("rewards/margins", "rewards/accuracies") if k in last}}
+                **{k: last[k] for k in ("rewards/margins", "rewards/accuracies") if k in last},
+                **({"warnings": [repeated]} if repeated else {})}
+
+
+def repeated_pairs_warning(pairs: int, args) -> str | None:
+    """Say so when training would show each preference pair more than once; never cap it silently."""
+    per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+    if args.max_steps > 0:
+        if args.max_steps <= math.ceil(pairs / per_step):  # one pass, the last batch possibly partial
+            return None
+        passes, why = args.max_steps * per_step / pairs, f"{args.max_steps} steps × {per_step} per step"
+    elif args.num_train_epochs > 1:
+        passes, why = args.num_train_epochs, f"num_train_epochs={args.num_train_epochs:g}"
+    else:
+        return None
+    return (f"DPO will see each of {pairs} pairs {passes:.1f} times ({why}); Tülu 3 uses 1 epoch. Repeated pairs "
+            "overfit: the reward margins keep growing on pairs already learned. Add pairs, or lower max_steps or "
+            "num_train_epochs")

@@ -29,9 +29,7 @@ class Pretrain(Stage):
     description = "causal-LM training on raw text (builds the built-in tiny base model)"
 
     def check(self, cfg: PretrainConfig) -> list[tuple[str, str]]:
-        from trl import SFTConfig
-
-        problems = check_trl_args(SFTConfig, cfg.train, {"max_length", "packing", "dataset_text_field"})
+        problems = check_trl_args("SFTConfig", cfg.train, {"max_length", "packing", "dataset_text_field"})
         if cfg.architecture and cfg.model != BUILTIN:
             problems.append(("architecture", f"only applies to {BUILTIN}; a pretrained model keeps its own"))
         return problems

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from posttrain import hf
-from posttrain.data import DataError, as_chat, read_rows
+from posttrain.data import DataError, as_chat, located_rows
 from posttrain.stage import Context, Dataset, Model, Stage, register
 from posttrain.training import Launcher, check_launcher, TrainArgs, check_trl_args, train_and_save, trl_config
 
@@ -113,12 +113,10 @@ class RLVR(Stage):
     description = "RL with verifiable rewards (TRL GRPOTrainer)"
 
     def check(self, cfg: RLVRConfig) -> list[tuple[str, str]]:
-        from trl import GRPOConfig
-
         from posttrain.rewards import list_verifiers
         from posttrain.schema import suggest
 
-        problems = check_launcher(cfg.launcher) + check_trl_args(GRPOConfig, cfg.train, SET_BY_STAGE)
+        problems = check_launcher(cfg.launcher) + check_trl_args("GRPOConfig", cfg.train, SET_BY_STAGE)
         known = list_verifiers()
         for value, name in cfg.route_map.items():
             if name not in known:
@@ -147,7 +145,7 @@ class RLVR(Stage):
         from datasets import Dataset as HFDataset
         from trl import GRPOConfig, GRPOTrainer
 
-        rows = [routed(r, cfg, f"{ctx.path(cfg.data)}: row {i}") for i, r in enumerate(read_rows(ctx.path(cfg.data)), 1)]
+        rows = [routed(r, cfg, where) for where, r in located_rows(ctx.path(cfg.data))]
         # Rows differ in their fields across verifiers; one JSON column keeps each row whole for its verifier.
         dataset = HFDataset.from_list([{"prompt": as_chat(r[cfg.prompt_column]), "row_json": json.dumps(r)} for r in rows])
         model_path = ctx.path(cfg.model)

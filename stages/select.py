@@ -6,10 +6,16 @@ grape_reverse, random_response and single_source (output: SFT `messages` rows wi
 SFT rows (messages / alpaca / prompt+completion) for the other methods (output: the kept rows unchanged,
 in input order).
 
+Memory: the candidate methods stream end to end: rows are read, scored `scoring.chunk_rows` at a time,
+decided and written as they go, so memory does not grow with the number of prompts. The other methods
+rank globally and hold the rows, their examples and one decision per row. Dedup's LSH index holds an
+entry per kept row, and the filters hold the audit fields of the rows they drop.
+
 Files written into the stage folder besides the `data` output:
 - selection.jsonl: one record per input row: index, id, kept, reason, filter (dedup | decontaminate |
   null), and per method: scores, rank, cluster, eval_sets / duplicate_of, sources / chosen (candidates).
-- scores.jsonl: model scores appended as they are computed; a killed run resumes from it.
+  Written alongside the data output; both appear only once complete.
+- scores.jsonl: model scores appended in row order as they are computed; a killed run resumes from it.
 - selection_summary.json, for the report:
     method: str; input_rows: int (rows read; prompts for candidate methods); filtered_rows: int (dropped by
     dedup/decontamination); pool_rows: int (rows the method chose from); kept_rows: int (rows written);
@@ -21,22 +27,24 @@ Files written into the stage folder besides the `data` output:
     paser (paser): {k, k_chosen_by, eigenvalues, clusters: [{cluster, size, degradation, budget, selected}],
                     ccg_rejected, budget_shortfall}.
 """
+import importlib.util
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import numpy as np
 
-from posttrain.data import DataError, ReadStats, iter_rows, read_rows, write_json, write_rows
+from posttrain.data import DataError, ReadStats, atomic_open, iter_rows, located_rows, write_json
 from posttrain.selection import baselines, grape, paser
 from posttrain.selection.budget import gumbel_top_k, resolve
 from posttrain.selection.ccg import key_phrases
 from posttrain.selection.filters import BUILTIN_EVAL_SETS, Contamination, NearDuplicates
 from posttrain.selection.formats import Example, candidate_examples, candidates, locate, row_text, sft_row, to_example
-from posttrain.selection.scoring import PAPER_TEMPLATE, Formatter, ScoreLog, mean_jsd, mean_log_probs, score_stream
+from posttrain.selection.scoring import (PAPER_TEMPLATE, Encoded, Formatter, ScoreLog, mean_jsd, mean_log_probs,
+                                         score_stream, vllm_log_prob_scorer)
 from posttrain.stage import Context, Dataset, Model, Stage, is_ref, register
 
 Method = Literal["grape", "grape_reverse", "random_response", "single_source", "paser", "random", "length",
@@ -44,6 +52,7 @@ Method = Literal["grape", "grape_reverse", "random_response", "single_source", "
 EvalSetName = Literal["gsm8k", "math500", "ifeval", "humaneval", "mbpp"]
 CANDIDATE_METHODS = ("grape", "grape_reverse", "random_response", "single_source")
 MODEL_METHODS = ("grape", "grape_reverse", "perplexity", "ifd", "paser")
+LOG_PROB_METHODS = ("grape", "grape_reverse", "perplexity", "ifd")  # the methods scoring.backend vllm can score
 DEFAULT_RANK = {"length": "highest", "perplexity": "lowest", "ifd": "highest"}
 DEDUP_BATCH = 1024
 
@@ -61,6 +70,9 @@ class ScoringOptions:
     max_length: int = field(default=1024, metadata={"ge": 8, "help": "longer texts lose tokens from the left"})
     batch_size: int = field(default=8, metadata={"ge": 1})
     chunk_rows: int = field(default=512, metadata={"ge": 1, "help": "rows scored between checkpoints"})
+    backend: Literal["hf", "vllm"] = field(default="hf", metadata={
+        "help": "mean response log-probs (grape, grape_reverse, perplexity, ifd) with transformers, or vLLM's "
+                "prompt logprobs on GPU (vLLM batches itself: batch_size is not used)"})
 
 
 @dataclass
@@ -142,6 +154,37 @@ def _vocab_size(model: str | None) -> int | None:
     return data.get("vocab_size") or data.get("text_config", {}).get("vocab_size")
 
 
+def _vllm_problems(method: str) -> list[tuple[str, str]]:
+    if method not in LOG_PROB_METHODS:
+        return [("scoring.backend", f"vllm scores response log-probs ({', '.join(LOG_PROB_METHODS)}), which method "
+                                    f"{method} does not use: set scoring.backend: hf")]
+    if importlib.util.find_spec("vllm") is None:
+        return [("scoring.backend", "vllm needs vLLM, which is not installed here: pip install 'posttrain[vllm]' "
+                                    "on a GPU machine, or set scoring.backend: hf")]
+    return []
+
+
+class Outputs:
+    """selection.jsonl and the data output, written row by row as rows are decided, with the counts the
+    summary needs; nothing else about the rows is kept."""
+
+    def __init__(self, audit: IO[str], data: IO[str]):
+        self.audit, self.data = audit, data
+        self.input_rows = self.dropped_rows = self.kept_rows = 0
+        self.reasons: Counter = Counter()
+
+    def record(self, audit: dict) -> None:
+        """The audit record of one input row."""
+        self.audit.write(json.dumps(audit, ensure_ascii=False) + "\n")
+        self.input_rows += 1
+        self.dropped_rows += not audit["kept"]
+        self.reasons[audit["reason"]] += 1
+
+    def keep(self, row: dict) -> None:
+        self.data.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.kept_rows += 1
+
+
 @register
 class Select(Stage):
     kind = "select"
@@ -177,6 +220,8 @@ class Select(Stage):
         if m in MODEL_METHODS and cfg.scoring.prompt_format == "plain" and not (
                 "{instruction}" in cfg.scoring.template and cfg.scoring.template.endswith("{response}")):
             problems.append(("scoring.template", "must contain {instruction} and end with {response}"))
+        if cfg.scoring.backend == "vllm":
+            problems += _vllm_problems(m)
         if m == "paser":
             sizes = (_vocab_size(cfg.model), _vocab_size(cfg.paser.reference_model))
             if None not in sizes and sizes[0] != sizes[1]:
@@ -191,12 +236,12 @@ class Select(Stage):
             pass
         hits, filter_summary = _filter(cfg, path)
         runner = _run_candidates if cfg.method in CANDIDATE_METHODS else _run_subset
-        audit, summary = runner(cfg, ctx, path, hits)
-        write_rows(ctx.out_dir / "selection.jsonl", audit)
-        reasons = Counter(a["reason"] for a in audit)
-        summary = {"method": cfg.method, "input_rows": len(audit), "filtered_rows": len(hits),
-                   "pool_rows": len(audit) - len(hits), **summary,
-                   "dropped_rows": sum(not a["kept"] for a in audit), "reasons": dict(reasons),
+        with atomic_open(ctx.out_dir / "selection.jsonl") as audit, atomic_open(ctx.output("data")) as data:
+            out = Outputs(audit, data)
+            summary = runner(cfg, ctx, path, hits, out)
+        summary = {"method": cfg.method, "input_rows": out.input_rows, "filtered_rows": len(hits),
+                   "pool_rows": out.input_rows - len(hits), "kept_rows": out.kept_rows, **summary,
+                   "dropped_rows": out.dropped_rows, "reasons": dict(out.reasons),
                    "skipped_bad_rows": bad.skipped, **filter_summary}
         write_json(ctx.out_dir / "selection_summary.json", summary)
         ctx.info(f"{cfg.method}: kept {summary['kept_rows']} rows from {summary['input_rows']}")
@@ -222,8 +267,8 @@ def _filter(cfg: SelectConfig, path: str) -> tuple[dict[int, dict], dict]:
                 hits[index] = {"filter": "dedup", "reason": "near-duplicate", "duplicate_of": int(dup_of)}
         pending.clear()
 
-    for index, row in enumerate(iter_rows(path, cfg.on_bad_rows)):
-        text = row_text(row, locate(path, index, row))
+    for index, (where, row) in enumerate(located_rows(path, cfg.on_bad_rows)):
+        text = row_text(row, locate(where, row))
         sets = contamination.matches(text) if contamination else []
         if sets:
             hits[index] = {"filter": "decontaminate", "reason": "contaminated", "eval_sets": sets}
@@ -270,6 +315,18 @@ def _formatter(cfg: SelectConfig, tokenizer) -> Formatter:
     return Formatter(tokenizer, s.prompt_format, s.template, s.max_length)
 
 
+def _log_prob_scorer(cfg: SelectConfig, ctx: Context) -> tuple[Formatter, Callable[[list[Encoded]], list[float]]]:
+    """The formatter and the mean response log-prob scorer of `model` on scoring.backend."""
+    path = ctx.path(cfg.model)
+    if cfg.scoring.backend == "vllm":
+        from transformers import AutoTokenizer
+
+        return _formatter(cfg, AutoTokenizer.from_pretrained(path)), vllm_log_prob_scorer(path)
+    tokenizer, model = _load(path)
+    pad = _pad_id(tokenizer)
+    return _formatter(cfg, tokenizer), lambda encoded: mean_log_probs(model, encoded, cfg.scoring.batch_size, pad)
+
+
 def _score_log(ctx: Context) -> ScoreLog:
     return ScoreLog(ctx.out_dir / "scores.jsonl", fresh=ctx.resume == "off")
 
@@ -280,44 +337,41 @@ def _progress(ctx: Context):
 
 # ---------- candidate methods (GRAPE family), streamed ----------
 
-def _run_candidates(cfg: SelectConfig, ctx: Context, path: str, hits: dict[int, dict]) -> tuple[list[dict], dict]:
+def _run_candidates(cfg: SelectConfig, ctx: Context, path: str, hits: dict[int, dict], out: Outputs) -> dict:
+    """Streamed: scores are computed a chunk ahead of the row being decided; each row is written once decided."""
     def rows() -> Iterator[tuple[int, dict, str]]:
-        for index, row in enumerate(iter_rows(path, cfg.on_bad_rows)):
-            yield index, row, locate(path, index, row)
+        for index, (where, row) in enumerate(located_rows(path, cfg.on_bad_rows)):
+            yield index, row, locate(where, row)
 
-    scored: dict[int, dict] = {}
-    if cfg.method in ("grape", "grape_reverse"):
-        tokenizer, model = _load(ctx.path(cfg.model))
-        fmt, pad = _formatter(cfg, tokenizer), _pad_id(tokenizer)
-        items = ((i, str(row.get("id", i)), where, candidate_examples(row, where))
-                 for i, row, where in rows() if i not in hits)
-        scored = score_stream(items, lambda exs, where: [fmt.encode(e, where) for e in exs],
-                              lambda enc: mean_log_probs(model, enc, cfg.scoring.batch_size, pad),
-                              _score_log(ctx), cfg.scoring.chunk_rows, _progress(ctx))
-    audit: list[dict] = []
+    scored = _candidate_scores(cfg, ctx, (r for r in rows() if r[0] not in hits))
     offered, kept = Counter(), Counter()
+    for i, row, where in rows():
+        cands = candidates(row, where)
+        sources = [c["source"] for c in cands]
+        offered.update(sources)
+        record = {"index": i, "id": row.get("id"), "sources": sources, "filter": None}
+        if i in hits:
+            out.record({**record, "kept": False, **hits[i]})
+            continue
+        scores = next(scored)["scores"] if scored else None
+        chosen = grape.choose(cfg.method, scores, sources, cfg.grape.top_k, cfg.grape.source, cfg.seed, i)
+        reason = "selected" if chosen else f"no candidate from source {cfg.grape.source}"
+        out.record({**record, "kept": bool(chosen), "reason": reason, "scores": scores, "chosen": chosen})
+        row_id = str(row.get("id", i))
+        for r, j in enumerate(chosen):
+            kept[sources[j]] += 1
+            out.keep(sft_row(row, cands[j], row_id if cfg.grape.top_k == 1 else f"{row_id}-{r}"))
+    return {"budget": None, "sources": {s: {"candidates": offered[s], "kept": kept[s]} for s in sorted(offered)}}
 
-    def selected_rows() -> Iterator[dict]:
-        for i, row, where in rows():
-            cands = candidates(row, where)
-            sources = [c["source"] for c in cands]
-            offered.update(sources)
-            record = {"index": i, "id": row.get("id"), "sources": sources, "filter": None}
-            if i in hits:
-                audit.append({**record, "kept": False, **hits[i]})
-                continue
-            scores = scored[i]["scores"] if scored else None
-            chosen = grape.choose(cfg.method, scores, sources, cfg.grape.top_k, cfg.grape.source, cfg.seed, i)
-            reason = "selected" if chosen else f"no candidate from source {cfg.grape.source}"
-            audit.append({**record, "kept": bool(chosen), "reason": reason, "scores": scores, "chosen": chosen})
-            row_id = str(row.get("id", i))
-            for r, j in enumerate(chosen):
-                kept[sources[j]] += 1
-                yield sft_row(row, cands[j], row_id if cfg.grape.top_k == 1 else f"{row_id}-{r}")
 
-    written = write_rows(ctx.output("data"), selected_rows())
-    sources = {s: {"candidates": offered[s], "kept": kept[s]} for s in sorted(offered)}
-    return audit, {"kept_rows": written, "budget": None, "sources": sources}
+def _candidate_scores(cfg: SelectConfig, ctx: Context, pool: Iterable[tuple[int, dict, str]]) -> Iterator[dict] | None:
+    """The score rows of the pool's prompts in order, computed lazily; None for methods that score nothing."""
+    if cfg.method not in ("grape", "grape_reverse"):
+        return None
+    fmt, score = _log_prob_scorer(cfg, ctx)
+    items = ((i, str(row.get("id", i)), where, candidate_examples(row, where)) for i, row, where in pool)
+    return score_stream(items, lambda exs, where: [fmt.encode(e, where) for e in exs], score,
+                        _score_log(ctx), cfg.scoring.chunk_rows, _progress(ctx))
 
 
 # ---------- subset methods ----------
@@ -329,27 +383,27 @@ class Decision:
     fields: dict = field(default_factory=dict)  # scores, rank, cluster, ...
 
 
-def _run_subset(cfg: SelectConfig, ctx: Context, path: str, hits: dict[int, dict]) -> tuple[list[dict], dict]:
-    rows = read_rows(path, cfg.on_bad_rows)
+def _run_subset(cfg: SelectConfig, ctx: Context, path: str, hits: dict[int, dict], out: Outputs) -> dict:
+    """Global ranking: the rows, their examples and one decision per row are held until the budget is applied."""
+    located = [(locate(where, row), row) for where, row in located_rows(path, cfg.on_bad_rows)]
+    rows = [row for _, row in located]
     pool = [i for i in range(len(rows)) if i not in hits]
-    examples = [to_example(rows[i], locate(path, i, rows[i])) for i in pool]
-    wheres = [locate(path, i, rows[i]) for i in pool]
+    wheres = [located[i][0] for i in pool]
+    examples = [to_example(rows[i], where) for i, where in zip(pool, wheres)]
     budget = resolve(cfg.budget.count, cfg.budget.fraction, len(pool))
     decide = SUBSET_METHODS[cfg.method]
     decisions, extra = decide(cfg, ctx, examples, wheres, [rows[i] for i in pool], budget) if pool else ([], {})
     by_index = dict(zip(pool, decisions))
-    audit = []
     for i, row in enumerate(rows):
         base = {"index": i, "id": row.get("id")}
         if i in hits:
-            audit.append({**base, "kept": False, **hits[i]})
-        else:
-            d = by_index[i]
-            audit.append({**base, "kept": d.kept, "reason": d.reason, "filter": None, **d.fields})
-    written = write_rows(ctx.output("data"), (rows[i] for i in pool if by_index[i].kept))
-    summary = {"kept_rows": written, "budget": {"count": cfg.budget.count, "fraction": cfg.budget.fraction,
-                                                 "resolved": budget}}
-    return audit, {**summary, **extra}
+            out.record({**base, "kept": False, **hits[i]})
+            continue
+        d = by_index[i]
+        out.record({**base, "kept": d.kept, "reason": d.reason, "filter": None, **d.fields})
+        if d.kept:
+            out.keep(row)
+    return {"budget": {"count": cfg.budget.count, "fraction": cfg.budget.fraction, "resolved": budget}, **extra}
 
 
 def _by_rank(order, k: int, fields: list[dict], not_chosen: str) -> list[Decision]:
@@ -382,15 +436,13 @@ def _length(cfg, ctx, examples, wheres, rows, k):
 
 def _model_scores(cfg: SelectConfig, ctx: Context, examples: list[Example], wheres: list[str], with_response_only: bool):
     """Mean response log-probs per example under `model` (and, for IFD, of the response alone)."""
-    tokenizer, model = _load(ctx.path(cfg.model))
-    fmt, pad = _formatter(cfg, tokenizer), _pad_id(tokenizer)
+    fmt, score = _log_prob_scorer(cfg, ctx)
 
     def encode(exs, where):
         return [fmt.encode(exs[0], where)] + ([fmt.encode_response_only(exs[0], where)] if with_response_only else [])
     items = ((p, str(p), wheres[p], [ex]) for p, ex in enumerate(examples))
-    done = score_stream(items, encode, lambda enc: mean_log_probs(model, enc, cfg.scoring.batch_size, pad),
-                        _score_log(ctx), cfg.scoring.chunk_rows, _progress(ctx))
-    return np.array([done[p]["scores"] for p in range(len(examples))])
+    scored = score_stream(items, encode, score, _score_log(ctx), cfg.scoring.chunk_rows, _progress(ctx))
+    return np.array([r["scores"] for r in scored])
 
 
 def _perplexity(cfg, ctx, examples, wheres, rows, k):
@@ -415,7 +467,7 @@ def _plain_text(row: dict, where: str) -> str:
 
 def _dsir(cfg, ctx, examples, wheres, rows, k):
     target_path = ctx.path(cfg.dsir.target)
-    target = [_plain_text(r, locate(target_path, i, r)) for i, r in enumerate(iter_rows(target_path))]
+    target = [_plain_text(r, locate(where, r)) for where, r in located_rows(target_path)]
     weights = baselines.dsir_log_weights([_plain_text(r, w) for r, w in zip(rows, wheres)], target, cfg.dsir.buckets)
     order = gumbel_top_k(weights, k, np.random.default_rng(cfg.seed))
     return _by_rank(order, k, [{"scores": {"dsir_log_weight": float(w)}} for w in weights], "not drawn"), {}
@@ -440,11 +492,11 @@ def _paser(cfg, ctx, examples, wheres, rows, k):
                          f"{model.config.vocab_size}: the JSD needs one shared vocabulary")
     fmt, pad = _formatter(cfg, tokenizer), _pad_id(tokenizer)
     items = ((p, str(p), wheres[p], [ex]) for p, ex in enumerate(examples))
-    done = score_stream(items, lambda exs, where: [fmt.encode(exs[0], where)],
-                        lambda enc: mean_jsd(reference, model, enc, cfg.scoring.batch_size, pad),
-                        _score_log(ctx), cfg.scoring.chunk_rows, _progress(ctx))
-    jsd = np.array([done[p]["scores"][0] for p in range(len(examples))])
-    tokens = np.array([done[p]["tokens"][0] for p in range(len(examples))])
+    scored = [(r["scores"][0], r["tokens"][0]) for r in score_stream(
+        items, lambda exs, where: [fmt.encode(exs[0], where)],
+        lambda enc: mean_jsd(reference, model, enc, cfg.scoring.batch_size, pad),
+        _score_log(ctx), cfg.scoring.chunk_rows, _progress(ctx))]
+    jsd, tokens = np.array([s for s, _ in scored]), np.array([t for _, t in scored])
     ctx.info(f"embedding {len(examples)} instructions")
     clustering = paser.spectral_clusters(paser.embed([e.instruction for e in examples], opts.embedding_model),
                                          opts.clusters, opts.max_clusters, opts.landmarks, opts.neighbors, cfg.seed)

@@ -9,7 +9,7 @@ from typing import Literal
 from posttrain import hf
 from posttrain.data import DataError, ReadStats, convert_rows, write_json
 from posttrain.stage import Context, Dataset, Model, Stage, register
-from posttrain.training import Launcher, check_launcher, Lora, TrainArgs, check_trl_args, peft_config, train_and_save, trl_config
+from posttrain.training import Launcher, check_launcher, check_lora, Lora, TrainArgs, check_trl_args, peft_config, train_and_save, trl_config
 
 
 @dataclass
@@ -99,9 +99,7 @@ class SFT(Stage):
     description = "supervised fine-tuning (TRL SFTTrainer)"
 
     def check(self, cfg: SFTStageConfig) -> list[tuple[str, str]]:
-        from trl import SFTConfig
-
-        problems = check_launcher(cfg.launcher) + check_trl_args(SFTConfig, cfg.train, {"max_length", "packing", "assistant_only_loss", "loss_type"})
+        problems = check_launcher(cfg.launcher) + check_lora(cfg.lora) + check_trl_args("SFTConfig", cfg.train, {"max_length", "packing", "assistant_only_loss", "loss_type"})
         for i, src in enumerate(_sources(cfg)):
             if src.count is not None and src.fraction is not None:
                 problems.append((f"data[{i}]", "give either count or fraction, not both"))
@@ -112,12 +110,13 @@ class SFT(Stage):
 
         rows, mixture = mix(_sources(cfg), ctx, cfg.mix_seed, cfg.on_bad_rows)
         tokenizer = hf.load_tokenizer(ctx.path(cfg.model), cfg.chat_template)
-        model = hf.load_model(ctx.path(cfg.model))
+        model = hf.load_model(ctx.path(cfg.model), quantize=cfg.lora.quantize if cfg.lora else "none")
         truncated = _count_truncated(rows, tokenizer, cfg.max_length)
         if truncated:
             ctx.info(f"{truncated} of {len(rows)} examples are longer than max_length={cfg.max_length} and will be truncated")
         trainer = _trainer(cfg, ctx, model, tokenizer, HFDataset.from_list(rows))
-        metrics = train_and_save(trainer, tokenizer, ctx, merge_lora=not cfg.lora or cfg.lora.merge)
+        merge_into = ctx.path(cfg.model) if cfg.lora and cfg.lora.merge else None
+        metrics = train_and_save(trainer, tokenizer, ctx, merge_into=merge_into)
         write_json(ctx.out_dir / "mixture.json", mixture)
         return {**metrics, "rows": len(rows), "truncated": truncated, "loss_reduction": cfg.loss_reduction,
                 "skipped_rows": mixture["skipped_rows"]}

@@ -1,15 +1,22 @@
 """Fault injection on the mini chain (data -> base -> sft -> dpo -> rlvr): `posttrain run` is SIGKILLed at
 seeded points, restarted, killed again, and finally finished. After every kill no stage is marked complete
 without its artifacts, no manifest is corrupt, the checkpoint a resume would load is whole, and the work lost
-is at most save_steps; at the end the weights and training curves equal an uninterrupted run's.
+is at most save_steps; at the end the weights and training curves equal an uninterrupted run's and no temp
+file of an interrupted write is left.
 
 Kill sites (the child process kills itself with SIGKILL at the n-th occurrence, so the point is exact):
-  data        before the n-th jsonl artifact is renamed into place (data preparation)
+  data        before the n-th jsonl artifact is renamed into place (a data stage writing its outputs)
+  read        after the n-th row is read from a data file (a training stage preparing its data)
   step        after the n-th optimizer step (mid-training, between checkpoints)
   checkpoint  half-way through writing the n-th trainer_state.json (a torn checkpoint)
   manifest    before the n-th manifest.json is renamed into place
   between     as the n-th stage starts (after the previous one completed)
   timer       n/10 seconds after the first stage starts (anywhere)
+
+Two kinds of campaign: along the whole chain (every site once), and aimed at one training stage (SFT, DPO
+or RLVR), where only that stage runs and counts occurrences, with at least 10 kills each (50 when slow).
+The child is forked from the test process, which has torch and TRL imported already, so a kill and restart
+costs the stage's work and not an interpreter start; it runs the real command line, `posttrain run`.
 """
 import json
 import os
@@ -18,13 +25,16 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import traceback
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, write_mini_chain
+from conftest import write_mini_chain
 
-SITES = ["data", "step", "checkpoint", "manifest", "timer", "between"]
+SITES = ["data", "between", "step", "checkpoint", "manifest", "timer"]  # the order they first occur along the chain
+STAGE_SITES = ["read", "step", "checkpoint", "manifest", "timer", "between"]
 TRAINING = ("base", "sft", "dpo", "rlvr")
 SETPRIV = shutil.which("setpriv")
 
@@ -34,13 +44,30 @@ def _die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _install(site: str, n: int) -> None:
-    count = {"n": 0}
+def _install(site: str, n: int, stage: str | None) -> None:
+    """Kill at the n-th occurrence of `site`, counting only inside `stage` when one is given."""
+    import posttrain.runner as runner
+
+    state = {"count": 0, "stage": None, "timer": False}
 
     def hit() -> bool:
-        count["n"] += 1
-        return count["n"] == n
+        if stage is not None and state["stage"] != stage:
+            return False
+        state["count"] += 1
+        return state["count"] == n
 
+    real_execute = runner._execute
+
+    def execute(spec, *a, **k):
+        state["stage"] = spec.name
+        if site == "between" and hit():
+            _die()
+        if site == "timer" and not state["timer"] and stage in (None, spec.name):
+            state["timer"] = True
+            threading.Timer(n / 10, _die).start()
+        return real_execute(spec, *a, **k)
+
+    runner._execute = execute
     if site in ("data", "manifest"):
         real_replace = os.replace
 
@@ -51,6 +78,18 @@ def _install(site: str, n: int) -> None:
             return real_replace(src, dst, *a, **k)
 
         os.replace = replace
+    elif site == "read":
+        import posttrain.data as data
+
+        real_iter = data._iter_jsonl
+
+        def iter_jsonl(*a, **k):
+            for row in real_iter(*a, **k):
+                yield row
+                if hit():
+                    _die()
+
+        data._iter_jsonl = iter_jsonl
     elif site == "step":
         from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -68,50 +107,35 @@ def _install(site: str, n: int) -> None:
             return real_save(self, path)
 
         TrainerState.save_to_json = save_to_json
-    elif site in ("between", "timer"):
-        import threading
-
-        import posttrain.runner as runner
-
-        real_execute = runner._execute
-
-        def execute(*a, **k):
-            if site == "between" and hit():
-                _die()
-            if site == "timer" and count["n"] == 0:
-                count["n"] = 1
-                threading.Timer(n / 10, _die).start()
-            return real_execute(*a, **k)
-
-        runner._execute = execute
 
 
-def child() -> None:
-    """python -c '...child()' SITE N posttrain-args..."""
-    site, n = sys.argv[1], int(sys.argv[2])
-    _install(site, n)
-    from posttrain.cli import main
-
-    sys.exit(main(sys.argv[3:]))
-
-
-def run_killed(recipe: Path, run_dir: Path, site: str, n: int) -> int:
-    """Run `posttrain run` in a child that SIGKILLs itself at (site, n); return its exit code (-9 if killed).
-    The child leads its own process group, so reward workers it forked, which outlive a killed parent,
-    can be ended with it; its output goes to a file, which such orphans cannot hold open the way they hold a pipe."""
-    code = f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); from test_faults import child; child()"
-    with open(run_dir.parent / "child.log", "w+") as log:
-        proc = subprocess.Popen([sys.executable, "-c", code, site, str(n), "run", str(recipe), "--out", str(run_dir)],
-                                env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=log, start_new_session=True)
+def run_killed(recipe: Path, run_dir: Path, site: str, n: int, stage: str | None = None) -> int:
+    """Run `posttrain run` (only `stage`, when given) in a forked child that SIGKILLs itself at (site, n);
+    return its exit code (-9 if killed). The child leads its own process group, so the reward workers it
+    forked, which outlive a killed parent for a moment, end with it; its output goes to a log file."""
+    log_path = run_dir.parent / "child.log"
+    pid = os.fork()
+    if pid == 0:
+        code = 99
         try:
-            returncode = proc.wait(timeout=600)
+            os.setsid()
+            sys.stdout = sys.stderr = open(log_path, "w", buffering=1)
+            _install(site, n, stage)
+            from posttrain.cli import main
+
+            code = main(["run", str(recipe), "--out", str(run_dir), *(["--only", stage] if stage else [])])
+        except BaseException:
+            traceback.print_exc()
         finally:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        log.seek(0)
-        assert returncode in (0, -signal.SIGKILL), log.read()[-3000:]
+            sys.stdout.flush()
+            os._exit(code or 0)
+    _, status = os.waitpid(pid, 0)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    returncode = os.waitstatus_to_exitcode(status)
+    assert returncode in (0, -signal.SIGKILL), log_path.read_text()[-3000:]
     return returncode
 
 
@@ -162,12 +186,15 @@ def check_after_kill(recipe, run_dir: Path) -> dict:
     return lost
 
 
-def check_equal_to_uninterrupted(run_dir: Path, reference: Path) -> None:
+def check_equal_to_uninterrupted(run_dir: Path, reference: Path, stages=TRAINING) -> None:
     from safetensors.torch import load_file
 
+    from posttrain.data import TEMP_SUFFIX
+
     got, want = _manifests(run_dir), _manifests(reference)
-    assert {n: m["status"] for n, m in got.items()} == {n: "complete" for n in want}
-    for name in TRAINING:
+    assert {n: m["status"] for n, m in got.items()} == {n: "complete" for n in got} and set(stages) <= set(got) <= set(want)
+    assert not list(run_dir.rglob(f"*{TEMP_SUFFIX}")), "temp files of interrupted writes were left"
+    for name in stages:
         assert got[name]["metrics"] == want[name]["metrics"], name
         a, b = (load_file(d / name / "model" / "model.safetensors") for d in (run_dir, reference))
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), f"{name}: weights differ"
@@ -196,7 +223,7 @@ N_RANGES = {"data": (1, 3), "step": (1, 6), "checkpoint": (1, 3), "manifest": (1
 
 
 def kill_sites(rng: random.Random, kills: int, every_site: bool) -> list[str]:
-    """Every site once, in the order they first occur along the chain, or a seeded draw with repeats."""
+    """Every site once, in order, or a seeded draw with repeats."""
     return list(SITES) if every_site else [rng.choice(SITES) for _ in range(kills)]
 
 
@@ -233,6 +260,53 @@ def test_kill_at_every_site_then_recover_exactly(chain, tmp_path):
 def test_kill_campaigns_slow(chain, tmp_path, seed):
     log = campaign(chain, tmp_path / "run", seed=seed, kills=6)
     print(json.dumps(log))
+
+
+# In a campaign on one stage, n is drawn from these: most points fall inside the stage's remaining work.
+STAGE_N_RANGES = {"read": (1, 60), "step": (1, 4), "checkpoint": (1, 2), "manifest": (1, 2), "between": (1, 1),
+                  "timer": (1, 8)}
+
+
+def stage_campaign(chain, run_dir: Path, stage: str, seed: int, kills: int) -> list[dict]:
+    """Kill `stage` (run alone, its upstream finished) until `kills` kills have landed in it, checking after
+    each; then finish it and compare with the uninterrupted run. When a restart finishes the stage before
+    its kill point came, the result must already equal the uninterrupted run's, and the stage starts afresh."""
+    from posttrain.runner import run
+
+    recipe_path, recipe, reference = chain
+    shutil.copytree(reference, run_dir)
+    for name in recipe.downstream(stage):
+        shutil.rmtree(run_dir / name)
+    rng = random.Random(seed)
+    log = []
+    while sum(k["killed"] for k in log) < kills:
+        site = rng.choice(STAGE_SITES)
+        n = rng.randint(*STAGE_N_RANGES[site])
+        code = run_killed(recipe_path, run_dir, site, n, stage)
+        if code:
+            log.append({"site": site, "n": n, "killed": True, "lost": check_after_kill(recipe, run_dir).get(stage, 0)})
+        else:
+            check_equal_to_uninterrupted(run_dir, reference, stages=[stage])
+            shutil.rmtree(run_dir / stage)
+            log.append({"site": site, "n": n, "killed": False})
+    run(recipe, run_dir, only=stage, echo=lambda m: None)
+    check_equal_to_uninterrupted(run_dir, reference, stages=[stage])
+    return log
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo", "rlvr"])
+def test_ten_seeded_kills_in_each_training_stage_then_recover_exactly(chain, tmp_path, stage):
+    log = stage_campaign(chain, tmp_path / "run", stage, seed=["sft", "dpo", "rlvr"].index(stage), kills=10)
+    print(json.dumps(log))
+    assert sum(k["killed"] for k in log) == 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["sft", "dpo", "rlvr"])
+def test_fifty_seeded_kills_in_each_training_stage_slow(chain, tmp_path, stage):
+    log = stage_campaign(chain, tmp_path / "run", stage, seed=100 + ["sft", "dpo", "rlvr"].index(stage), kills=50)
+    print(json.dumps(log))
+    assert {k["site"] for k in log if k["killed"]} == set(STAGE_SITES)
 
 
 # -- a disk that refuses writes -----------------------------------------------------------------------------

@@ -221,3 +221,9 @@ def test_console_command_exit_2_without_traceback(valid, tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "dependency cycle" in proc.stderr and "expected a finite number" in proc.stderr
     assert not out.exists()
+
+
+def test_a_kind_that_is_a_broken_interpolation_is_reported_once(tmp_path):
+    """Found by the corruption test above: `kind` was resolved outside the per-leaf error handling."""
+    problems = problems_of(tmp_path, "name: x\nstages:\n  a: {kind: tinyworld}\n  b: {kind: '${tages.a.output.rl}'}\n")
+    assert len(problems) == 1 and "stages.b.kind: cannot resolve interpolation" in problems[0], problems

@@ -120,6 +120,32 @@ def test_trl_args_are_checked_against_trl(tmp_path, sft_file):
     assert "SFTConfig" in p and "max_grad_norm" in p
 
 
+def test_qlora_without_a_gpu_is_a_validation_problem():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: quantized loading may be valid here")
+    with pytest.raises(RecipeError) as info:
+        load(REPO / "recipes" / "olmo2_instruct_lora_1gpu.yaml", ["stages.sft.lora.quantize=4bit"])
+    [p] = info.value.problems
+    assert "stages.sft.lora.quantize" in p and "4bit needs a CUDA GPU" in p
+
+
+def test_qlora_without_bitsandbytes_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    from posttrain.training import Lora, check_lora
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.skip("bitsandbytes is installed")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    [(key, message)] = check_lora(Lora(quantize="8bit"))
+    assert key == "lora.quantize" and "needs bitsandbytes" in message and "pip install 'posttrain[qlora]'" in message
+    assert check_lora(Lora()) == []
+
+
 def test_cli_validate_exit_codes(tmp_path, sft_file):
     ok = posttrain_cli("validate", write_recipe(tmp_path, good(tmp_path, sft_file)))
     assert ok.returncode == 0, ok.stderr

@@ -25,3 +25,24 @@ def test_workers_exit_when_their_parent_is_killed():
     while any(os.path.exists(f"/proc/{w}") for w in workers) and time.time() < deadline:
         time.sleep(0.1)
     assert not [w for w in workers if os.path.exists(f"/proc/{w}")]
+
+
+FORKS = """
+import os
+from posttrain.rewards import score_rows
+print(score_rows(["The answer is 4."], [{"ground_truth": "4"}], "numeric")[0].score, flush=True)  # the parent's workers
+pid = os.fork()
+if pid == 0:  # the child inherits the parent's worker objects; it must fork and use workers of its own
+    rewards = score_rows(["The answer is 5.", "The answer is 4."], [{"ground_truth": "4"}] * 2, "numeric")
+    print([v.score for v in rewards], flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+print(score_rows(["The answer is 4."], [{"ground_truth": "4"}], "numeric")[0].score, flush=True)  # the parent's still work
+"""
+
+
+def test_a_forked_child_scores_with_workers_of_its_own():
+    out = subprocess.run([sys.executable, "-c", FORKS], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, child, last = out.stdout.split("\n")[:3]
+    assert first == last == "1.0" and child == "[0.0, 1.0]", out.stdout

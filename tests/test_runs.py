@@ -167,7 +167,7 @@ def test_failed_stage_is_recorded_and_not_consumed(tmp_path, sft_file):
     recipe.write_text(MINI_RECIPE.replace("SFT_DATA", str(sft_file)))
     sft_file.write_text('{"prompt": "only a prompt"}\n')  # valid JSON, no completion: the SFT stage must fail
     proc = posttrain_cli("run", recipe, "--out", tmp_path / "run")
-    assert proc.returncode == 1 and "row 1" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and f"{sft_file}:1: " in proc.stderr and "Traceback" not in proc.stderr
     m = manifest(tmp_path / "run", "sft")
     assert m["status"] == "failed" and "fits no SFT format" in m["error"]
     assert not (tmp_path / "run" / "sft" / "model").exists()

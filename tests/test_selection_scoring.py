@@ -123,9 +123,13 @@ def test_score_stream_resumes_after_a_kill(tmp_path, tok):
             raise KeyboardInterrupt  # killed while scoring the second chunk
         return [float(len(e.ids)) for e in enc]
 
+    def stream(scorer):
+        return list(score_stream(items, lambda exs, w: [fmt.encode(e, w) for e in exs], scorer,
+                                 ScoreLog(log_path, False), 2))
+
     log_path = tmp_path / "scores.jsonl"
     with pytest.raises(KeyboardInterrupt):
-        score_stream(items, lambda exs, w: [fmt.encode(e, w) for e in exs], score, ScoreLog(log_path, False), 2)
+        stream(score)
     with open(log_path, "a") as f:
         f.write('{"index": 4, "sco')  # a line cut short by the kill
     rescored = []
@@ -133,7 +137,8 @@ def test_score_stream_resumes_after_a_kill(tmp_path, tok):
     def score_again(enc):
         rescored.append(len(enc))
         return [float(len(e.ids)) for e in enc]
-    done = score_stream(items, lambda exs, w: [fmt.encode(e, w) for e in exs], score_again, ScoreLog(log_path, False), 2)
-    assert sorted(done) == [0, 1, 2, 3, 4] and sum(rescored) == 3  # only the rows after the first chunk
-    assert [done[i]["tokens"][0] for i in range(5)] == [len(fmt.encode(ask("x" * (i + 1)), "t").ids) for i in range(5)]
-    assert ScoreLog(log_path, fresh=True).done == {}
+    done = stream(score_again)
+    assert [r["index"] for r in done] == [0, 1, 2, 3, 4] and sum(rescored) == 3  # only the rows after the first chunk
+    assert [r["tokens"][0] for r in done] == [len(fmt.encode(ask("x" * (i + 1)), "t").ids) for i in range(5)]
+    assert stream(score_again) == done and sum(rescored) == 3  # the cut line was dropped, not glued to the next row
+    assert list(ScoreLog(log_path, fresh=True).rows()) == []

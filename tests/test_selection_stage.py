@@ -1,7 +1,12 @@
 """The select and prune stages end to end on the tiny world: config checks, every method, audit and summary
 files, pruned models that reload."""
+import importlib.machinery
+import importlib.util
 import json
+import sys
+import types
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from posttrain import hf, schema, tinyworld
 from posttrain.data import read_rows, shared_file, write_rows
 from posttrain.stage import Context
+from posttrain.stages import select
 from posttrain.stages.prune import Prune, PruneConfig
 from posttrain.stages.select import Select, SelectConfig
 
@@ -85,6 +91,15 @@ def test_check_paser_vocabulary_mismatch(sft_file, base_model, tmp_path):
                        paser={"reference_model": base_model}) == []
 
 
+def test_check_vllm_backend(sft_file, candidate_file, base_model):
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is installed")
+    problems = Select().check(config(data=candidate_file, method="grape", model=base_model, scoring={"backend": "vllm"}))
+    assert [key for key, _ in problems] == ["scoring.backend"] and "not installed" in problems[0][1]
+    assert problems_of(data=sft_file, method="paser", model=base_model, budget={"count": 3},
+                       paser={"reference_model": base_model}, scoring={"backend": "vllm"}) == ["scoring.backend"]
+
+
 # ---------- GRAPE family ----------
 
 def test_grape_keeps_the_best_scored_candidate_and_resumes(candidate_file, base_model, tmp_path, monkeypatch):
@@ -105,6 +120,75 @@ def test_grape_keeps_the_best_scored_candidate_and_resumes(candidate_file, base_
     monkeypatch.setattr("posttrain.stages.select.mean_log_probs", no_scoring)
     again, _, _ = run(cfg, tmp_path / "grape")
     assert again == rows
+
+
+def test_grape_killed_mid_scoring_writes_no_outputs_and_resumes(candidate_file, base_model, tmp_path, monkeypatch):
+    cfg = config(data=candidate_file, method="grape", model=base_model, scoring={"chunk_rows": 5})
+    whole_rows, whole_audit, _ = run(cfg, tmp_path / "whole")
+    real, scored = select.mean_log_probs, []
+
+    def scoring(kill_at):
+        def score(model, encoded, *args):
+            scored.append(len(encoded))
+            if len(scored) == kill_at:
+                raise KeyboardInterrupt
+            return real(model, encoded, *args)
+        return score
+    monkeypatch.setattr(select, "mean_log_probs", scoring(kill_at=2))  # killed in the second chunk of 5 prompts
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, out)
+    assert [p.name for p in out.iterdir()] == ["scores.jsonl"]  # no half-written data or audit file
+    scored.clear()
+    monkeypatch.setattr(select, "mean_log_probs", scoring(kill_at=0))
+    rows, audit, _ = run(cfg, out)
+    assert sum(scored) == (12 - 5) * 4  # the first chunk's scores were read back
+    assert rows == whole_rows and audit == whole_audit
+
+
+class FakeLLM:
+    """vllm.LLM's prompt-logprob interface, computed with transformers: per prompt position the logprob of
+    the actual token given the ones before it, None at position 0."""
+    prompts = 0
+
+    def __init__(self, model: str):
+        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+
+    def generate(self, prompts, params, use_tqdm=True):
+        assert params.max_tokens == 1 and params.prompt_logprobs == 0
+        FakeLLM.prompts += len(prompts)
+        outputs = []
+        for prompt in prompts:
+            ids = prompt["prompt_token_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(self.model(input_ids=torch.tensor([ids])).logits[0], dim=-1)
+            outputs.append(SimpleNamespace(prompt_logprobs=[None] + [
+                {t: SimpleNamespace(logprob=logp[p - 1, t].item())} for p, t in enumerate(ids) if p]))
+        return outputs
+
+
+def install_fake_vllm(monkeypatch) -> None:
+    vllm = types.ModuleType("vllm")
+    vllm.__spec__ = importlib.machinery.ModuleSpec("vllm", None)  # find_spec sees it as installed
+    vllm.LLM, vllm.SamplingParams = FakeLLM, SimpleNamespace
+    inputs = types.ModuleType("vllm.inputs")
+    inputs.TokensPrompt = dict
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    monkeypatch.setitem(sys.modules, "vllm.inputs", inputs)
+    monkeypatch.setattr(FakeLLM, "prompts", 0)
+
+
+def test_grape_on_vllm_prompt_logprobs_matches_transformers(candidate_file, base_model, tmp_path, monkeypatch):
+    hf_rows, hf_audit, _ = run(config(data=candidate_file, method="grape", model=base_model), tmp_path / "hf")
+    install_fake_vllm(monkeypatch)
+    raw = {"data": candidate_file, "method": "grape", "model": base_model, "scoring": {"backend": "vllm"}}
+    assert problems_of(**raw) == []
+    rows, audit, _ = run(config(**raw), tmp_path / "vllm")
+    assert FakeLLM.prompts == 12 * 4  # every candidate went through vLLM
+    for ours, reference in zip(audit, hf_audit):
+        assert ours["scores"] == pytest.approx(reference["scores"], abs=1e-5)
+        assert ours["chosen"] == reference["chosen"]
+    assert rows == hf_rows
 
 
 def test_reverse_random_and_single_source(candidate_file, base_model, tmp_path):

@@ -121,6 +121,81 @@ def test_cached_reference_logprobs_match_live_ones(tiny_model_dir, preference_fi
     assert len(live) == 4 and live == pytest.approx(cached, abs=1e-5)
 
 
+def test_repeated_pairs_warning_counts_pair_visits():
+    from types import SimpleNamespace
+
+    from posttrain.stages.dpo import repeated_pairs_warning
+
+    def args(max_steps=-1, epochs=1.0):  # effective batch 4 x 4 x 2 = 32 pairs per optimizer step
+        return SimpleNamespace(per_device_train_batch_size=4, gradient_accumulation_steps=4, world_size=2,
+                               max_steps=max_steps, num_train_epochs=epochs)
+
+    assert "each of 200 pairs 4.8 times (30 steps × 32 per step)" in repeated_pairs_warning(200, args(max_steps=30))
+    assert repeated_pairs_warning(200, args(max_steps=7)) is None  # 7 x 32 = 224: one pass, last batch partial
+    assert "each of 200 pairs 2.0 times (num_train_epochs=2)" in repeated_pairs_warning(200, args(epochs=2))
+    assert repeated_pairs_warning(200, args(epochs=1)) is None
+
+
+def test_dpo_on_few_pairs_warns_and_records_it(tiny_model_dir, preference_file, tmp_path, caplog):
+    few = tmp_path / "few.jsonl"
+    few.write_text("".join(preference_file.read_text().splitlines(keepends=True)[:4]))
+    raw = {"model": str(tiny_model_dir), "data": str(few), "max_length": 160,
+           "train": {"learning_rate": 1e-3, "max_steps": 3, "per_device_train_batch_size": 2}}
+    with caplog.at_level("WARNING", logger="posttrain"):
+        metrics, _ = run_stage("dpo", raw, tmp_path)
+    expected = "each of 4 pairs 1.5 times (3 steps × 2 per step)"
+    assert any(expected in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert [w for w in metrics["warnings"] if expected in w]
+
+
+def test_lora_export_reloads_with_the_logits_of_the_in_memory_merge(tiny_model_dir, tmp_path):
+    """The export shared by LoRA and QLoRA: the saved adapter on a fresh, unquantized base, merged."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from posttrain.training import Lora, export_model, peft_config
+
+    tok = hf.load_tokenizer(str(tiny_model_dir))
+    rows = [{"messages": [{"role": "user", "content": "Say ok."}, {"role": "assistant", "content": "ok"}]}] * 16
+    args = SFTConfig(output_dir=str(tmp_path / "ckpt"), max_steps=5, learning_rate=1e-2, per_device_train_batch_size=8,
+                     use_cpu=True, bf16=False, report_to=[], save_strategy="no")
+    lora = peft_config(Lora(r=4, alpha=8, dropout=0.0))
+    trainer = SFTTrainer(model=hf.load_model(str(tiny_model_dir)), args=args, processing_class=tok,
+                         train_dataset=Dataset.from_list(rows), peft_config=lora)
+    trainer.train()
+    export_model(trainer.model, tok, tmp_path / "export", merge_into=str(tiny_model_dir))
+
+    ids = tok("<|user|>\nSay ok.\n<|assistant|>\n", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        exported = AutoModelForCausalLM.from_pretrained(tmp_path / "export")(ids).logits
+        merged = trainer.model.merge_and_unload().eval()(ids).logits
+        base = hf.load_model(str(tiny_model_dir))(ids).logits
+    assert not (tmp_path / "export" / "adapter_config.json").exists()
+    assert (exported - base).abs().max() > 1e-3  # training moved the weights: the merge is not a no-op
+    torch.testing.assert_close(exported, merged, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_stage_exports_full_weights_again_after_resuming_its_last_checkpoint(tiny_model_dir, tmp_path):
+    """A rerun finds the finished checkpoint and loads it instead of training: the adapter's saved keys
+    leave out its name, so a plain load_state_dict would silently export an untrained adapter."""
+    from safetensors.torch import load_file
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text(json.dumps({"prompt": "Say ok.", "completion": "ok"}) + "\n")
+    raw = {"model": str(tiny_model_dir), "data": [{"path": str(data), "count": 16}], "max_length": 32,
+           "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "merge": True},
+           "train": {"learning_rate": 1e-2, "max_steps": 3, "per_device_train_batch_size": 8, "save_steps": 1}}
+    exports = []
+    for _ in range(2):
+        _, ctx = run_stage("sft", raw, tmp_path)
+        assert not (ctx.output("model") / "adapter_config.json").exists()
+        exports.append(load_file(ctx.output("model") / "model.safetensors"))
+    base = load_file(tiny_model_dir / "model.safetensors")
+    assert any(not torch.equal(exports[0][k], base[k]) for k in base)
+    assert all(torch.equal(exports[0][k], exports[1][k]) for k in exports[0])
+
+
 def test_hh_rlhf_transcripts_split_at_the_last_assistant_turn():
     from posttrain.data import read_rows, shared_file
     from posttrain.stages.dpo import to_preference
