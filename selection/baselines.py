@@ -7,6 +7,8 @@
   count x (log p_target - log p_raw), add-one smoothed; resampled without replacement by Gumbel top-k.
 - QuRating-style: sample without replacement with p proportional to exp(score / temperature).
 """
+from collections.abc import Iterable
+
 import numpy as np
 
 
@@ -21,7 +23,7 @@ def ifd(conditional_logp, unconditional_logp) -> np.ndarray:
     return np.asarray(conditional_logp, dtype=float) / np.asarray(unconditional_logp, dtype=float)
 
 
-def dsir_log_weights(raw_texts: list[str], target_texts: list[str], buckets: int) -> np.ndarray:
+def dsir_log_weights(raw_texts: Iterable[str], target_texts: Iterable[str], buckets: int) -> np.ndarray:
     from sklearn.feature_extraction.text import HashingVectorizer
 
     vectorizer = HashingVectorizer(n_features=buckets, ngram_range=(1, 2), alternate_sign=False, norm=None)

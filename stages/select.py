@@ -8,8 +8,9 @@ in input order).
 
 Memory: the candidate methods stream end to end: rows are read, scored `scoring.chunk_rows` at a time,
 decided and written as they go, so memory does not grow with the number of prompts. The other methods
-rank globally and hold the rows, their examples and one decision per row. Dedup's LSH index holds an
-entry per kept row, and the filters hold the audit fields of the rows they drop.
+rank globally: they stream the file once per quantity they need (and once more to write) and hold one
+decision per row, plus for PASER the instructions while they are embedded and each row's concepts.
+Dedup's LSH index holds an entry per kept row, and the filters hold the audit fields of the rows they drop.
 
 Files written into the stage folder besides the `data` output:
 - selection.jsonl: one record per input row: index, id, kept, reason, filter (dedup | decontaminate |
@@ -383,23 +384,39 @@ class Decision:
     fields: dict = field(default_factory=dict)  # scores, rank, cluster, ...
 
 
+@dataclass
+class Pool:
+    """The rows a subset method chooses from (the input rows no filter dropped), streamed from the file on
+    every pass, so no method holds the rows: a method makes one pass per quantity it needs."""
+    path: str
+    on_bad_rows: str
+    hits: dict[int, dict]
+
+    def rows(self) -> Iterator[tuple[str, dict]]:
+        """(where, row) for each pool row, in input order."""
+        for index, (where, row) in enumerate(located_rows(self.path, self.on_bad_rows)):
+            if index not in self.hits:
+                yield locate(where, row), row
+
+    def examples(self) -> Iterator[tuple[str, Example]]:
+        for where, row in self.rows():
+            yield where, to_example(row, where)
+
+
 def _run_subset(cfg: SelectConfig, ctx: Context, path: str, hits: dict[int, dict], out: Outputs) -> dict:
-    """Global ranking: the rows, their examples and one decision per row are held until the budget is applied."""
-    located = [(locate(where, row), row) for where, row in located_rows(path, cfg.on_bad_rows)]
-    rows = [row for _, row in located]
-    pool = [i for i in range(len(rows)) if i not in hits]
-    wheres = [located[i][0] for i in pool]
-    examples = [to_example(rows[i], where) for i, where in zip(pool, wheres)]
-    budget = resolve(cfg.budget.count, cfg.budget.fraction, len(pool))
-    decide = SUBSET_METHODS[cfg.method]
-    decisions, extra = decide(cfg, ctx, examples, wheres, [rows[i] for i in pool], budget) if pool else ([], {})
-    by_index = dict(zip(pool, decisions))
-    for i, row in enumerate(rows):
+    """Global ranking: the method streams the pool and returns one decision per pool row (all that is held);
+    a last pass writes each row's audit record and the kept rows."""
+    pool = Pool(path, cfg.on_bad_rows, hits)
+    size = sum(1 for _ in pool.rows())
+    budget = resolve(cfg.budget.count, cfg.budget.fraction, size)
+    decisions, extra = SUBSET_METHODS[cfg.method](cfg, ctx, pool, size, budget) if size else ([], {})
+    pending = iter(decisions)
+    for i, (_, row) in enumerate(located_rows(path, cfg.on_bad_rows)):
         base = {"index": i, "id": row.get("id")}
         if i in hits:
             out.record({**base, "kept": False, **hits[i]})
             continue
-        d = by_index[i]
+        d = next(pending)
         out.record({**base, "kept": d.kept, "reason": d.reason, "filter": None, **d.fields})
         if d.kept:
             out.keep(row)
@@ -416,9 +433,9 @@ def _by_rank(order, k: int, fields: list[dict], not_chosen: str) -> list[Decisio
     return decisions
 
 
-def _random(cfg, ctx, examples, wheres, rows, k):
-    order = np.random.default_rng(cfg.seed).permutation(len(examples))[:k]
-    return _by_rank(order, k, [{} for _ in examples], "not drawn"), {}
+def _random(cfg, ctx, pool: Pool, n: int, k: int):
+    order = np.random.default_rng(cfg.seed).permutation(n)[:k]
+    return _by_rank(order, k, [{} for _ in range(n)], "not drawn"), {}
 
 
 def _ranked(cfg: SelectConfig, scores, k: int, eligible=None) -> list[Decision]:
@@ -430,28 +447,28 @@ def _ranked(cfg: SelectConfig, scores, k: int, eligible=None) -> list[Decision]:
     return _by_rank(order, k, fields, "below budget")
 
 
-def _length(cfg, ctx, examples, wheres, rows, k):
-    return _ranked(cfg, {"response_chars": np.array([len(e.response) for e in examples])}, k), {}
+def _length(cfg, ctx, pool: Pool, n: int, k: int):
+    return _ranked(cfg, {"response_chars": np.array([len(e.response) for _, e in pool.examples()])}, k), {}
 
 
-def _model_scores(cfg: SelectConfig, ctx: Context, examples: list[Example], wheres: list[str], with_response_only: bool):
+def _model_scores(cfg: SelectConfig, ctx: Context, pool: Pool, with_response_only: bool):
     """Mean response log-probs per example under `model` (and, for IFD, of the response alone)."""
     fmt, score = _log_prob_scorer(cfg, ctx)
 
     def encode(exs, where):
         return [fmt.encode(exs[0], where)] + ([fmt.encode_response_only(exs[0], where)] if with_response_only else [])
-    items = ((p, str(p), wheres[p], [ex]) for p, ex in enumerate(examples))
+    items = ((p, str(p), where, [ex]) for p, (where, ex) in enumerate(pool.examples()))
     scored = score_stream(items, encode, score, _score_log(ctx), cfg.scoring.chunk_rows, _progress(ctx))
     return np.array([r["scores"] for r in scored])
 
 
-def _perplexity(cfg, ctx, examples, wheres, rows, k):
-    logp = _model_scores(cfg, ctx, examples, wheres, False)[:, 0]
+def _perplexity(cfg, ctx, pool: Pool, n: int, k: int):
+    logp = _model_scores(cfg, ctx, pool, False)[:, 0]
     return _ranked(cfg, {"perplexity": np.exp(-logp), "mean_logprob": logp}, k), {}
 
 
-def _ifd(cfg, ctx, examples, wheres, rows, k):
-    logp = _model_scores(cfg, ctx, examples, wheres, True)
+def _ifd(cfg, ctx, pool: Pool, n: int, k: int):
+    logp = _model_scores(cfg, ctx, pool, True)
     score = baselines.ifd(logp[:, 0], logp[:, 1])
     decisions = _ranked(cfg, {"ifd": score, "logprob_given_question": logp[:, 0], "logprob_alone": logp[:, 1]},
                         k, eligible=score <= 1)
@@ -465,25 +482,26 @@ def _plain_text(row: dict, where: str) -> str:
     return row["text"] if isinstance(row.get("text"), str) else row_text(row, where)
 
 
-def _dsir(cfg, ctx, examples, wheres, rows, k):
+def _dsir(cfg, ctx, pool: Pool, n: int, k: int):
     target_path = ctx.path(cfg.dsir.target)
-    target = [_plain_text(r, locate(where, r)) for where, r in located_rows(target_path)]
-    weights = baselines.dsir_log_weights([_plain_text(r, w) for r, w in zip(rows, wheres)], target, cfg.dsir.buckets)
+    target = (_plain_text(r, locate(where, r)) for where, r in located_rows(target_path))
+    weights = baselines.dsir_log_weights((_plain_text(r, w) for w, r in pool.rows()), target, cfg.dsir.buckets)
     order = gumbel_top_k(weights, k, np.random.default_rng(cfg.seed))
     return _by_rank(order, k, [{"scores": {"dsir_log_weight": float(w)}} for w in weights], "not drawn"), {}
 
 
-def _qurating(cfg, ctx, examples, wheres, rows, k):
+def _qurating(cfg, ctx, pool: Pool, n: int, k: int):
     key = cfg.qurating.score_key
-    bad = next((w for r, w in zip(rows, wheres) if not isinstance(r.get(key), (int, float)) or isinstance(r.get(key), bool)), None)
-    if bad:
-        raise DataError(f"{bad}: qurating.score_key '{key}' must be a number in every row")
-    scores = np.array([float(r[key]) for r in rows])
+    scores = np.empty(n)
+    for p, (where, row) in enumerate(pool.rows()):
+        if not isinstance(row.get(key), (int, float)) or isinstance(row.get(key), bool):
+            raise DataError(f"{where}: qurating.score_key '{key}' must be a number in every row")
+        scores[p] = row[key]
     order = gumbel_top_k(scores / cfg.qurating.temperature, k, np.random.default_rng(cfg.seed))
     return _by_rank(order, k, [{"scores": {key: float(s)}} for s in scores], "not drawn"), {}
 
 
-def _paser(cfg, ctx, examples, wheres, rows, k):
+def _paser(cfg, ctx, pool: Pool, n: int, k: int):
     opts = cfg.paser
     tokenizer, model = _load(ctx.path(cfg.model))
     _, reference = _load(ctx.path(opts.reference_model))
@@ -491,17 +509,22 @@ def _paser(cfg, ctx, examples, wheres, rows, k):
         raise ValueError(f"paser.reference_model has vocabulary size {reference.config.vocab_size}, model has "
                          f"{model.config.vocab_size}: the JSD needs one shared vocabulary")
     fmt, pad = _formatter(cfg, tokenizer), _pad_id(tokenizer)
-    items = ((p, str(p), wheres[p], [ex]) for p, ex in enumerate(examples))
+    items = ((p, str(p), where, [ex]) for p, (where, ex) in enumerate(pool.examples()))
     scored = [(r["scores"][0], r["tokens"][0]) for r in score_stream(
         items, lambda exs, where: [fmt.encode(exs[0], where)],
         lambda enc: mean_jsd(reference, model, enc, cfg.scoring.batch_size, pad),
         _score_log(ctx), cfg.scoring.chunk_rows, _progress(ctx))]
     jsd, tokens = np.array([s for s, _ in scored]), np.array([t for _, t in scored])
-    ctx.info(f"embedding {len(examples)} instructions")
-    clustering = paser.spectral_clusters(paser.embed([e.instruction for e in examples], opts.embedding_model),
+    instructions, concepts = [], []
+    for _, e in pool.examples():  # the texts are not kept, only the instructions (to embed) and the concepts
+        instructions.append(e.instruction)
+        if opts.ccg:
+            concepts.append(key_phrases(f"{e.instruction}\n{e.response}", opts.concepts_per_sample))
+    ctx.info(f"embedding {n} instructions")
+    clustering = paser.spectral_clusters(paser.embed(instructions, opts.embedding_model),
                                          opts.clusters, opts.max_clusters, opts.landmarks, opts.neighbors, cfg.seed)
-    concepts = ([key_phrases(f"{e.instruction}\n{e.response}", opts.concepts_per_sample) for e in examples]
-                if opts.ccg else None)
+    del instructions
+    concepts = concepts or None
     decisions, table = paser.select(clustering.labels, jsd, tokens, concepts, k)
     out = [Decision(d.kept, d.reason, {"scores": {"jsd": float(jsd[p]), "tokens": int(tokens[p]), "efficiency": d.efficiency},
                                        "cluster": int(clustering.labels[p]), "rank": d.rank,

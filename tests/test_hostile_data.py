@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from conftest import MINI_PREFERENCE_TAIL, MINI_RECIPE, write_mini_files
 from posttrain.cli import main
-from posttrain.data import MAX_LINE_BYTES, DataError, ReadStats, read_rows
+from posttrain.data import MAX_LINE_BYTES, DataError, ReadStats, located_rows, read_rows
 from posttrain.recipe import RecipeError, load
 from posttrain.runner import run
 from posttrain.stage import Context
@@ -202,3 +202,16 @@ def _recipe(tmp_path, text):
     path = tmp_path / "r.yaml"
     path.write_text(text)
     return path
+
+
+def test_hf_ids_load_through_datasets_and_fail_offline_with_advice(tmp_path, monkeypatch):
+    """`hf:` specs go through datasets.load_dataset, which takes a hub id or, as here, a local dataset folder
+    (the same code path; no network is needed). A hub id that cannot be reached says what to do instead."""
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "c", "completion": "d"}\n')
+    assert list(located_rows(f"hf:{folder}")) == [(f"hf:{folder}: row 1", {"prompt": "a", "completion": "b"}),
+                                                   (f"hf:{folder}: row 2", {"prompt": "c", "completion": "d"})]
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="hf:no-such-org/no-such-set: could not load from the hub .*point the recipe at the local file"):
+        read_rows("hf:no-such-org/no-such-set")

@@ -234,6 +234,23 @@ def test_length_keeps_the_longest_and_records_ranks(sft_file, tmp_path):
     assert sorted(a["rank"] for a in audit) == list(range(40))
 
 
+@pytest.mark.parametrize("method", ["random", "length"])
+def test_subset_methods_stream_the_rows_instead_of_holding_them(tmp_path, method):
+    """2,000 rows of 20 KB (40 MB of text): the selection holds decisions, not rows, so its peak is far below
+    the data it reads."""
+    import tracemalloc
+
+    path = tmp_path / "big.jsonl"
+    write_rows(path, ({"prompt": f"question {i}", "completion": "x" * (20_000 + i)} for i in range(2000)))
+    tracemalloc.start()
+    try:
+        rows, _, _ = run(config(data=str(path), method=method, budget={"count": 10}), tmp_path / method)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(rows) == 10 and peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MB"
+
+
 def test_perplexity_and_ifd_rank_by_model_scores(sft_file, base_model, tmp_path):
     rows, audit, _ = run(config(data=sft_file, method="perplexity", model=base_model, budget={"count": 5}), tmp_path / "ppl")
     ppl = [a["scores"]["perplexity"] for a in audit]
