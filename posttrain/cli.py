@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -222,6 +223,8 @@ def main(argv=None) -> int:
         args.overrides += extra
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     logging.getLogger("posttrain").setLevel(logging.INFO)
+    if not args.verbose:  # raised by TRL on every step; nothing a user can act on
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     try:
         return args.fn(args)
     except (RecipeError, PlanError, DataError) as e:
