@@ -26,7 +26,6 @@ class ReadStats:
     rows: int = 0
     skipped: int = 0
     skipped_examples: list[str] = field(default_factory=list)
-    where: str = ""  # where the row last yielded came from ("file:line"); see located_rows
 
     def skip(self, where: str, why: str) -> None:
         self.skipped += 1
@@ -53,12 +52,12 @@ def _lines(f: IO[bytes]) -> Iterator[tuple[bytes | None, int]]:
         yield (b"".join(chunks) if size <= MAX_LINE_BYTES else None), size
 
 
-def _iter_jsonl(path: Path, stats: ReadStats, on_bad_rows: str) -> Iterator[dict]:
+def _iter_jsonl(path: Path, stats: ReadStats, on_bad_rows: str) -> Iterator[tuple[str, dict]]:
     with _open_text(path) as f:
         for lineno, (raw, size) in enumerate(_lines(f), 1):
             where = f"{path}:{lineno}"
             try:
-                if raw is None or size > MAX_LINE_BYTES:
+                if raw is None:
                     raise ValueError(f"line is {size // (1024 * 1024)} MB, over the {MAX_LINE_BYTES // (1024 * 1024)} MB limit")
                 text = raw.decode("utf-8")
                 if not text.strip():
@@ -72,12 +71,12 @@ def _iter_jsonl(path: Path, stats: ReadStats, on_bad_rows: str) -> Iterator[dict
                     continue
                 raise DataError(f"{where}: malformed row: {str(e)[:300]} (set on_bad_rows: skip to skip and count bad rows)") from None
             stats.rows += 1
-            stats.where = where
-            yield row
+            yield where, row
 
 
-def iter_rows(path: str | Path, on_bad_rows: str = "error", stats: ReadStats | None = None) -> Iterator[dict]:
-    """Stream rows from jsonl / json / parquet (optionally .gz), or a hub id `hf:org/name[:config][:split]`."""
+def located_rows(path: str | Path, on_bad_rows: str = "error", stats: ReadStats | None = None) -> Iterator[tuple[str, dict]]:
+    """Stream (where, row) from jsonl / json / parquet (optionally .gz), or a hub id
+    `hf:org/name[:config][:split]`; `where` names the row's file and line, for errors about its fields."""
     stats = stats if stats is not None else ReadStats()
     spec = str(path)
     if spec.startswith("hf:"):
@@ -106,21 +105,19 @@ def iter_rows(path: str | Path, on_bad_rows: str = "error", stats: ReadStats | N
                     continue
                 raise DataError(f"{path}[{i}]: expected a JSON object, got {type(row).__name__}")
             stats.rows += 1
-            stats.where = f"{path}[{i}]"
-            yield row
+            yield f"{path}[{i}]", row
     elif name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
         for batch in pq.ParquetFile(path).iter_batches():
             for row in batch.to_pylist():
                 stats.rows += 1
-                stats.where = f"{path}: row {stats.rows}"
-                yield row
+                yield f"{path}: row {stats.rows}", row
     else:
         raise DataError(f"{path}: unknown file type (use .jsonl, .json or .parquet, optionally .gz)")
 
 
-def _iter_hub(spec: str, stats: ReadStats) -> Iterator[dict]:
+def _iter_hub(spec: str, stats: ReadStats) -> Iterator[tuple[str, dict]]:
     """`org/name[:config]:split`, e.g. openai/gsm8k:main:test."""
     import datasets
 
@@ -133,15 +130,13 @@ def _iter_hub(spec: str, stats: ReadStats) -> Iterator[dict]:
                         "download it where a network exists and point the recipe at the local file") from None
     for row in ds:
         stats.rows += 1
-        stats.where = f"hf:{spec}: row {stats.rows}"
-        yield dict(row)
+        yield f"hf:{spec}: row {stats.rows}", dict(row)
 
 
-def located_rows(path: str | Path, on_bad_rows: str = "error", stats: ReadStats | None = None) -> Iterator[tuple[str, dict]]:
-    """(where, row) pairs; `where` names the row's file and line, for errors about its fields."""
-    stats = stats if stats is not None else ReadStats()
-    for row in iter_rows(path, on_bad_rows, stats):
-        yield stats.where, row
+def iter_rows(path: str | Path, on_bad_rows: str = "error", stats: ReadStats | None = None) -> Iterator[dict]:
+    """The rows of `located_rows`, without where they came from."""
+    for _, row in located_rows(path, on_bad_rows, stats):
+        yield row
 
 
 def read_rows(path: str | Path, on_bad_rows: str = "error", stats: ReadStats | None = None) -> list[dict]:

@@ -236,10 +236,12 @@ class Select(Stage):
         for _ in iter_rows(path, cfg.on_bad_rows, bad):
             pass
         hits, filter_summary = _filter(cfg, path)
-        runner = _run_candidates if cfg.method in CANDIDATE_METHODS else _run_subset
         with atomic_open(ctx.out_dir / "selection.jsonl") as audit, atomic_open(ctx.output("data")) as data:
             out = Outputs(audit, data)
-            summary = runner(cfg, ctx, path, hits, out)
+            if cfg.method in CANDIDATE_METHODS:
+                summary = _run_candidates(cfg, ctx, path, hits, out)
+            else:
+                summary = _run_subset(cfg, ctx, Pool(path, cfg.on_bad_rows, hits), bad.rows - len(hits), out)
         summary = {"method": cfg.method, "input_rows": out.input_rows, "filtered_rows": len(hits),
                    "pool_rows": out.input_rows - len(hits), "kept_rows": out.kept_rows, **summary,
                    "dropped_rows": out.dropped_rows, "reasons": dict(out.reasons),
@@ -403,18 +405,16 @@ class Pool:
             yield where, to_example(row, where)
 
 
-def _run_subset(cfg: SelectConfig, ctx: Context, path: str, hits: dict[int, dict], out: Outputs) -> dict:
-    """Global ranking: the method streams the pool and returns one decision per pool row (all that is held);
-    a last pass writes each row's audit record and the kept rows."""
-    pool = Pool(path, cfg.on_bad_rows, hits)
-    size = sum(1 for _ in pool.rows())
+def _run_subset(cfg: SelectConfig, ctx: Context, pool: Pool, size: int, out: Outputs) -> dict:
+    """Global ranking over the pool's `size` rows: the method streams the pool and returns one decision per
+    pool row (all that is held); a last pass writes each row's audit record and the kept rows."""
     budget = resolve(cfg.budget.count, cfg.budget.fraction, size)
     decisions, extra = SUBSET_METHODS[cfg.method](cfg, ctx, pool, size, budget) if size else ([], {})
     pending = iter(decisions)
-    for i, (_, row) in enumerate(located_rows(path, cfg.on_bad_rows)):
+    for i, row in enumerate(iter_rows(pool.path, pool.on_bad_rows)):
         base = {"index": i, "id": row.get("id")}
-        if i in hits:
-            out.record({**base, "kept": False, **hits[i]})
+        if i in pool.hits:
+            out.record({**base, "kept": False, **pool.hits[i]})
             continue
         d = next(pending)
         out.record({**base, "kept": d.kept, "reason": d.reason, "filter": None, **d.fields})

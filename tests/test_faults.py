@@ -84,8 +84,8 @@ def _install(site: str, n: int, stage: str | None) -> None:
         real_iter = data._iter_jsonl
 
         def iter_jsonl(*a, **k):
-            for row in real_iter(*a, **k):
-                yield row
+            for located_row in real_iter(*a, **k):
+                yield located_row
                 if hit():
                     _die()
 
