@@ -1,14 +1,39 @@
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from children import Session, held_locks, kill_process, run_with_deadline
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 REPO = Path(__file__).resolve().parents[1]
+SLOW_TIMEOUT_S = 3600  # pytest-timeout's limit for @slow tests; the others get pyproject's `timeout`
+SESSION = Session()
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftovers(tmp_path_factory):
+    """After the suite no process a test started is alive and no run-folder lock is held; leftovers are
+    killed, and the suite fails naming them."""
+    yield
+    guard = sys.modules.get("posttrain.rewards.guard")
+    if guard is not None:  # the reward workers this process keeps for reuse, stopped as at its exit
+        guard._stop_all()
+    alive = SESSION.processes()
+    for pid in alive:
+        kill_process(pid)
+    locks = held_locks(tmp_path_factory.getbasetemp())
+    SESSION.close()
+    assert not alive and not locks, f"left behind by the tests: processes {alive}, run locks held {locks}"
 
 # A small but real chain (built-in data -> pretrained base -> SFT) sized for tests: a few seconds per stage.
 MINI_RECIPE = """
@@ -81,11 +106,10 @@ def write_recipe(tmp_path: Path, text: str, name: str = "recipe.yaml") -> Path:
     return path
 
 
-def posttrain_cli(*args, cwd=None, check=False, timeout=600):
-    """Run the real console command in a subprocess."""
+def posttrain_cli(*args, cwd=None, check=False, timeout=240):
+    """Run the real console command in a subprocess (its own process group, killed at the deadline)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "posttrain.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = run_with_deadline([sys.executable, "-m", "posttrain.cli", *args], timeout, cwd=cwd, env=env)
     if check and proc.returncode != 0:
         raise AssertionError(f"posttrain {' '.join(map(str, args))} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -15,23 +15,34 @@ Kill sites (the child process kills itself with SIGKILL at the n-th occurrence, 
 
 Two kinds of campaign: along the whole chain (every site once), and aimed at one training stage (SFT, DPO
 or RLVR), where only that stage runs and counts occurrences, with at least 10 kills each (50 when slow).
-The child is forked from the test process, which has torch and TRL imported already, so a kill and restart
-costs the stage's work and not an interpreter start; it runs the real command line, `posttrain run`.
+Each child runs the real command line, `posttrain run`, forked by a fork server (killserver.py): a fresh
+interpreter that imports torch, TRL and posttrain once and forks only while it provably holds one thread.
+Forking from pytest itself (multi-threaded) could deadlock a child on a lock another thread held at the fork,
+and did (issue 17). Cost, measured here (2 CPU cores): the server starts in ~11 s, once per module;
+a child killed at the first optimizer step of the base stage then takes ~1.3 s, against ~10.6 s for a fresh
+interpreter per child. Should the server ever hold a second thread, it refuses to fork and the child falls
+back to a fresh interpreter (with a warning; test_kill_at_every_site asserts it did not happen). Every child
+has a deadline (CHILD_DEADLINE_S): past it, its process group and the server are killed and the test fails
+with the child's log.
 """
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import subprocess
 import sys
-import threading
-import traceback
+import time
+import warnings
 from pathlib import Path
 
 import pytest
 
+from children import alive, fail_past_deadline, kill_group, run_with_deadline
 from conftest import write_mini_chain
+
+KILLSERVER = Path(__file__).with_name("killserver.py")
 
 SITES = ["data", "between", "step", "checkpoint", "manifest", "timer"]  # the order they first occur along the chain
 STAGE_SITES = ["read", "step", "checkpoint", "manifest", "timer", "between"]
@@ -39,105 +50,80 @@ TRAINING = ("base", "sft", "dpo", "rlvr")
 SETPRIV = shutil.which("setpriv")
 
 
-# -- the child: install one kill site, then run the real CLI ------------------------------------------------
-def _die():
-    os.kill(os.getpid(), signal.SIGKILL)
+# -- the children: forked by the kill server (killserver.py), each under a deadline ---------------------------
+CHILD_DEADLINE_S = 240  # a child runs at most the chain (about 1 min here, loaded): one past this is hung
 
 
-def _install(site: str, n: int, stage: str | None) -> None:
-    """Kill at the n-th occurrence of `site`, counting only inside `stage` when one is given."""
-    import posttrain.runner as runner
+class KillServer:
+    """The client of killserver.py, started on first use; a child past its deadline is killed with its
+    process group, the server with it, and the test fails with the child's log."""
 
-    state = {"count": 0, "stage": None, "timer": False}
+    def __init__(self, folder: Path):
+        self.folder, self.proc, self.last_pid, self.forks, self.fallbacks = folder, None, None, 0, 0
 
-    def hit() -> bool:
-        if stage is not None and state["stage"] != stage:
-            return False
-        state["count"] += 1
-        return state["count"] == n
+    def _reply(self, deadline: float) -> dict:
+        ready = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]
+        line = self.proc.stdout.readline() if ready else b""
+        if not ready or not line:
+            raise TimeoutError("no reply" if not ready else "the server died")
+        return json.loads(line)
 
-    real_execute = runner._execute
-
-    def execute(spec, *a, **k):
-        state["stage"] = spec.name
-        if site == "between" and hit():
-            _die()
-        if site == "timer" and not state["timer"] and stage in (None, spec.name):
-            state["timer"] = True
-            threading.Timer(n / 10, _die).start()
-        return real_execute(spec, *a, **k)
-
-    runner._execute = execute
-    if site in ("data", "manifest"):
-        real_replace = os.replace
-
-        def replace(src, dst, *a, **k):
-            name = Path(dst).name
-            if (name == "manifest.json" if site == "manifest" else name.endswith(".jsonl")) and hit():
-                _die()
-            return real_replace(src, dst, *a, **k)
-
-        os.replace = replace
-    elif site == "read":
-        import posttrain.data as data
-
-        real_iter = data._iter_jsonl
-
-        def iter_jsonl(*a, **k):
-            for located_row in real_iter(*a, **k):
-                yield located_row
-                if hit():
-                    _die()
-
-        data._iter_jsonl = iter_jsonl
-    elif site == "step":
-        from torch.optim.optimizer import register_optimizer_step_post_hook
-
-        register_optimizer_step_post_hook(lambda *_: hit() and _die())
-    elif site == "checkpoint":
-        from transformers.trainer_callback import TrainerState
-
-        real_save = TrainerState.save_to_json
-
-        def save_to_json(self, path):
-            if hit():
-                text = json.dumps(self.__dict__, default=str)
-                Path(path).write_text(text[: len(text) // 2])
-                _die()
-            return real_save(self, path)
-
-        TrainerState.save_to_json = save_to_json
-
-
-def run_killed(recipe: Path, run_dir: Path, site: str, n: int, stage: str | None = None) -> int:
-    """Run `posttrain run` (only `stage`, when given) in a forked child that SIGKILLs itself at (site, n);
-    return its exit code (-9 if killed). The child leads its own process group, so the reward workers it
-    forked, which outlive a killed parent for a moment, end with it; its output goes to a log file."""
-    log_path = run_dir.parent / "child.log"
-    pid = os.fork()
-    if pid == 0:
-        code = 99
+    def _start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(KILLSERVER), "serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=open(self.folder / "server.log", "w"),
+                                     bufsize=0, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         try:
-            os.setsid()
-            sys.stdout = sys.stderr = open(log_path, "w", buffering=1)
-            _install(site, n, stage)
-            from posttrain.cli import main
+            self._reply(time.monotonic() + CHILD_DEADLINE_S)
+        except TimeoutError:
+            self.stop()
+            fail_past_deadline("the kill server's start", CHILD_DEADLINE_S, (self.folder / "server.log").read_text())
 
-            code = main(["run", str(recipe), "--out", str(run_dir), *(["--only", stage] if stage else [])])
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            os._exit(code or 0)
-    _, status = os.waitpid(pid, 0)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    returncode = os.waitstatus_to_exitcode(status)
+    def run(self, request: dict, timeout: float) -> int:
+        if self.proc is None:
+            self._start()
+        deadline = time.monotonic() + timeout
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        reply = self._reply(deadline)
+        if "error" in reply:  # not provably single-threaded: a fresh interpreter instead (seconds more per kill)
+            warnings.warn(f"kill server: {reply['error']}; falling back to a fresh interpreter per child")
+            self.fallbacks += 1
+            cmd = [sys.executable, KILLSERVER, "once", json.dumps(request)]
+            return run_with_deadline(cmd, timeout, log=Path(request["log"])).returncode
+        self.forks, self.last_pid = self.forks + 1, reply["pid"]
+        try:
+            return self._reply(deadline)["code"]
+        except BaseException as e:  # the deadline, or pytest-timeout interrupting the wait
+            kill_group(reply["pid"])
+            self.stop()
+            if isinstance(e, TimeoutError):
+                fail_past_deadline(f"the killed-run child {reply['pid']}", timeout, Path(request["log"]).read_text())
+            raise
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc.pid)
+            self.proc.wait()
+            self.proc.stdin.close()
+            self.proc.stdout.close()
+            self.proc = None
+
+
+@pytest.fixture(scope="module")
+def killer(tmp_path_factory):
+    server = KillServer(tmp_path_factory.mktemp("killserver"))
+    yield server
+    server.stop()
+
+
+def run_killed(killer: KillServer, recipe: Path, run_dir: Path, site: str, n: int, stage: str | None = None,
+               timeout: float = CHILD_DEADLINE_S) -> int:
+    """Run `posttrain run` (only `stage`, when given) in a child that SIGKILLs itself at (site, n); return
+    its exit code (-9 if killed). Its output goes to child.log next to the run folder."""
+    log_path = run_dir.parent / "child.log"
+    request = {"site": site, "n": n, "stage": stage, "recipe": str(recipe), "run_dir": str(run_dir), "log": str(log_path)}
+    returncode = killer.run(request, timeout)
     assert returncode in (0, -signal.SIGKILL), log_path.read_text()[-3000:]
     return returncode
-
 
 # -- the checks -------------------------------------------------------------------------------------------
 def _manifests(run_dir: Path) -> dict[str, dict]:
@@ -227,7 +213,7 @@ def kill_sites(rng: random.Random, kills: int, every_site: bool) -> list[str]:
     return list(SITES) if every_site else [rng.choice(SITES) for _ in range(kills)]
 
 
-def campaign(chain, run_dir: Path, seed: int, kills: int, every_site: bool = False) -> list[dict]:
+def campaign(chain, killer: KillServer, run_dir: Path, seed: int, kills: int, every_site: bool = False) -> list[dict]:
     """Kill, check, restart, ... then finish in this process and compare with the uninterrupted run."""
     from posttrain.runner import run
 
@@ -238,7 +224,7 @@ def campaign(chain, run_dir: Path, seed: int, kills: int, every_site: bool = Fal
         if site == "data" and _manifests(run_dir).get("data", {}).get("status") == "complete":
             site = rng.choice(SITES[1:])  # data preparation is over: kill somewhere else
         n = rng.randint(*N_RANGES[site])
-        code = run_killed(recipe_path, run_dir, site, n)
+        code = run_killed(killer, recipe_path, run_dir, site, n)
         running = [s for s, m in _manifests(run_dir).items() if m["status"] != "complete"]
         log.append({"site": site, "n": n, "killed": code != 0, "interrupted": running,
                     "lost": check_after_kill(recipe, run_dir) if code else {}})
@@ -249,16 +235,17 @@ def campaign(chain, run_dir: Path, seed: int, kills: int, every_site: bool = Fal
     return log
 
 
-def test_kill_at_every_site_then_recover_exactly(chain, tmp_path):
-    log = campaign(chain, tmp_path / "run", seed=0, kills=len(SITES), every_site=True)
+def test_kill_at_every_site_then_recover_exactly(chain, killer, tmp_path):
+    log = campaign(chain, killer, tmp_path / "run", seed=0, kills=len(SITES), every_site=True)
     print(json.dumps(log))
     assert len(log) == len(SITES) and all(k["killed"] for k in log), log
+    assert killer.forks and not killer.fallbacks, "the kill server could not prove it holds one thread"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", range(1, 10))
-def test_kill_campaigns_slow(chain, tmp_path, seed):
-    log = campaign(chain, tmp_path / "run", seed=seed, kills=6)
+def test_kill_campaigns_slow(chain, killer, tmp_path, seed):
+    log = campaign(chain, killer, tmp_path / "run", seed=seed, kills=6)
     print(json.dumps(log))
 
 
@@ -267,7 +254,7 @@ STAGE_N_RANGES = {"read": (1, 60), "step": (1, 4), "checkpoint": (1, 2), "manife
                   "timer": (1, 8)}
 
 
-def stage_campaign(chain, run_dir: Path, stage: str, seed: int, kills: int) -> list[dict]:
+def stage_campaign(chain, killer: KillServer, run_dir: Path, stage: str, seed: int, kills: int) -> list[dict]:
     """Kill `stage` (run alone, its upstream finished) until `kills` kills have landed in it, checking after
     each; then finish it and compare with the uninterrupted run. When a restart finishes the stage before
     its kill point came, the result must already equal the uninterrupted run's, and the stage starts afresh."""
@@ -282,7 +269,7 @@ def stage_campaign(chain, run_dir: Path, stage: str, seed: int, kills: int) -> l
     while sum(k["killed"] for k in log) < kills:
         site = rng.choice(STAGE_SITES)
         n = rng.randint(*STAGE_N_RANGES[site])
-        code = run_killed(recipe_path, run_dir, site, n, stage)
+        code = run_killed(killer, recipe_path, run_dir, site, n, stage)
         if code:
             log.append({"site": site, "n": n, "killed": True, "lost": check_after_kill(recipe, run_dir).get(stage, 0)})
         else:
@@ -295,16 +282,16 @@ def stage_campaign(chain, run_dir: Path, stage: str, seed: int, kills: int) -> l
 
 
 @pytest.mark.parametrize("stage", ["sft", "dpo", "rlvr"])
-def test_ten_seeded_kills_in_each_training_stage_then_recover_exactly(chain, tmp_path, stage):
-    log = stage_campaign(chain, tmp_path / "run", stage, seed=["sft", "dpo", "rlvr"].index(stage), kills=10)
+def test_ten_seeded_kills_in_each_training_stage_then_recover_exactly(chain, killer, tmp_path, stage):
+    log = stage_campaign(chain, killer, tmp_path / "run", stage, seed=["sft", "dpo", "rlvr"].index(stage), kills=10)
     print(json.dumps(log))
     assert sum(k["killed"] for k in log) == 10
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["sft", "dpo", "rlvr"])
-def test_fifty_seeded_kills_in_each_training_stage_slow(chain, tmp_path, stage):
-    log = stage_campaign(chain, tmp_path / "run", stage, seed=100 + ["sft", "dpo", "rlvr"].index(stage), kills=50)
+def test_fifty_seeded_kills_in_each_training_stage_slow(chain, killer, tmp_path, stage):
+    log = stage_campaign(chain, killer, tmp_path / "run", stage, seed=100 + ["sft", "dpo", "rlvr"].index(stage), kills=50)
     print(json.dumps(log))
     assert {k["site"] for k in log if k["killed"]} == set(STAGE_SITES)
 
@@ -323,9 +310,8 @@ def test_read_only_run_folder_is_a_clear_error_and_nothing_is_corrupted(chain, t
         p.chmod(modes[p] & ~0o222)
     caps = "-dac_override,-dac_read_search"
     try:
-        proc = subprocess.run([SETPRIV, f"--bounding-set={caps}", f"--inh-caps={caps}", sys.executable, "-m",
-                               "posttrain.cli", "run", str(recipe_path), "--out", str(run_dir)],
-                              env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+        proc = run_with_deadline([SETPRIV, f"--bounding-set={caps}", f"--inh-caps={caps}", sys.executable, "-m",
+                                  "posttrain.cli", "run", recipe_path, "--out", run_dir], CHILD_DEADLINE_S)
     finally:
         for p, mode in modes.items():
             p.chmod(mode)
@@ -348,15 +334,13 @@ def test_full_disk_mid_checkpoint_fails_cleanly_then_resumes(chain, tmp_path):
     shutil.rmtree(run_dir / "rlvr")
     limit = (reference / "dpo" / "model" / "model.safetensors").stat().st_size // 2
 
-    def small_files():
-        import resource
-
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    proc = subprocess.run([sys.executable, "-m", "posttrain.cli", "run", str(recipe_path), "--out", str(run_dir)],
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600,
-                          preexec_fn=small_files)
+    # Set in the child's own interpreter (a preexec_fn would run Python between fork and exec of this
+    # multi-threaded process); SIGXFSZ ignored: a failed write, not a killed process.
+    small_files = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+                   "resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]),) * 2); sys.argv[1:2] = []; "
+                   "runpy.run_module('posttrain.cli', run_name='__main__')")
+    proc = run_with_deadline([sys.executable, "-c", small_files, limit, "run", recipe_path, "--out", run_dir],
+                             CHILD_DEADLINE_S)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "stage 'dpo' failed" in proc.stderr and "File too large" in proc.stderr
     manifests = _manifests(run_dir)
@@ -400,3 +384,14 @@ def test_killed_after_the_last_checkpoint_reports_the_same_metrics(chain, tmp_pa
     shutil.rmtree(run_dir / stage / "model")
     run(recipe, run_dir, echo=lambda m: None)
     check_equal_to_uninterrupted(run_dir, reference)
+
+
+def test_a_hung_child_is_killed_at_its_deadline_and_the_test_fails_with_its_log(killer, tmp_path):
+    """A child that never ends (as one deadlocked after a fork would) must fail the test, not hang it."""
+    with pytest.raises(pytest.fail.Exception, match="(?s)2 s deadline.*hanging on purpose"):
+        run_killed(killer, tmp_path / "recipe.yaml", tmp_path / "run", "hang", 1, timeout=2)
+    deadline = time.monotonic() + 10  # SIGKILL was sent to its group; dying takes a moment
+    while alive(killer.last_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(killer.last_pid), f"the hung child {killer.last_pid} is still running"
+    assert killer.proc is None, "the server that forked it was stopped too"

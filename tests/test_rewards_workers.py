@@ -5,6 +5,8 @@ import subprocess
 import sys
 import time
 
+from children import run_with_deadline
+
 CHILD = """
 import time
 from posttrain.rewards import score_rows
@@ -15,7 +17,7 @@ time.sleep(120)
 
 
 def test_workers_exit_when_their_parent_is_killed():
-    parent = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert parent.stdout.readline().strip() == "ready"
     workers = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()
     assert workers, "expected at least one verifier worker"
@@ -42,7 +44,7 @@ print(score_rows(["The answer is 4."], [{"ground_truth": "4"}], "numeric")[0].sc
 
 
 def test_a_forked_child_scores_with_workers_of_its_own():
-    out = subprocess.run([sys.executable, "-c", FORKS], capture_output=True, text=True, timeout=120)
+    out = run_with_deadline([sys.executable, "-c", FORKS], timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     first, child, last = out.stdout.split("\n")[:3]
     assert first == last == "1.0" and child == "[0.0, 1.0]", out.stdout

@@ -112,13 +112,14 @@ def test_kill_9_mid_stage_then_resume_is_exact(finished_run, tmp_path, stage, ch
     for name in load(recipe).downstream(stage):
         shutil.rmtree(killed / name)
     proc = subprocess.Popen([sys.executable, "-m", "posttrain.cli", "run", str(recipe), "--out", str(killed)],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     marker = killed / stage / "checkpoints" / f"checkpoint-{checkpoint}" / "trainer_state.json"
     deadline = time.time() + 300
     while not marker.exists() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
     assert proc.poll() is None, "the run finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)  # with the reward workers it forked
     proc.wait()
     assert manifest(killed, stage)["status"] == "running"
     assert actions(recipe, killed)[stage] == "resume"
@@ -149,7 +150,8 @@ def test_half_written_checkpoint_is_never_loaded(tmp_path):
 def test_lock_refuses_a_second_run_and_frees_on_death(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from posttrain.store import RunStore; store = RunStore(sys.argv[1]); store.lock(); "
-        "print('locked', flush=True); time.sleep(60)"), str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        "print('locked', flush=True); time.sleep(60)"), str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(LockedError, match=f"pid {holder.pid}"):
         RunStore(tmp_path).lock()

@@ -7,6 +7,8 @@ import pytest
 
 from conftest import REPO, posttrain_cli
 
+pytestmark = pytest.mark.timeout(1000)  # the module's run has a deadline of 900 s
+
 # The demo's base model and SFT; fewer pairs, DPO/RLVR steps and eval problems, to fit CI.
 CI_SIZE = [
     "stages.data.sft_rows=1000", "stages.data.rl_rows=1000",
