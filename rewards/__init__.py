@@ -4,7 +4,8 @@
 
     v = get_verifier("numeric", extract=["answer_is"])     # unknown name -> KeyError with a did-you-mean
     v("... The answer is 42.", {"ground_truth": "42"})       # Verdict(score=1.0, reason="correct: 42 (answer_is)")
-    score_rows(completions, rows, "numeric")                 # each row may name its own row["verifier"]
+    score_rows(completions, rows, "numeric")                 # every row scored by `numeric`
+    score_rows(completions, rows)                            # each row by the verifier its row["verifier"] names
 
 Verifiers (see each module's docstring for the row fields it reads and its options):
 - `numeric` (alias `gsm8k`): final number vs `ground_truth` or GSM8K's `#### N`      (numeric.py)

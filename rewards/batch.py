@@ -1,4 +1,5 @@
-"""`score_rows`: verify a batch, each row by its own verifier, in worker processes with per-row limits."""
+"""`score_rows`: verify a batch with one named verifier, or each row by its own `verifier` column, in worker
+processes with per-row limits."""
 from __future__ import annotations
 
 from typing import Any
@@ -28,10 +29,11 @@ def _options_by_name(verifier: str | None, options: dict | None) -> dict[str, di
 def _verifiers_for(rows: list[dict], verifier: str | None, options: dict | None) -> list[Verifier]:
     names = []
     for index, row in enumerate(rows):
-        name = row.get("verifier") or verifier
+        # A named verifier scores every row; only verifier=None routes by the row's column.
+        name = verifier or row.get("verifier")
         if not name:
-            raise ValueError(f"row {index} (id={row.get('id')!r}) has no 'verifier' field and no default "
-                             f"verifier was given; known verifiers: {', '.join(list_verifiers())}")
+            raise ValueError(f"row {index} (id={row.get('id')!r}) has no 'verifier' field and no verifier "
+                             f"was named; known verifiers: {', '.join(list_verifiers())}")
         names.append(name)
     by_name = _options_by_name(verifier, options)
     built = {name: get_verifier(name, **by_name.get(name, {})) for name in set(names)}
@@ -42,7 +44,10 @@ def score_rows(completions: list, rows: list[dict], verifier: str | None = None,
                max_failure_fraction: float = 0.5, options: dict | None = None) -> list[Verdict]:
     """One Verdict per (completion, row), in order.
 
-    Each row goes to row["verifier"], or to `verifier` when the row has none. A row whose check raises,
+    With `verifier` named, every row is scored by it and a row's own `verifier` column is ignored (a
+    shaping term such as `length` must never be replaced by the row's correctness verifier). With
+    `verifier=None`, each row goes to the verifier its `verifier` column names (mixed data such as
+    Tülu 3's), and a row without one is a ValueError. A row whose check raises,
     overruns its limit or kills its worker scores 0 with the reason, and is logged with its row id. The
     limit is `timeout_s`, or the verifier's own `time_limit_s` when that is longer (the code verifier's
     is its sandbox timeout + 2 s).

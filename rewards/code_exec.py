@@ -1,26 +1,55 @@
-"""The `code` verifier: run the completion's code against the row's tests in the sandbox.
+"""The `code` verifier: the row's tests, run here, call the completion's functions served from the sandbox.
 
 Row fields:
-- HumanEval: `prompt` (signature + docstring), `test` (defines `check(candidate)`), `entry_point`;
-  the program is `prompt + completion + test + check(entry_point)`. The completion may continue the
-  prompt (just the body) or give the whole function (then it follows the prompt and redefines it, so
-  the prompt's imports and helpers stay available).
-- MBPP: `test_list` (assert lines), optional `test_setup_code`; the program is code + setup + asserts
-  (setup after the code: MBPP's setup builds objects of classes the solution defines).
+- HumanEval: `prompt` (signature + docstring), `test` (defines `check(candidate)`), `entry_point`. The
+  program is `prompt + completion`; the completion may continue the prompt (just the body) or give the
+  whole function (then it follows the prompt and redefines it, so the prompt's imports and helpers stay).
+- MBPP: `test_list` (assert lines), optional `test_imports` and `test_setup_code`.
+
+Why no program can earn reward without computing the right values:
+- The program runs in the sandbox (sandbox.py) as a server (remote.py). It never receives the tests: not
+  as a file, argument, stdin or environment variable, and under bubblewrap it cannot see this process in
+  /proc (in the rlimit fallback it runs as another user, so it cannot read this process's memory).
+- The tests run in this trusted process (the verifier's guarded worker, never the trainer), against
+  stand-ins: `candidate` (HumanEval) or the names the asserts read (MBPP) are handles whose calls send
+  the arguments as plain literals and decode the answer with `ast.literal_eval`. So every value the tests
+  compare is a plain builtin int, str, list, ... that this process built itself: no `__eq__` that always
+  says yes, no int subclass, no patched builtin, `operator` or `math` (they live in the other process).
+- The verdict is computed here, from the tests finishing without an exception, and from the session
+  never having broken (an exit, a crash, a malformed or oversized answer, a CPU-limit kill, the wall
+  backstop). No token, exit code or output of the program counts.
+- The only values of the tests that reach the program are the arguments of its own function calls.
+  Builtins the tests use are never taken from the program (it could otherwise define `set` and be
+  handed the expected value), except when the tests call nothing but a builtin name (MBPP 126 tests its
+  own `sum`). MBPP's test_setup_code runs in the sandbox, after the program: it builds inputs from the
+  program's classes (tasks 367, 927) and holds no expected value. A bare stdlib module the asserts use
+  (MBPP 596's `sys`) is imported here.
 
 Code inside ``` fences is used when present (the first block that defines the entry point, else the
-first block). Options: `timeout_s` (10, wall clock per run; MBPP's reference for task 123 alone
-needs 3.5 s of CPU), `memory_mb` (1024); the verifier's own time
-limit defaults to timeout_s + 2. The sandboxed program sees only the standard library.
+first block). Options: `timeout_s` (10 CPU seconds for the whole program; MBPP's reference for task 123
+alone needs 4.1 s), `wall_factor` (3: the wall-clock backstop is timeout_s x wall_factor, so a loaded
+machine does not change the verdict), `memory_mb` (1024); the verifier's own time limit defaults to the
+backstop + 5 s. The sandboxed program sees only the standard library; a result that is not plain data
+(a generator, an object) can be called or passed back to it but never compared.
 """
 from __future__ import annotations
 
+import ast
+import builtins
+import contextlib
+import importlib
+import os
 import re
+import subprocess
+import sys
+import tempfile
+import time
 from typing import Any
 
 from posttrain.rewards.core import RowError, Verdict, Verifier, row_label
 from posttrain.rewards.registry import register_verifier
-from posttrain.rewards.sandbox import run_python
+from posttrain.rewards.remote import SERVER, Session, encode
+from posttrain.rewards.sandbox import describe_exit, sandboxed
 
 
 def fenced_blocks(text: str) -> list[str]:
@@ -47,32 +76,108 @@ def extract_code(text: str, entry_point: str | None) -> str:
     return blocks[0]
 
 
-def build_program(text: str, row: dict) -> str:
+def _free_names(code: str) -> list[str]:
+    """Names the test code reads without defining them, builtins excepted: the program must not replace a
+    builtin the tests use (`set`, `sorted`) and so see expected values. Only when the tests call nothing but
+    builtin names is the called one the function under test (MBPP 126 defines and tests `sum`)."""
+    tree = ast.parse(code)
+    stored = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not isinstance(n.ctx, ast.Load)}
+    stored |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    loaded = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)} - stored
+    free = sorted(n for n in loaded if not hasattr(builtins, n))
+    called = [n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    return free or sorted({called[0]} if called else set())
+
+
+def split_row(text: str, row: dict) -> tuple[str, str, dict, list[str], str]:
+    """(program, setup, trusted namespace, names to fetch from the program, test code) for a row.
+
+    The program (the solution; for HumanEval after the prompt) and MBPP's test_setup_code (it builds
+    inputs from the solution's classes, and holds no expected value) run in the sandbox. The test code
+    (HumanEval's `check`, MBPP's asserts) and MBPP's test_imports run here, in the trusted namespace."""
     if row.get("test") is not None and row.get("entry_point"):
-        entry_point = row["entry_point"]
+        entry_point, prompt = row["entry_point"], row.get("prompt", "")
         code = extract_code(text, entry_point)
-        prompt = row.get("prompt", "")
-        body = f"{prompt}\n{code}" if defines(code, entry_point) else prompt + code
-        return f"{body}\n\n{row['test']}\n\ncheck({entry_point})\n"
+        program = f"{prompt}\n{code}" if defines(code, entry_point) else prompt + code
+        trusted = _exec_trusted(_complete(prompt), {})  # the prompt's imports and helpers, which `check` may use
+        return program, "", trusted, [entry_point], f"{row['test']}\n\ncheck({entry_point})\n"
     if row.get("test_list"):
-        code = extract_code(text, None)
-        return "\n".join([code, "", row.get("test_setup_code") or "", *row["test_list"], ""])
+        tests = "\n".join(row["test_list"]) + "\n"
+        trusted = _exec_trusted("\n".join(row.get("test_imports") or []), {})
+        names = [n for n in _free_names(tests) if n not in trusted]
+        for module in [n for n in names if n in sys.stdlib_module_names]:  # e.g. `sys.getsizeof` in task 596
+            trusted[module] = importlib.import_module(module)
+        names = [n for n in names if n not in trusted]
+        return extract_code(text, None), row.get("test_setup_code") or "", trusted, names, tests
     raise RowError(f"{row_label(row)}: code verifier needs HumanEval fields (prompt, test, entry_point) "
                    f"or MBPP's test_list (fields present: {sorted(row)})")
+
+
+def _complete(prompt: str) -> str:
+    """The prompt as a module: a bare signature (no docstring body) gets `pass`."""
+    try:
+        compile(prompt, "<prompt>", "exec")
+        return prompt
+    except SyntaxError:
+        return prompt + "    pass\n"
+
+
+def _exec_trusted(code: str, namespace: dict) -> dict:
+    try:
+        exec(compile(code, "<trusted>", "exec"), namespace)
+    except Exception as e:
+        raise RowError(f"the row's own test code does not run: {type(e).__name__}: {e}") from None
+    return namespace
+
+
+def run_tests(program: str, setup: str, trusted: dict, names: list[str], tests: str, *, cpu_s: float,
+              wall_s: float, memory_mb: int) -> tuple[bool, str, str]:
+    """(passed, reason, how the session ended) for the tests against the program served from the sandbox."""
+    to_server, server_in = os.pipe()
+    server_out, from_server = os.pipe()
+    with tempfile.TemporaryFile() as stderr, \
+            sandboxed(SERVER, [str(to_server), str(from_server)], cpu_s=cpu_s, memory_mb=memory_mb,
+                      pass_fds=(to_server, from_server), stderr=stderr) as proc:
+        for fd in (to_server, from_server):
+            os.close(fd)
+        session = Session(proc, server_in, server_out, time.monotonic() + wall_s)
+        try:
+            session.send(encode((program, setup)))
+            session.answer()  # 'ready', or the program's own error raised here
+            for name in names:
+                trusted[name] = session.request(("get", name))
+            exec(compile(tests, "<tests>", "exec"), trusted)
+            passed, reason = session.failure is None and session.calls > 0, "tests passed"
+        except BaseException as e:  # noqa: BLE001 - whatever the program made the tests raise is a failure
+            passed, reason = False, f"{type(e).__name__}: {str(e)[:200]}"
+        finally:
+            for fd in (server_in, server_out):
+                os.close(fd)
+        if session.failure:
+            reason = f"{session.failure} ({_exit_status(proc, stderr)})"
+    return passed and session.failure is None, reason, session.failure or ""
+
+
+def _exit_status(proc, stderr) -> str:
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=1)
+    stderr.seek(0)
+    lines = stderr.read()[-4096:].decode("utf-8", errors="replace").strip().splitlines()
+    return describe_exit(proc.returncode, lines[-1][:200] if lines else "")
 
 
 class CodeVerifier(Verifier):
     name = "code"
 
-    def __init__(self, *, timeout_s: float = 10.0, memory_mb: int = 1024, **base: Any):
-        base.setdefault("time_limit_s", timeout_s + 2.0)
+    def __init__(self, *, timeout_s: float = 10.0, wall_factor: float = 3.0, memory_mb: int = 1024, **base: Any):
+        base.setdefault("time_limit_s", timeout_s * wall_factor + 5.0)
         super().__init__(**base)
-        self.timeout_s = timeout_s
-        self.memory_mb = memory_mb
+        self.timeout_s, self.wall_s, self.memory_mb = timeout_s, timeout_s * wall_factor, memory_mb
 
     def check(self, text: str, row: dict) -> Verdict:
-        result = run_python(build_program(text, row), timeout_s=self.timeout_s, memory_mb=self.memory_mb)
-        return Verdict(1.0, "tests passed") if result.passed else Verdict(0.0, f"tests failed: {result.reason}")
+        passed, reason, _ = run_tests(*split_row(text, row), cpu_s=self.timeout_s, wall_s=self.wall_s,
+                                      memory_mb=self.memory_mb)
+        return Verdict(1.0, reason) if passed else Verdict(0.0, f"tests failed: {reason}")
 
 
 register_verifier("code", CodeVerifier)

@@ -1,150 +1,153 @@
 """Run untrusted Python in a separate, locked-down process.
 
-Each call gets:
-- a fresh interpreter (`python -I -S -B`: no user site, no site-packages, no PYTHON* variables),
-  so the code sees only the standard library;
-- a clean environment (none of the caller's variables) and a new temporary working directory, removed
-  afterwards;
-- no network: a new network namespace (as root; else a new user+network namespace where the kernel
-  allows it; else Python's socket module is disabled, which is weaker);
-- when started as root, the `nobody` user (see `sandbox_identity`), so it can write nowhere but its
-  directory and /tmp;
-- rlimits: CPU seconds, address space, 16 MB file size, no core files, and RLIMIT_NPROC=1 so it cannot
-  fork or start threads (a fork bomb fails at its first fork);
-- a wall-clock timeout, after which its whole process group is killed.
+The sandbox is bubblewrap (`bwrap`, Debian's `bubblewrap` package) when it works here (`sandbox_kind()` says
+"bubblewrap"). The program then runs in new user, PID, network, IPC, UTS and cgroup namespaces, as `nobody`,
+with no capabilities, and sees:
+- a read-only root holding only /usr (the system Python's standard library; no site-packages) and the
+  /dev/null, zero, random and urandom devices: no host /tmp, /dev/shm, /run, /home, /root, project or
+  data files, so no Unix sockets of the host;
+- a private /proc that shows only its own processes;
+- a network namespace with no interface but a down loopback;
+- one writable folder, /sandbox (its cwd, HOME and TMPDIR): an empty tmpfs of SANDBOX_BYTES, gone when
+  it exits.
+
+Without bubblewrap ("rlimit", weaker: logged once and reported by RLVR) the program runs in a fresh empty
+host temporary folder, removed afterwards, as `nobody` when started as root, in a new network namespace
+where the kernel allows one (else Python's socket module is disabled); it can still read world-readable
+host files and see other processes in /proc.
+
+Both: a fresh `python -I -S -B` (no site-packages, no PYTHON* variables), an empty environment, rlimits
+(CPU seconds, address space, 16 MB per file, no core files, RLIMIT_NPROC=1 so no fork or thread), and a
+wall-clock backstop after which its whole process group is killed.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
 import pwd
-import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 log = logging.getLogger("posttrain.rewards")
 FILE_SIZE_LIMIT = 16 << 20
+SANDBOX_BYTES = 64 << 20
 _CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+_DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
 
-# Runs inside the child around the untrusted program. argv: program path, cpu seconds, memory bytes, uid;
-# stdin: a one-time token, written to stdout only when the program ran to its end (so sys.exit(0) or
-# os._exit(0) before the tests finish is a failure, not a pass).
-_RUNNER = r"""
-import ctypes, os, resource, sys
-token = sys.stdin.readline().strip()
-sys.stdin = open(os.devnull)
-path, cpu_s, memory, uid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-with open(path, encoding="utf-8") as f:
-    source = f.read()
-libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET, CLONE_NEWUSER = 0x40000000, 0x10000000
-if libc.unshare(CLONE_NEWNET) != 0 and libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
-    import socket
+# Runs first in the child: the limits, and (fallback only) the network namespace and the user drop.
+_LIMITS = """
+import resource as _r
+_r.setrlimit(_r.RLIMIT_CPU, (%(cpu)d, %(cpu)d + 1))  # SIGXCPU first, SIGKILL a second later
+for _w, _v in ((_r.RLIMIT_AS, %(memory)d), (_r.RLIMIT_CORE, 0), (_r.RLIMIT_FSIZE, %(fsize)d), (_r.RLIMIT_NPROC, 1)):
+    _r.setrlimit(_w, (_v, _v))
+del _r, _w, _v
+"""
+_FALLBACK_ISOLATION = """
+import ctypes as _c, os as _os
+_libc = _c.CDLL(None, use_errno=True)
+if _libc.unshare(0x40000000) != 0 and _libc.unshare(0x10000000 | 0x40000000) != 0:
+    import socket as _s
     def _no_network(*args, **kwargs):
         raise OSError("network access is disabled in the sandbox")
-    socket.socket = socket.create_connection = socket.socketpair = _no_network
-if os.getuid() == 0 and uid >= 0:
-    os.setgroups([])
-    os.setgid(uid)
-    os.setuid(uid)
-for which, value in ((resource.RLIMIT_CPU, cpu_s), (resource.RLIMIT_AS, memory), (resource.RLIMIT_CORE, 0),
-                     (resource.RLIMIT_FSIZE, %(fsize)d), (resource.RLIMIT_NPROC, 1)):
-    resource.setrlimit(which, (value, value))
-del ctypes, libc, f, path, cpu_s, memory, uid, which, value
-sys.argv = ["program.py"]
-try:
-    exec(compile(source, "program.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
-except SystemExit as e:
-    sys.exit(f"SystemExit({e.code!r}) before the program's end")
-sys.stdout.flush()
-os.write(1, ("\n" + token + "\n").encode())
-""" % {"fsize": FILE_SIZE_LIMIT}
+    _s.socket = _s.create_connection = _s.socketpair = _no_network
+if _os.getuid() == 0 and %(uid)d >= 0:
+    _os.setgroups([]); _os.setgid(%(uid)d); _os.setuid(%(uid)d)
+del _c, _os, _libc
+"""
 
 
-@dataclass(frozen=True)
-class SandboxResult:
-    passed: bool  # the program exited with status 0 within its limits
-    reason: str
-
-
-def _runs_as(interpreter: str, uid: int) -> bool:
+def _nobody() -> int:
     try:
-        probe = subprocess.run([interpreter, "-I", "-S", "-c", "import json, socket, re"], user=uid, group=uid,
-                               extra_groups=[], env=_CLEAN_ENV, cwd="/", capture_output=True, timeout=30)
+        return pwd.getpwnam("nobody").pw_uid
+    except KeyError:
+        return -1
+
+
+def _bwrap_argv() -> list[str]:
+    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv",
+            "--ro-bind", "/usr", "/usr"]
+    for top in ("/lib", "/lib64", "/bin"):
+        if os.path.islink(top):
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    for device in _DEVICES:
+        argv += ["--dev-bind", device, device]
+    for key, value in {**_CLEAN_ENV, "HOME": "/sandbox", "TMPDIR": "/sandbox"}.items():
+        argv += ["--setenv", key, value]
+    return argv + ["--proc", "/proc", "--size", str(SANDBOX_BYTES), "--tmpfs", "/sandbox", "--remount-ro", "/",
+                   "--chdir", "/sandbox", "/usr/bin/python3"]
+
+
+def _probe(argv: list[str], **kwargs) -> bool:
+    try:
+        return subprocess.run(argv + ["-I", "-S", "-c", "import json, socket, re"], env=_CLEAN_ENV, cwd="/",
+                              capture_output=True, timeout=30, **kwargs).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return probe.returncode == 0
+
+
+def _as_nobody() -> dict:
+    uid = _nobody()
+    return {"user": uid, "group": uid, "extra_groups": []} if os.getuid() == 0 and uid >= 0 else {}
 
 
 @functools.lru_cache(maxsize=1)
-def sandbox_identity() -> tuple[str, int]:
-    """(interpreter, uid to drop to or -1). As root, the program runs as `nobody`, with this interpreter
-    if `nobody` can run it (its stdlib may sit under an unreadable /root, as with pyenv), else with a
-    system python3 it can run; only when neither works does it keep the caller's user."""
-    if os.getuid() != 0:
-        return sys.executable, -1
-    try:
-        uid = pwd.getpwnam("nobody").pw_uid
-    except KeyError:
+def sandbox_kind() -> str:
+    """"bubblewrap", or "rlimit" (the weaker fallback) when bwrap is missing or cannot create namespaces."""
+    if shutil.which("bwrap") and os.path.exists("/usr/bin/python3") and _probe(_bwrap_argv(), **_as_nobody()):
+        return "bubblewrap"
+    log.warning("sandbox: bubblewrap is not usable here (apt-get install bubblewrap); untrusted code runs in "
+                "the weaker rlimit-only sandbox")
+    return "rlimit"
+
+
+@functools.lru_cache(maxsize=1)
+def fallback_identity() -> tuple[str, int]:
+    """(interpreter, uid to drop to or -1) for the rlimit sandbox: as root, `nobody` with an interpreter it
+    can run (pyenv's stdlib may sit under an unreadable /root), else the caller's user."""
+    uid = _nobody()
+    if os.getuid() != 0 or uid < 0:
         return sys.executable, -1
     for interpreter in (sys.executable, shutil.which("python3", path="/usr/bin:/bin")):
-        if interpreter and _runs_as(interpreter, uid):
+        if interpreter and _probe([interpreter], **_as_nobody()):
             return interpreter, uid
     log.warning("sandbox: no Python interpreter runs as 'nobody'; code runs as root (no fork limit)")
     return sys.executable, -1
 
 
-def _last_error_line(stderr_path: Path) -> str:
-    with open(stderr_path, "rb") as f:
-        f.seek(max(0, stderr_path.stat().st_size - 4096))
-        lines = f.read().decode("utf-8", errors="replace").strip().splitlines()
-    return lines[-1][:200] if lines else "no error output"
-
-
-def _describe_exit(code: int, stderr_path: Path) -> str:
-    if code < 0:
-        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
-        return {"SIGXCPU": "CPU time limit exceeded", "SIGXFSZ": "file size limit exceeded"}.get(name, f"killed by {name}")
-    return f"exit code {code}: {_last_error_line(stderr_path)}"
-
-
-def run_python(source: str, *, timeout_s: float = 3.0, memory_mb: int = 1024) -> SandboxResult:
-    """Run `source` as a program; passed when it exits 0 before `timeout_s` wall-clock seconds."""
-    workdir = Path(tempfile.mkdtemp(prefix="posttrain-sandbox-"))
-    try:
-        program = workdir / "program.py"
-        program.write_text(source, encoding="utf-8", errors="replace")
-        interpreter, uid = sandbox_identity()
+@contextlib.contextmanager
+def sandboxed(source: str, args: list[str], *, cpu_s: float, memory_mb: int, pass_fds: tuple = (), stderr=None):
+    """A Popen of `python -c source args` in the sandbox, killed (whole process group) and cleaned on exit."""
+    limits = _LIMITS % {"cpu": math.ceil(cpu_s), "memory": memory_mb << 20, "fsize": FILE_SIZE_LIMIT}
+    workdir = None
+    if sandbox_kind() == "bubblewrap":
+        argv, cwd, env, user = _bwrap_argv(), "/", _CLEAN_ENV, _as_nobody()
+    else:
+        interpreter, uid = fallback_identity()
+        workdir = tempfile.mkdtemp(prefix="posttrain-sandbox-")
         if uid >= 0:
             os.chown(workdir, uid, uid)
-        stderr_path, stdout_path = workdir / "stderr.txt", workdir / "stdout.txt"
-        token = secrets.token_hex(16)
-        with open(stderr_path, "wb") as stderr, open(stdout_path, "wb") as stdout:
-            argv = [interpreter, "-I", "-S", "-B", "-c", _RUNNER, str(program),
-                    str(math.ceil(timeout_s)), str(memory_mb << 20), str(uid)]
-            proc = subprocess.Popen(argv, cwd=workdir, env={**_CLEAN_ENV, "HOME": str(workdir), "TMPDIR": str(workdir)},
-                                    stdin=subprocess.PIPE, stdout=stdout, stderr=stderr, start_new_session=True)
-            try:
-                proc.communicate(f"{token}\n".encode(), timeout=timeout_s)
-                code = proc.returncode
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-                return SandboxResult(False, f"timed out after {timeout_s:g}s")
-        if code != 0:
-            return SandboxResult(False, _describe_exit(code, stderr_path))
-        if token.encode() not in stdout_path.read_bytes():
-            return SandboxResult(False, "exit code 0 before the program's end (os._exit?)")
-        return SandboxResult(True, "ran to the end, exit code 0")
+        argv, cwd, env, user = [interpreter], workdir, {**_CLEAN_ENV, "HOME": workdir, "TMPDIR": workdir}, {}
+        limits = _FALLBACK_ISOLATION % {"uid": uid} + limits
+    proc = subprocess.Popen(argv + ["-I", "-S", "-B", "-c", limits + source, *args], cwd=cwd, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL,
+                            pass_fds=pass_fds, start_new_session=True, **user)
+    try:
+        yield proc
     finally:
-        shutil.rmtree(workdir, onerror=_make_writable_and_retry)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if workdir:
+            shutil.rmtree(workdir, onerror=_make_writable_and_retry)
 
 
 def _make_writable_and_retry(func, path, _exc_info) -> None:
@@ -152,3 +155,33 @@ def _make_writable_and_retry(func, path, _exc_info) -> None:
     os.chmod(os.path.dirname(path), 0o700)
     func(path)
 
+
+def describe_exit(code: int | None, stderr_tail: str) -> str:
+    if code is None:
+        return "still running"
+    if code > 128 and sandbox_kind() == "bubblewrap":  # bwrap exits 128 + N when its child dies of signal N
+        code = 128 - code
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        return {"SIGXCPU": "CPU time limit exceeded", "SIGXFSZ": "file size limit exceeded"}.get(name, f"killed by {name}")
+    return f"exit code {code}: {stderr_tail or 'no error output'}"
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    passed: bool  # exited 0 within its limits; says nothing about correctness (see code_exec for verdicts)
+    reason: str
+
+
+def run_python(source: str, *, timeout_s: float = 3.0, memory_mb: int = 1024, wall_s: float | None = None) -> SandboxResult:
+    """Run `source` as a program in the sandbox with `timeout_s` CPU seconds (wall backstop `wall_s`,
+    default 3 x timeout_s + 2). Used to test the sandbox itself; verdicts go through remote.Session."""
+    with tempfile.TemporaryFile() as stderr:
+        with sandboxed(source, [], cpu_s=timeout_s, memory_mb=memory_mb, stderr=stderr) as proc:
+            try:
+                code = proc.wait(timeout=wall_s or 3 * timeout_s + 2)
+            except subprocess.TimeoutExpired:
+                return SandboxResult(False, f"timed out after {wall_s or 3 * timeout_s + 2:g}s of wall-clock time")
+        stderr.seek(0)
+        tail = stderr.read()[-4096:].decode("utf-8", errors="replace").strip().splitlines()
+    return SandboxResult(code == 0, "exit code 0" if code == 0 else describe_exit(code, tail[-1][:200] if tail else ""))

@@ -1,7 +1,9 @@
 """Reinforcement learning with verifiable rewards, on TRL's GRPOTrainer.
 
-Each reward term names a verifier from posttrain.rewards; the term `verifier` routes every row to the
-verifier its own `verifier` column names (Tülu 3's mixed GSM8K/MATH/IFEval data). Tülu 3's shaping is
+Each reward term names a verifier from posttrain.rewards and scores every row with it, whatever the row's
+own `verifier` column says; only the term named `verifier` routes each row to the verifier its route column
+names (Tülu 3's mixed GSM8K/MATH/IFEval data). So a `length` or `format` term beside a routed correctness
+term is its own series in the logs (rewards/<term>/mean), never the row's verifier counted twice. Tülu 3's shaping is
 `verified_reward: 10` (the value of a verified answer) and `eos_penalty` (subtracted when a completion
 ends without an end-of-turn token). Checkpoints fall on generation-buffer boundaries, so resume is exact.
 """
@@ -23,7 +25,7 @@ SET_BY_STAGE = {"loss_type", "beta", "num_generations", "temperature", "max_comp
 
 @dataclass
 class RewardTerm:
-    name: str = field(metadata={"help": "a verifier from posttrain.rewards, or `verifier`: the row's own"})
+    name: str = field(metadata={"help": "a verifier from posttrain.rewards, scoring every row whatever its column says; or `verifier`: each row's own"})
     weight: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
 

@@ -151,10 +151,10 @@ register_verifier("test_sleeps", _Sleeps, time_limit_s=0.5)
 
 
 def test_score_rows_routes_each_row_to_its_verifier_with_options():
-    rows = [{"id": 1, "ground_truth": "5"}, {"id": 2, "verifier": "math", "answer": "\\frac12"},
+    rows = [{"id": 1, "verifier": "numeric", "ground_truth": "5"}, {"id": 2, "verifier": "math", "answer": "\\frac12"},
             {"id": 3, "verifier": "ifeval", "instruction_id_list": ["punctuation:no_comma"], "kwargs": [{}]}]
     completions = ["The answer is 5", "\\boxed{0.5}", "no commas here"]
-    assert [v.score for v in score_rows(completions, rows, "numeric")] == [1.0, 1.0, 1.0]
+    assert [v.score for v in score_rows(completions, rows)] == [1.0, 1.0, 1.0]
     strict = score_rows(["It is 5"], [{"ground_truth": "5"}], "numeric", options={"extract": ["answer_is"]})
     assert strict[0].score == 0.0
     keyed = score_rows(["It is 5"], [{"ground_truth": "5", "verifier": "numeric"}], options={"numeric": {"extract": ["answer_is"]}})
