@@ -98,19 +98,59 @@ def end_of_turn_ids(tokenizer) -> list[int]:
     return ids
 
 
-def save_model(model, tokenizer, out: Path) -> None:
-    """Save an HF folder atomically: written to a temp folder, then renamed into place."""
+def fit_vocab(model, tokenizer) -> None:
+    """Grow the embeddings to the tokenizer (a template may add an end-of-turn token). Called on every rank
+    before training: under ZeRO-3 the resize gathers partitioned weights, a collective all ranks must enter."""
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+
+
+class ExportError(Exception):
+    pass
+
+
+def save_model(model, tokenizer, out: Path, state_dict: dict | None = None) -> None:
+    """Save an HF folder atomically: written to a temp folder, checked, then renamed into place.
+    state_dict: the full weights when the model's own are partitioned (ZeRO-3), gathered by the caller."""
     out = Path(out)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
     eos = end_of_turn_ids(tokenizer)
     model.generation_config.eos_token_id = eos if len(eos) > 1 else eos[0]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(tmp, safe_serialization=True)
+    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
+    check_export(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
+
+
+def check_export(folder: Path) -> None:
+    """Every saved tensor is non-empty and, for a full model, has the shape its config gives it and none is
+    missing: a partitioned (ZeRO-3) parameter saved as is would be 0-shaped."""
+    import torch
+    from safetensors import safe_open
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    saved = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(f, "pt") as st:
+            saved.update({k: tuple(st.get_slice(k).get_shape()) for k in st.keys()})
+    if not saved:
+        raise ExportError(f"{folder}: no weights were written")
+    empty = [k for k, shape in saved.items() if 0 in shape]
+    if empty:
+        raise ExportError(f"{folder}: {len(empty)} empty tensors (e.g. {empty[0]}): partitioned weights were saved ungathered")
+    if not (Path(folder) / "config.json").exists():
+        return  # an adapter: no config to compare with
+    config = AutoConfig.from_pretrained(folder)
+    with torch.device("meta"):  # the class itself, not from_config: that would enter ZeRO-3's collective init
+        expected = {k: tuple(v.shape) for k, v in MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config).state_dict().items()}
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    problems = [f"{k} is {saved[k]}, the config gives {expected.get(k)}" for k in saved if saved[k] != expected.get(k)]
+    problems += [f"{k} is missing" for k in sorted(expected.keys() - saved.keys() - tied)]
+    if problems:
+        raise ExportError(f"{folder}: weights do not match the config: {problems[0]}")

@@ -126,17 +126,42 @@ def trl_config(config_cls, train: TrainArgs, ctx: Context, launcher: "Launcher |
 
     common = {f.name: getattr(train, f.name) for f in dataclasses.fields(TrainArgs)
               if f.name not in ("precision", "trl_args", "warmup_ratio", "gradient_checkpointing")}
-    precision = train.precision
-    if precision == "auto":
-        precision = "bf16" if hf.bf16_supported() else "fp32"
+    precision = resolved_precision(train)
     return config_cls(
         output_dir=str(ctx.checkpoints_dir), report_to=[], save_strategy="steps", logging_strategy="steps",
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=hf.device() == "cpu", data_seed=train.seed,
         warmup_steps=train.warmup_ratio, logging_first_step=True,
-        activation_checkpointing=train.gradient_checkpointing,  # transformers 5's name for it
         deepspeed=deepspeed_config(launcher.deepspeed) if launcher else None,
-        **common, **stage_args, **train.trl_args,
+        **{_checkpointing_name(config_cls): train.gradient_checkpointing}, **common, **stage_args, **train.trl_args,
     )
+
+
+def _checkpointing_name(config_cls) -> str:
+    """transformers 5.23 renamed gradient_checkpointing (kept as a deprecated alias) to activation_checkpointing."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
+def resolved_precision(train: TrainArgs) -> str:
+    return ("bf16" if hf.bf16_supported() else "fp32") if train.precision == "auto" else train.precision
+
+
+def weights_dtype(train: TrainArgs, launcher: "Launcher | None") -> str:
+    """The dtype trainable weights are loaded in. fp32 master weights, with bf16/fp16 as autocast only (as
+    TRL's own loader does): a 5e-7 update is below bf16's resolution. DeepSpeed keeps its own fp32 master
+    copy, so under it the weights load in bf16 (half the host memory)."""
+    if launcher is not None and launcher.deepspeed and resolved_precision(train) == "bf16":
+        return "bfloat16"
+    return "float32"
+
+
+def load_trainable(path: str, tokenizer, train: TrainArgs, launcher: "Launcher | None", quantize: str = "none"):
+    """A model to train (or a DPO reference), on every rank. Call it after trl_config: under ZeRO-3 the live
+    TRL config makes from_pretrained load it partitioned, so no rank holds the whole model in host memory."""
+    dtype = "auto" if quantize != "none" else weights_dtype(train, launcher)
+    model = hf.load_model(path, dtype=dtype, quantize=quantize)
+    hf.fit_vocab(model, tokenizer)
+    return model
 
 
 def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
@@ -217,32 +242,69 @@ def _load_weights(model, checkpoint: Path) -> None:
         from peft import set_peft_model_state_dict
 
         set_peft_model_state_dict(model, state)
-    else:
+    elif not _partitioned(model):
         model.load_state_dict(state, strict=False)
+    else:  # ZeRO-3: every rank enters each gather; rank 0's copy is scattered back on exit
+        from deepspeed import zero
+
+        for name, param in model.named_parameters():
+            with zero.GatheredParameters([param], modifier_rank=0):
+                if _is_rank0() and name in state:
+                    param.data.copy_(state[name])
 
 
-def export_model(model, tokenizer, out: Path, merge_into: str | None) -> None:
-    """Save the trained model as an HF folder. A LoRA adapter is merged into a fresh, unquantized load of the
-    base checkpoint `merge_into`: merging into a 4/8-bit base in place would round the result to its grid."""
+def _partitioned(model) -> bool:
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def _is_rank0() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def full_state_dict(model) -> dict | None:
+    """The model's whole state, on rank 0 (None elsewhere); None too when its parameters are whole already.
+    Under ZeRO-3 each parameter is gathered in turn, a collective that every rank must enter, and rank 0
+    keeps a CPU copy: calling this on rank 0 alone would hang, and saving without it writes 0-shaped tensors."""
+    if not _partitioned(model):
+        return None
+    from deepspeed import zero
+
+    params, buffers = dict(model.named_parameters()), dict(model.named_buffers())  # buffers are never partitioned
+    state = {k: v.cpu() for k, v in model.state_dict().items() if k in buffers} if _is_rank0() else None
+    for name, param in params.items():
+        with zero.GatheredParameters([param]):
+            if state is not None:
+                state[name] = param.detach().cpu().clone()
+    return state
+
+
+def export_model(model, tokenizer, out: Path, merge_into: str | None, state_dict: dict | None = None) -> None:
+    """Save the trained model as an HF folder (rank 0 only; `state_dict` from full_state_dict under ZeRO-3).
+    A LoRA adapter is merged into a fresh, unquantized load of the base checkpoint `merge_into`: merging into
+    a 4/8-bit base in place would round the result to its grid."""
     if merge_into is not None and hasattr(model, "merge_and_unload"):
-        model = merge_adapter(model, merge_into)
-    hf.save_model(model, tokenizer, out)
+        model, state_dict = merge_adapter(model, merge_into, state_dict), None
+    hf.save_model(model, tokenizer, out, state_dict=state_dict)
 
 
-def merge_adapter(peft_model, base: str):
+def merge_adapter(peft_model, base: str, state_dict: dict | None = None):
     """Full weights: the trained adapter, as saved, loaded onto the base checkpoint and merged."""
     import tempfile
 
     from peft import PeftModel
 
     with tempfile.TemporaryDirectory() as adapter_dir:
-        peft_model.save_pretrained(adapter_dir)
+        peft_model.save_pretrained(adapter_dir, state_dict=state_dict)
         return PeftModel.from_pretrained(hf.load_model(base), adapter_dir).merge_and_unload()
 
 
 def _finish(trainer, tokenizer, ctx: Context, merge_into: str | None) -> dict[str, Any]:
+    state_dict = full_state_dict(trainer.model)  # on every rank: the gather is collective
     if trainer.is_world_process_zero():
-        export_model(trainer.model, tokenizer, ctx.output("model"), merge_into)
+        export_model(trainer.model, tokenizer, ctx.output("model"), merge_into, state_dict)
+    trainer.accelerator.wait_for_everyone()  # no rank reports done before the export exists
     history = [h for h in trainer.state.log_history if "loss" in h]
     metrics: dict[str, Any] = {"global_step": trainer.state.global_step}
     if history:

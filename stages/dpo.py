@@ -14,7 +14,8 @@ from typing import Literal
 from posttrain import hf
 from posttrain.data import DataError, ReadStats, as_chat, convert_rows
 from posttrain.stage import Context, Dataset, Model, Stage, register
-from posttrain.training import Launcher, check_launcher, check_lora, Lora, TrainArgs, check_trl_args, peft_config, train_and_save, trl_config
+from posttrain.training import (Launcher, Lora, TrainArgs, check_launcher, check_lora, check_trl_args, load_trainable,
+                                peft_config, train_and_save, trl_config)
 
 DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
@@ -108,12 +109,14 @@ class DPO(Stage):
 
         model_path = ctx.path(cfg.model)
         tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
-        model = hf.load_model(model_path, quantize=cfg.lora.quantize if cfg.lora else "none")
-        # With LoRA, TRL's reference is the model with adapters disabled: the same saved checkpoint.
-        reference = None if cfg.lora else hf.load_model(ctx.path(cfg.reference) if cfg.reference else model_path)
         args = trl_config(DPOConfig, cfg.train, ctx, cfg.launcher, loss_type=cfg.loss_type, loss_weights=cfg.loss_weights,
                           beta=cfg.beta, label_smoothing=cfg.label_smoothing, max_length=cfg.max_length,
                           precompute_ref_log_probs=cfg.precompute_ref_log_probs)
+        model = load_trainable(model_path, tokenizer, cfg.train, cfg.launcher, cfg.lora.quantize if cfg.lora else "none")
+        # With LoRA, TRL's reference is the model with adapters disabled: the same saved checkpoint. Otherwise it
+        # is loaded like the policy (same dtype), so at step 0 both give the same log-probs.
+        reference = None if cfg.lora else load_trainable(ctx.path(cfg.reference) if cfg.reference else model_path,
+                                                         tokenizer, cfg.train, cfg.launcher)
         repeated = repeated_pairs_warning(len(rows), args)
         if repeated:
             ctx.warn(repeated)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from posttrain import hf
 from posttrain.data import DataError, as_chat, located_rows
 from posttrain.stage import Context, Dataset, Model, Stage, register
-from posttrain.training import Launcher, check_launcher, TrainArgs, check_trl_args, train_and_save, trl_config
+from posttrain.training import Launcher, TrainArgs, check_launcher, check_trl_args, load_trainable, train_and_save, trl_config
 
 ROUTE_BY_ROW = "verifier"
 # GRPOConfig arguments that come from this stage's own keys (not settable through train.trl_args).
@@ -163,7 +163,9 @@ class RLVR(Stage):
                           mask_truncated_completions=cfg.mask_truncated_completions,
                           steps_per_generation=_steps_per_generation(cfg), num_iterations=cfg.num_iterations,
                           epsilon=cfg.epsilon, scale_rewards=cfg.scale_rewards, reward_weights=weights, **vllm)
-        trainer = GRPOTrainer(model=hf.load_model(model_path), reward_funcs=funcs, args=args, train_dataset=dataset,
+        # Loaded after the TRL config on purpose: under ZeRO-3 it then loads partitioned (see load_trainable).
+        model = load_trainable(model_path, tokenizer, cfg.train, cfg.launcher)
+        trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
                               processing_class=tokenizer)
         metrics = train_and_save(trainer, tokenizer, ctx)
         rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]

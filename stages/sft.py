@@ -9,7 +9,8 @@ from typing import Literal
 from posttrain import hf
 from posttrain.data import DataError, ReadStats, convert_rows, write_json
 from posttrain.stage import Context, Dataset, Model, Stage, register
-from posttrain.training import Launcher, check_launcher, check_lora, Lora, TrainArgs, check_trl_args, peft_config, train_and_save, trl_config
+from posttrain.training import (Launcher, Lora, TrainArgs, check_launcher, check_lora, check_trl_args, load_trainable,
+                                peft_config, train_and_save, trl_config)
 
 
 @dataclass
@@ -110,11 +111,10 @@ class SFT(Stage):
 
         rows, mixture = mix(_sources(cfg), ctx, cfg.mix_seed, cfg.on_bad_rows)
         tokenizer = hf.load_tokenizer(ctx.path(cfg.model), cfg.chat_template)
-        model = hf.load_model(ctx.path(cfg.model), quantize=cfg.lora.quantize if cfg.lora else "none")
         truncated = _count_truncated(rows, tokenizer, cfg.max_length)
         if truncated:
             ctx.info(f"{truncated} of {len(rows)} examples are longer than max_length={cfg.max_length} and will be truncated")
-        trainer = _trainer(cfg, ctx, model, tokenizer, HFDataset.from_list(rows))
+        trainer = _trainer(cfg, ctx, tokenizer, HFDataset.from_list(rows))
         merge_into = ctx.path(cfg.model) if cfg.lora and cfg.lora.merge else None
         metrics = train_and_save(trainer, tokenizer, ctx, merge_into=merge_into)
         write_json(ctx.out_dir / "mixture.json", mixture)
@@ -122,11 +122,12 @@ class SFT(Stage):
                 "skipped_rows": mixture["skipped_rows"]}
 
 
-def _trainer(cfg: SFTStageConfig, ctx: Context, model, tokenizer, dataset):
+def _trainer(cfg: SFTStageConfig, ctx: Context, tokenizer, dataset):
     from trl import SFTConfig, SFTTrainer
 
     args = trl_config(SFTConfig, cfg.train, ctx, cfg.launcher, max_length=cfg.max_length, packing=cfg.packing,
                       assistant_only_loss=cfg.assistant_only_loss)
+    model = load_trainable(ctx.path(cfg.model), tokenizer, cfg.train, cfg.launcher, cfg.lora.quantize if cfg.lora else "none")
     trainer_cls = _sum_loss_trainer(SFTTrainer) if cfg.loss_reduction == "sum" else SFTTrainer
     return trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                        peft_config=peft_config(cfg.lora))
