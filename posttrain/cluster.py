@@ -165,7 +165,7 @@ class Follower:
             except DistStoreError:  # a timeout of this wait only: node 0 is still busy
                 continue
             except RuntimeError as e:
-                raise ClusterError(f"node {self.rank}: lost node 0 ({str(e).splitlines()[0]})") from None
+                raise ClusterError(f"lost node 0 ({str(e).splitlines()[0]})") from None
         self.store.add(f"ack/{key}", 1)
         self.seq += 1
         return message

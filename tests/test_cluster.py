@@ -105,8 +105,20 @@ def _start_nodes(tmp_path: Path, recipe: Path, out: Path, extra=((), ()), env=No
 
 
 def _kill(proc: subprocess.Popen) -> None:
+    """A machine dying: its process group and every descendant (torch's workers run in sessions of their own)."""
+    import psutil
+
+    try:
+        family = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        family = []
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGKILL)
+    for child in family:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
     proc.wait()
 
 
@@ -184,7 +196,7 @@ def test_a_node_killed_mid_stage_both_restart_and_the_stage_resumes_exactly(tmp_
     recipe, out = write_recipe(tmp_path, RECIPE), tmp_path / "run"
     release = tmp_path / "release"
     # Rank 0 (on node 0) stops while saving checkpoint-4: mid-stage, deterministically, whatever the CPU load.
-    procs = _start_nodes(tmp_path, recipe, out, env={"AUDIT_PAUSE_AT": "checkpoint-4/trainer_state.json",
+    procs = _start_nodes(tmp_path, recipe, out, env={"AUDIT_PAUSE_AT": "sft/checkpoints/checkpoint-4/trainer_state.json",
                                                      "AUDIT_RELEASE": str(release)})
     try:
         deadline = time.monotonic() + 240
