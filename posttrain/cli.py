@@ -209,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    from posttrain.cluster import ClusterError
     from posttrain.data import DataError
     from posttrain.recipe import RecipeError
     from posttrain.runner import PlanError, StageFailed
@@ -227,7 +228,7 @@ def main(argv=None) -> int:
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     try:
         return args.fn(args)
-    except (RecipeError, PlanError, DataError) as e:
+    except (RecipeError, PlanError, DataError, ClusterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except LockedError as e:

@@ -1,20 +1,22 @@
 """Running a training stage under accelerate or torchrun, on one machine or several.
 
-The parent `posttrain run` pickles the stage's job, starts the launcher, and (on node 0 only) writes
-the manifest. Each worker rank runs the stage; all ranks check they hold the same fingerprint first,
-and rank 0 writes the headline metrics for the parent. Multi-node settings come from the usual
-environment: MASTER_ADDR, MASTER_PORT, NODE_RANK (or Slurm's SLURM_NODEID), WORLD_SIZE is implied.
+Node 0's `posttrain run` writes the stage's job (atomically), picks a free rendezvous port, hands the job to
+the other nodes (posttrain.cluster) and starts its launcher; the others start theirs with the same job. Each
+worker initialises the process group with the recipe's timeout before anything else can, runs the stage, and
+global rank 0 writes the headline metrics for node 0's parent, which alone writes the manifest.
 """
 import json
 import os
 import pickle
-import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-from posttrain.data import write_json
+import yaml
 
+from posttrain import cluster
+from posttrain.data import atomic_open, write_json
 DEEPSPEED = {
     "zero2": {"zero_optimization": {"stage": 2, "overlap_comm": True, "contiguous_gradients": True}},
     "zero3": {"zero_optimization": {"stage": 3, "overlap_comm": True, "contiguous_gradients": True,
@@ -39,24 +41,28 @@ def deepspeed_config(spec: str | None) -> dict | str | None:
     return spec
 
 
-def node_rank() -> int:
-    return int(os.environ.get("NODE_RANK", os.environ.get("SLURM_NODEID", "0")))
-
-
-def command(launcher, job: Path) -> list[str]:
-    master = ["--main_process_ip", os.environ.get("MASTER_ADDR", "127.0.0.1"),
-              "--main_process_port", os.environ.get("MASTER_PORT", "29500")]
+def command(launcher, job: Path, rank: int, addr: str, port: int, config_dir: Path) -> list[str]:
+    """The launcher's command line; every setting is explicit, so no saved default can change it."""
+    where = ["--machine_rank", str(rank), "--main_process_ip", addr, "--main_process_port", str(port)]
     if launcher.type == "accelerate":
-        if shutil.which("accelerate") is None and not _module_exists("accelerate"):
+        if not _module_exists("accelerate"):
             raise LaunchError("launcher accelerate: the accelerate package is not installed")
-        return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes",
-                str(launcher.num_processes * launcher.num_machines), "--num_machines", str(launcher.num_machines),
-                "--machine_rank", str(node_rank()), *(master if launcher.num_machines > 1 else []),
+        total = launcher.num_processes * launcher.num_machines
+        # Our own config file: the user's saved default (FSDP, fp16, dynamo, gpu_ids, ...) is never read.
+        config = config_dir / "accelerate.yaml"
+        config.write_text(yaml.safe_dump({
+            "compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_GPU" if total > 1 else "NO",
+            "mixed_precision": "no", "num_machines": launcher.num_machines, "num_processes": total,
+            "machine_rank": rank, "main_process_ip": addr, "main_process_port": port, "rdzv_backend": "static",
+            "gpu_ids": "all", "use_cpu": False, "debug": False}))
+        # Precision is the trainer's (recipe key train.precision); "no" here keeps the launcher out of it.
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
+                *(["--multi_gpu"] if total > 1 else []), "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--num_processes", str(total), "--num_machines", str(launcher.num_machines), *where,
                 "--module", "posttrain.launch", str(job)]
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(launcher.num_processes),
-            "--nnodes", str(launcher.num_machines), "--node_rank", str(node_rank()),
-            "--master_addr", os.environ.get("MASTER_ADDR", "127.0.0.1"),
-            "--master_port", os.environ.get("MASTER_PORT", "29500"), "-m", "posttrain.launch", str(job)]
+            "--nnodes", str(launcher.num_machines), "--node_rank", str(rank), "--master_addr", addr,
+            "--master_port", str(port), "--max_restarts", "0", "-m", "posttrain.launch", str(job)]
 
 
 def _module_exists(name: str) -> bool:
@@ -65,29 +71,63 @@ def _module_exists(name: str) -> bool:
     return importlib.util.find_spec(name) is not None
 
 
-def run_launched(stage, config, ctx, fingerprint: str) -> dict:
-    """Run `stage` under its launcher; return rank 0's metrics."""
-    job = ctx.out_dir / ".job.pkl"
-    result = ctx.out_dir / ".result.json"
-    result.unlink(missing_ok=True)
-    with open(job, "wb") as f:
-        pickle.dump({"kind": stage.kind, "config": config, "ctx": ctx, "fingerprint": fingerprint}, f)
-    cmd = command(config.launcher, job)
-    ctx.info("launching: " + " ".join(cmd))
-    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", **os.environ, "PYTHONUNBUFFERED": "1"}
-    if config.launcher.num_processes * config.launcher.num_machines == 1:
+def start(job: Path, launcher, rank: int, addr: str, port: int, info=print) -> int:
+    """Run this node's share of the workers; their exit code."""
+    # ACCELERATE_* variables would override the pinned settings in the workers (e.g. ACCELERATE_USE_FSDP).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
+    env.update(MASTER_ADDR=addr, MASTER_PORT=str(port), PYTHONUNBUFFERED="1")
+    if launcher.num_processes * launcher.num_machines == 1:
         # A single process gets no rank variables from the launcher; DeepSpeed would go looking for MPI.
         env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0:
-        raise LaunchError(f"the {config.launcher.type} workers exited with code {proc.returncode} (their output is above)")
-    if node_rank() != 0:
-        return {}
-    return json.loads(result.read_text())
+    with tempfile.TemporaryDirectory(prefix="posttrain-launch-") as config_dir:
+        cmd = command(launcher, job, rank, addr, port, Path(config_dir))
+        info("launching: " + " ".join(cmd))
+        return subprocess.run(cmd, env=env).returncode
+
+
+def run_launched(stage, config, ctx, fingerprint: str, coordinator=None) -> tuple[dict, dict]:
+    """Node 0: run `stage` under its launcher (publishing it to the other nodes); rank 0's metrics and
+    what the process group was."""
+    launcher = config.launcher
+    job, result = ctx.out_dir / ".job.pkl", ctx.out_dir / ".result.json"
+    result.unlink(missing_ok=True)
+    payload = pickle.dumps({"kind": stage.kind, "config": config, "ctx": ctx, "fingerprint": fingerprint,
+                            "timeout_minutes": launcher.timeout_minutes})
+    with atomic_open(job) as f:
+        f.buffer.write(payload)  # binary through the text wrapper: nothing else is written
+    addr = cluster.master_addr() if launcher.num_machines > 1 else "127.0.0.1"
+    port = cluster.free_port()
+    if launcher.num_machines > 1:
+        coordinator.publish({"stage": ctx.name, "job": payload, "addr": addr, "port": port,
+                             "machines": launcher.num_machines})
+    code = start(job, launcher, 0, addr, port, ctx.info)
+    if code != 0:
+        raise LaunchError(f"the {launcher.type} workers exited with code {code} (their output is above)")
+    out = json.loads(result.read_text())
+    return out["metrics"], out["distributed"]
+
+
+def follow(follower, rank: int, echo=print) -> None:
+    """A non-zero node: join each multi-machine stage node 0 publishes, until it says the run is over.
+    Nothing is written in the run folder here; the job copy lives in a private temp folder."""
+    while "end" not in (message := follower.next()):
+        if rank >= message["machines"]:
+            continue
+        echo(f"[{message['stage']}] node {rank}: joining node 0's workers")
+        job = pickle.loads(message["job"])
+        with tempfile.TemporaryDirectory(prefix="posttrain-job-") as tmp:
+            path = Path(tmp) / "job.pkl"
+            path.write_bytes(message["job"])
+            code = start(path, job["config"].launcher, rank, message["addr"], message["port"], echo)
+        if code != 0:
+            raise LaunchError(f"stage '{message['stage']}': this node's workers exited with code {code}")
+    if message["end"]:
+        raise LaunchError(f"node 0 stopped: {message['end']}")
 
 
 def _worker(job_path: str) -> None:
-    import torch.distributed as dist
+    from datetime import timedelta
+
     from accelerate import PartialState
 
     import posttrain.stages  # noqa: F401
@@ -95,16 +135,25 @@ def _worker(job_path: str) -> None:
 
     with open(job_path, "rb") as f:
         job = pickle.load(f)
-    state = PartialState()  # initialises the process group from the launcher's environment
-    if dist.is_available() and dist.is_initialized():
-        fingerprints = [None] * dist.get_world_size()
-        dist.all_gather_object(fingerprints, job["fingerprint"])
-        if len(set(fingerprints)) > 1:
-            raise LaunchError(f"ranks disagree on the stage fingerprint {sorted(set(fingerprints))}: "
-                              "every node must run the same recipe, overrides and data")
+    # First to create the process group, so the recipe's timeout holds (not NCCL's 10 minutes): the trainer's
+    # Accelerator and DeepSpeed find it initialised and reuse it.
+    state = PartialState(timeout=timedelta(minutes=job["timeout_minutes"]))
     metrics = STAGES[job["kind"]]().run(job["config"], job["ctx"])
     if state.is_main_process:
-        write_json(Path(job_path).parent / ".result.json", metrics or {})
+        write_json(Path(job_path).parent / ".result.json", {"metrics": metrics or {}, "distributed": _describe(state)})
+
+
+def _describe(state) -> dict:
+    """The process group the stage ran in, for the manifest."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return {"world_size": 1}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backend = dist.distributed_c10d._get_default_group()._get_backend(device)
+    return {"world_size": dist.get_world_size(), "backend": state.backend,
+            "timeout_s": backend.options._timeout.total_seconds()}
 
 
 if __name__ == "__main__":

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import yaml
 
+from posttrain import cluster
 from posttrain import store as st
-from posttrain.recipe import Recipe, StageSpec, resolved_stage_config
+from posttrain.recipe import Recipe, StageSpec, canonical_hash, resolved_stage_config
 from posttrain.stage import Context, output_path
 from posttrain.data import atomic_open, remove_stale_temp_files, write_json
-from posttrain.launch import run_launched
+from posttrain.launch import follow, run_launched
 
 
 class PlanError(Exception):
@@ -82,12 +83,28 @@ def _decide(run_store: st.RunStore, name: str, fp: str, forced: bool) -> tuple[s
     return "run", f"previous attempt {manifest.get('status')}"
 
 
+def run_fingerprint(recipe: Recipe, hashes: st.HashCache) -> str:
+    """What every node of a multi-node run must agree on: the resolved recipe (overrides included) and the
+    contents of its local input files."""
+    inputs = {str(p): hashes.tree(p) for spec in recipe.stages.values() for p in st.local_inputs(spec.raw)}
+    return canonical_hash({"recipe": recipe.hash, "inputs": inputs})
+
+
 def run(recipe: Recipe, run_dir: Path, only: str | None = None, start: str | None = None, force: bool = False,
         resume: str = "auto", echo=print) -> list[Step]:
+    nodes, rank = cluster.nodes_needed(recipe), cluster.node_rank()
+    cluster.check_environment(nodes)
+    if rank != 0:
+        _follow(recipe, run_dir, nodes, rank, echo)
+        return []
     run_store = st.RunStore(run_dir)
     run_store.lock()
+    coordinator, error = None, "node 0 was interrupted"
     try:
         steps = plan(recipe, run_store, only, start, force)
+        if nodes > 1:  # before any work: every node must run the same recipe, overrides and data
+            fingerprint = run_fingerprint(recipe, run_store.hashes)
+            coordinator = cluster.Coordinator(nodes, fingerprint, cluster.store_timeout(recipe))
         remove_stale_temp_files(run_dir, recursive=False)
         write_json(run_dir / "run.json", {"recipe": recipe.name, "recipe_path": str(recipe.path),
                                           "recipe_hash": recipe.hash, "stages": list(recipe.stages)})
@@ -98,13 +115,32 @@ def run(recipe: Recipe, run_dir: Path, only: str | None = None, start: str | Non
                 echo(f"[{step.name}] cached ({step.fingerprint})")
                 continue
             echo(f"[{step.name}] {step.action}: {step.reason}")
-            _execute(recipe.stages[step.name], step, run_store, resume, echo)
+            error = f"stage '{step.name}' failed"
+            _execute(recipe.stages[step.name], step, run_store, resume, echo, coordinator)
+        error = None
         return steps
     finally:
+        if coordinator is not None:
+            coordinator.finish(error)
         run_store.unlock()
 
 
-def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, echo) -> None:
+def _follow(recipe: Recipe, run_dir: Path, nodes: int, rank: int, echo) -> None:
+    """A non-zero node: no lock, no plan, no writes in the run folder; it joins node 0's launched stages."""
+    if rank >= nodes:
+        echo(f"node {rank}: the recipe uses at most {nodes} machines; nothing to do on this one")
+        return
+    # Read-only: the hash cache is node 0's to write.
+    fingerprint = run_fingerprint(recipe, st.HashCache(Path(run_dir) / ".hashes.json"))
+    follower = cluster.Follower(rank, fingerprint, cluster.store_timeout(recipe))
+    try:
+        follow(follower, rank, echo)
+    except Exception as e:
+        raise StageFailed(f"node {rank}: {e}") from None
+    echo(f"node {rank}: node 0 finished the run")
+
+
+def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, echo, coordinator=None) -> None:
     stage_dir = run_store.stage_dir(spec.name)
     previous = run_store.manifest(spec.name)
     if step.action == "run" and stage_dir.exists() and (previous is None or previous.get("fingerprint") != step.fingerprint
@@ -129,7 +165,7 @@ def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, e
     try:
         launcher = getattr(spec.config, "launcher", None)
         if launcher is not None and launcher.type != "none":
-            metrics = run_launched(spec.stage, spec.config, ctx, step.fingerprint)
+            metrics, manifest["distributed"] = run_launched(spec.stage, spec.config, ctx, step.fingerprint, coordinator)
         else:
             metrics = spec.stage.run(spec.config, ctx) or {}
         missing = [o for o in outputs if not output_path(stage_dir, o, outputs[o]).exists()]

@@ -1,5 +1,6 @@
 """The run store: one folder per stage holding its artifacts, config.resolved.yaml and manifest.json
 (written atomically and last), content hashes, fingerprints and the run lock."""
+import errno
 import fcntl
 import hashlib
 import json
@@ -129,10 +130,7 @@ class RunStore:
             return None
 
     def write_manifest(self, name: str, manifest: dict) -> None:
-        from posttrain.launch import node_rank
-
-        if node_rank() == 0:  # multi-node: one writer, the rest only train
-            write_json(self.stage_dir(name) / "manifest.json", manifest)
+        write_json(self.stage_dir(name) / "manifest.json", manifest)
 
     def artifact_paths(self, manifest: dict) -> dict[str, str]:
         """A manifest's artifacts (stored relative to the run folder) as usable paths."""
@@ -153,20 +151,22 @@ class RunStore:
     def lock(self) -> None:
         """One `posttrain run` per run folder. A POSIX record lock is released by the kernel when its process
         dies, so a lock left by a killed run never blocks the next one; unlike flock, it is not shared with
-        forked children (reward workers), which may outlive a killed parent for a moment."""
-        from posttrain.launch import node_rank
-
+        forked children (reward workers), which may outlive a killed parent for a moment. Only node 0 of a
+        multi-node run locks: the other nodes never write here."""
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if node_rank() != 0:  # the other nodes of a multi-node run join node 0's run
-                return
             f = open(self.run_dir / ".lock", "a+")
         except OSError as e:
             raise DataError(f"{self.run_dir}: cannot write to the run folder ({e.strerror}); "
                             "make it writable or choose another --out") from None
         try:
             fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
+            if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                f.close()
+                raise DataError(f"{self.run_dir}: this filesystem does not support POSIX locks (lockf: {e.strerror}), "
+                                "so two runs could write the same folder at once; put --out on a filesystem with "
+                                "locking (Lustre: mount with -o flock; NFS: run lockd) or a local disk") from None
             f.seek(0)
             holder = f.read().strip() or "another process"
             f.close()

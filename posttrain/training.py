@@ -85,9 +85,13 @@ class Launcher:
     num_processes: int = field(default=1, metadata={"ge": 1})
     num_machines: int = field(default=1, metadata={"ge": 1})
     deepspeed: str | None = field(default=None, metadata={"help": "zero2, zero3, or a DeepSpeed JSON path"})
+    timeout_minutes: int = field(default=60, metadata={
+        "ge": 1, "help": "process-group timeout: how long a rank waits for the others (e.g. while rank 0 tokenises)"})
 
 
 def check_launcher(launcher: Launcher) -> list[tuple[str, str]]:
+    if launcher.type == "none" and launcher.num_processes * launcher.num_machines > 1:
+        return [("launcher.type", "several processes or machines need a launcher: set it to accelerate or torchrun")]
     if launcher.deepspeed and launcher.type == "none":
         return [("launcher.deepspeed", "DeepSpeed runs under a launcher: set launcher.type to accelerate or torchrun")]
     if launcher.deepspeed and launcher.deepspeed not in ("zero2", "zero3") and not Path(launcher.deepspeed).exists():

@@ -117,7 +117,8 @@ class SFT(Stage):
         trainer = _trainer(cfg, ctx, tokenizer, HFDataset.from_list(rows))
         merge_into = ctx.path(cfg.model) if cfg.lora and cfg.lora.merge else None
         metrics = train_and_save(trainer, tokenizer, ctx, merge_into=merge_into)
-        write_json(ctx.out_dir / "mixture.json", mixture)
+        if trainer.is_world_process_zero():  # one writer per run folder, however many ranks and nodes
+            write_json(ctx.out_dir / "mixture.json", mixture)
         return {**metrics, "rows": len(rows), "truncated": truncated, "loss_reduction": cfg.loss_reduction,
                 "skipped_rows": mixture["skipped_rows"]}
 

@@ -1,5 +1,6 @@
 """A training stage launched under accelerate with DeepSpeed ZeRO-2 (one CPU process here) trains the
-same as in-process and is recorded by the parent, which writes the manifest."""
+same as in-process and is recorded by the parent, which writes the manifest. The user's saved accelerate
+defaults and ACCELERATE_* variables (FSDP, fp16, dynamo) must not change what the recipe says."""
 import json
 
 from conftest import MINI_RECIPE
@@ -7,16 +8,32 @@ from posttrain.recipe import load
 from posttrain.runner import run
 
 LAUNCHED = "    launcher: {type: accelerate, num_processes: 1, deepspeed: zero2}\n"
+HOSTILE_DEFAULTS = """compute_environment: LOCAL_MACHINE
+distributed_type: FSDP
+mixed_precision: fp16
+num_processes: 2
+gpu_ids: '0'
+dynamo_config: {dynamo_backend: INDUCTOR}
+fsdp_config: {fsdp_version: 2, fsdp_sharding_strategy: FULL_SHARD}
+"""
 
 
-def test_deepspeed_zero2_under_accelerate_matches_in_process(tmp_path, sft_file):
+def test_deepspeed_zero2_under_accelerate_matches_in_process(tmp_path, sft_file, monkeypatch):
     recipe = MINI_RECIPE.replace("SFT_DATA", str(sft_file))
     plain, launched = tmp_path / "plain.yaml", tmp_path / "launched.yaml"
     plain.write_text(recipe)
     launched.write_text(recipe + LAUNCHED)  # the sft stage is last in MINI_RECIPE
     run(load(plain), tmp_path / "a", echo=lambda m: None)
+    # What a user's `accelerate config` leaves behind, and what a shell may export.
+    (tmp_path / "hf" / "accelerate").mkdir(parents=True)
+    (tmp_path / "hf" / "accelerate" / "default_config.yaml").write_text(HOSTILE_DEFAULTS)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     run(load(launched), tmp_path / "b", echo=lambda m: None)
     a, b = (json.loads((tmp_path / d / "sft" / "manifest.json").read_text()) for d in ("a", "b"))
     assert b["status"] == "complete" and (tmp_path / "b" / b["artifacts"]["model"] / "model.safetensors").exists()
+    # The process group gets the launcher's default timeout (60 minutes), not gloo's 30 or NCCL's 10.
+    assert b["distributed"] == {"world_size": 1, "backend": "gloo", "timeout_s": 3600.0}
     assert b["metrics"]["global_step"] == a["metrics"]["global_step"] == 12
     assert abs(b["metrics"]["final_loss"] - a["metrics"]["final_loss"]) < 1e-3, (a["metrics"], b["metrics"])
