@@ -40,7 +40,7 @@ def twenty_stages(sft_file: Path) -> str:
     lines = ["name: twenty", "stages:", "  data: {kind: tinyworld}",
              "  s1: {kind: pretrain, model: 'builtin:tiny', data: '${stages.data.output.pretrain}'}"]
     for i in range(2, 20):
-        lines.append(f"  s{i}: {{kind: sft, model: '${{stages.s{i - 1}.output.model}}', data: {sft_file}}}")
+        lines.append(f"  s{i}: {{kind: sft, model: '${{stages.s{i - 1}.output.model}}', data: {sft_file}, max_length: 160}}")
     return "\n".join(lines) + "\n"
 
 

@@ -34,6 +34,23 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    """Every stage's resolved config, each value with where it came from: recipe, override or default."""
+    from posttrain.config_view import config_sources
+    from posttrain.recipe import RecipeError
+
+    recipe = _load(args)
+    if args.stage and args.stage not in recipe.stages:
+        raise RecipeError([f"{args.recipe}: --stage {args.stage}: no such stage; stages: {', '.join(recipe.stages)}"])
+    for name, spec in recipe.stages.items():
+        if args.stage in (None, name):
+            print(f"{name} ({spec.kind})")
+            rows = [(key, json.dumps(value, default=str), source) for key, value, source in config_sources(spec, args.overrides)]
+            width = max(len(k) for k, _, _ in rows)
+            print("\n".join(f"  {k:<{width}}  {v}  [{source}]" for k, v, source in rows) + "\n")
+    return 0
+
+
 def cmd_plan(args) -> int:
     from rich.table import Table
 
@@ -185,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         return c
 
     recipe_cmd("validate", cmd_validate, "validate a recipe fully, without heavy work")
+    c = recipe_cmd("config", cmd_config, "every stage's resolved config, each value marked recipe, override or default")
+    c.add_argument("--stage", help="show just this stage")
     for name, fn, help in (("run", cmd_run, "run a recipe"), ("plan", cmd_plan, "show what `run` would do")):
         c = recipe_cmd(name, fn, help)
         c.add_argument("--only", help="run just this stage (its upstream must have finished)")

@@ -3,9 +3,11 @@ with on_bad_rows="skip", is counted so the count can go in the manifest."""
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import os
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from contextlib import contextmanager
@@ -87,6 +89,14 @@ def located_rows(path: str | Path, on_bad_rows: str = "error", stats: ReadStats 
         raise DataError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: the file is empty")
+    try:
+        yield from _iter_local(path, stats, on_bad_rows)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:  # a truncated or corrupt .gz: no line to point at
+        raise DataError(f"{path}: the compressed data is truncated or corrupt after {stats.rows} rows ({e}); "
+                        "re-download or re-compress the file") from None
+
+
+def _iter_local(path: Path, stats: ReadStats, on_bad_rows: str) -> Iterator[tuple[str, dict]]:
     name = path.name[:-3] if path.suffix == ".gz" else path.name
     if name.endswith(".jsonl"):
         yield from _iter_jsonl(path, stats, on_bad_rows)
@@ -107,14 +117,22 @@ def located_rows(path: str | Path, on_bad_rows: str = "error", stats: ReadStats 
             stats.rows += 1
             yield f"{path}[{i}]", row
     elif name.endswith(".parquet"):
-        import pyarrow.parquet as pq
+        yield from _iter_parquet(path, stats)
+    else:
+        raise DataError(f"{path}: unknown file type (use .jsonl, .json or .parquet, optionally .gz)")
 
+
+def _iter_parquet(path: Path, stats: ReadStats) -> Iterator[tuple[str, dict]]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
         for batch in pq.ParquetFile(path).iter_batches():
             for row in batch.to_pylist():
                 stats.rows += 1
                 yield f"{path}: row {stats.rows}", row
-    else:
-        raise DataError(f"{path}: unknown file type (use .jsonl, .json or .parquet, optionally .gz)")
+    except pyarrow.ArrowException as e:  # e.g. a text file named .parquet, or a truncated one
+        raise DataError(f"{path}: not a readable Parquet file ({str(e)[:200]})") from None
 
 
 def _iter_hub(spec: str, stats: ReadStats) -> Iterator[tuple[str, dict]]:
@@ -151,6 +169,7 @@ def atomic_open(path: str | Path) -> Iterator[IO[str]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
+        os.fchmod(fd, 0o666 & ~umask())  # mkstemp makes it 0600; the file should read like its neighbours
         with os.fdopen(fd, "w") as f:
             yield f
             f.flush()
@@ -159,6 +178,17 @@ def atomic_open(path: str | Path) -> Iterator[IO[str]]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def umask() -> int:
+    """The process umask, read without changing it where /proc allows (os.umask can only set it)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+        return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Umask:")), 8)
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return mask
 
 
 def remove_stale_temp_files(folder: Path, recursive: bool = True) -> None:
@@ -198,6 +228,21 @@ def convert_rows(path: str, convert: Callable[[dict, str], dict], on_bad_rows: s
         raise DataError(f"{path}: no usable rows" + (f" ({stats.skipped} skipped, e.g. {stats.skipped_examples[0]})"
                                                      if stats.skipped else ""))
     return out
+
+
+def first_rows_problem(path: str, convert: Callable[[dict, str], Any], rows: int = 20) -> str | None:
+    """Validation's cheap look at a local data file: read and convert its first rows. The first problem
+    (naming file:line), or None; other stages' outputs and hub ids are read only at run time."""
+    from posttrain.stage import is_ref
+
+    if is_ref(path) or str(path).startswith(("hf:", "builtin:")) or not Path(path).is_file():
+        return None
+    try:
+        for where, row in itertools.islice(located_rows(path), rows):
+            convert(row, where)
+    except DataError as e:
+        return str(e)
+    return None
 
 
 def as_chat(prompt: str | list[dict]) -> list[dict]:

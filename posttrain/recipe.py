@@ -15,6 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 import posttrain.stages  # noqa: F401  (registers the stage kinds)
 from posttrain import schema
 from posttrain.data import SHARED_DATA
+from posttrain.model_context import check_max_length
 from posttrain.stage import STAGES, Stage, is_ref, make_ref, parse_ref
 
 TOP_LEVEL_KEYS = {"name": "the recipe's name (the default run folder is runs/<name>)",
@@ -23,6 +24,15 @@ TOP_LEVEL_KEYS = {"name": "the recipe's name (the default run folder is runs/<na
                   "stages": "the named stages"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 MAX_RECIPE_VALUES = 100_000  # far beyond any real recipe; guards against YAML alias bombs
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML resolves YAML 1.1, where 1e-3 and 1.0e3 are strings; YAML 1.2 reads every such form as a number."""
+
+
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$"), list("-+.0123456789"))
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?0o[0-7]+$"), list("-+0"))
+
 
 def _shared_data(relative: str) -> str:
     return str(SHARED_DATA / relative)
@@ -101,8 +111,8 @@ def _parse(path: Path) -> tuple[Any, yaml.Node | None]:
     except (OSError, UnicodeDecodeError) as e:
         raise RecipeError([f"{path}: cannot read the recipe: {e}"]) from None
     try:
-        root = yaml.compose(text)
-        data = yaml.safe_load(text) if text.strip() else {}
+        root = yaml.compose(text, Loader=YamlLoader)
+        data = yaml.load(text, Loader=YamlLoader) if text.strip() else {}
         size, duplicates = _expanded_size(root), _duplicate_keys(root)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
@@ -224,6 +234,8 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
         for key, message in found:
             problems.add(key, message)
         specs[sname] = StageSpec(sname, kind, stage, config, raw, sorted(_refs(raw)))
+    for key, message in check_max_length(specs):
+        problems.add(key, message)
     order = _topological_order(specs, problems)
     if problems.items:
         raise RecipeError(problems.items)
@@ -238,7 +250,7 @@ def _apply_overrides(cfg: DictConfig, overrides, problems: "_Problems") -> None:
             problems.add("", f"override '{item}' is not key=value")
             continue
         try:
-            OmegaConf.update(cfg, key.strip(), yaml.safe_load(value) if value.strip() else "", merge=False)
+            OmegaConf.update(cfg, key.strip(), yaml.load(value, Loader=YamlLoader) if value.strip() else "", merge=False)
         except (OmegaConfBaseException, yaml.YAMLError) as e:
             problems.add(key.strip(), f"cannot apply override '{item}': {str(e).splitlines()[0]}")
 
@@ -272,7 +284,8 @@ def _resolve(cfg: DictConfig, problems: _Problems, kinds: dict[str, str]) -> dic
     """Resolve interpolations leaf by leaf, so every broken one is reported, not just the first."""
 
     def walk(node, path):
-        items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else enumerate(node)
+        # by index for lists: iterating a ListConfig resolves its items, and a broken one would raise here
+        items = node.items_ex(resolve=False) if isinstance(node, DictConfig) else ((i, None) for i in range(len(node)))
         out = {} if isinstance(node, DictConfig) else []
         for key, _ in list(items):
             p = f"{path}.{key}" if isinstance(node, DictConfig) and path else (str(key) if not path else f"{path}[{key}]")
@@ -338,3 +351,4 @@ def _topological_order(specs: dict[str, StageSpec], problems: _Problems) -> list
 def resolved_stage_config(spec: StageSpec) -> dict:
     """The validated config with defaults filled in, as plain data (saved next to every artifact)."""
     return json.loads(json.dumps(dataclasses.asdict(spec.config)))  # artifact str subclasses -> plain str
+

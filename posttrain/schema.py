@@ -4,6 +4,7 @@ Supported annotations: int, float, str, bool, Any, `X | None`, Literal[...], lis
 nested dataclasses, and the artifact types of posttrain.stage (Model, Dataset, Results, Report).
 Range limits come from field metadata: ge, gt, le, lt.
 """
+import copy
 import dataclasses
 import difflib
 import math
@@ -23,6 +24,7 @@ RefTypes = Callable[[str, str], "type | str"]
 DATASET_SCHEMES = ("hf:", "builtin:")
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 FLOAT_MAX = sys.float_info.max  # a bigger int would overflow float()
+NAME_MAX, PATH_MAX = 255, 4096  # Linux limits on one path component and a whole path, in bytes
 UNRESOLVED = object()  # a value whose interpolation failed: already reported, not checked again
 
 
@@ -37,8 +39,10 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
-def build(cls, data: Any, path: str, problems: list[Problem], ref_types: RefTypes) -> Any:
-    """Return an instance of dataclass `cls` from `data`, or None; every problem is appended."""
+def build(cls, data: Any, path: str, problems: list[Problem], ref_types: RefTypes, defaults: Any = None) -> Any:
+    """Return an instance of dataclass `cls` from `data`, or None; every problem is appended. `defaults`: the
+    instance whose values fill keys the recipe leaves out (a nested block's own default, e.g. DPO's
+    TrainArgs(learning_rate=5e-7)), so a key's default never depends on whether its siblings are set."""
     if not isinstance(data, dict):
         problems.append((path, f"expected a mapping of {cls.__name__} keys, got {type(data).__name__}"))
         return None
@@ -49,18 +53,37 @@ def build(cls, data: Any, path: str, problems: list[Problem], ref_types: RefType
             problems.append((_join(path, key), f"unknown key '{key}'{suggest(key, fields)}; valid keys: {', '.join(fields)}"))
     values, ok = {}, True
     for name, f in fields.items():
+        default = getattr(defaults, name) if defaults is not None else field_default(f)
         if name not in data:
-            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            if default is dataclasses.MISSING:
                 problems.append((_join(path, name), f"missing required key '{name}' ({_type_name(hints[name])})"))
                 ok = False
+            elif defaults is not None:
+                values[name] = copy.deepcopy(default)
             continue
         before = len(problems)
-        value = check_value(hints[name], data[name], _join(path, name), problems, ref_types)
+        if dataclasses.is_dataclass(default) and isinstance(data[name], dict):  # a nested block: its own defaults
+            value = build(type(default), data[name], _join(path, name), problems, ref_types, default)
+        else:
+            value = check_value(hints[name], data[name], _join(path, name), problems, ref_types)
         if len(problems) == before:
             _check_range(f, value, _join(path, name), problems)
+        if isinstance(value, Model) and value.startswith("builtin:") and not f.metadata.get("builtin"):
+            problems.append((_join(path, name), f"{value:.40} is built only by a pretrain stage; "
+                                                "use its output here: ${stages.NAME.output.model}"))
+        if value == [] and (default is dataclasses.MISSING or default) and not f.metadata.get("may_be_empty"):
+            # a required list, or one whose default has items: empty would fail at run time, or silently do nothing
+            problems.append((_join(path, name), "must not be empty" + (f" (default: {default!r:.80})" if default else "")))
         ok = ok and len(problems) == before
         values[name] = value
     return cls(**values) if ok else None
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """A field's default value (a fresh one from its factory), or MISSING for a required key."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 def _join(path: str, key) -> str:
@@ -160,31 +183,51 @@ def _check_artifact(tp, value, path: str, problems: list[Problem], ref_types: Re
         elif got is not tp:
             problems.append((path, f"stage '{stage}' output '{output}' is a {_type_name(got)}, but a {want} is needed here"))
         return tp(value)
-    if tp is Dataset and not value.startswith(DATASET_SCHEMES) and not Path(value).exists():
-        problems.append((path, f"data file not found: {value}"))
-    if tp is Model and value.startswith((".", "/")) and not Path(value).exists():
-        problems.append((path, f"model folder not found: {value}"))
+    if not value.strip():
+        problems.append((path, f"empty {want}: give a path, an id or ${{stages.NAME.output.KEY}}"))
+    elif problem := path_problem(value):
+        problems.append((path, problem))
+    elif tp is Dataset and not value.startswith(DATASET_SCHEMES) and not Path(value).exists():
+        problems.append((path, f"data file not found: {value:.200}"))
+    elif tp is Model and value.startswith((".", "/")) and not Path(value).exists():
+        problems.append((path, f"model folder not found: {value:.200}"))
     return tp(value)
 
 
-def describe(cls, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """(key, type, default, help) for every key of a Config dataclass, nested ones dotted."""
+def path_problem(value: str) -> str | None:
+    """A path no file system accepts, described without echoing it (it may be megabytes long)."""
+    longest = max(len(part.encode()) for part in Path(value).parts) if Path(value).parts else 0
+    if longest > NAME_MAX:
+        return f"a path component is {longest:,} bytes long; file systems allow at most {NAME_MAX}"
+    if len(value.encode()) > PATH_MAX:
+        return f"the path is {len(value.encode()):,} bytes long; at most {PATH_MAX} are allowed"
+    return None
+
+
+def leaves(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, value) for every setting of a built Config: nested dataclasses (and lists of them) are
+    walked, anything else (a number, a list of names, a free-form mapping) is one value."""
+    if dataclasses.is_dataclass(value):
+        return [leaf for f in dataclasses.fields(value) for leaf in leaves(getattr(value, f.name), _join(prefix, f.name))]
+    if isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
+        return [leaf for i, v in enumerate(value) for leaf in leaves(v, f"{prefix}[{i}]")]
+    return [(prefix, value)]
+
+
+def describe(cls, prefix: str = "", defaults: Any = None) -> list[tuple[str, str, str, str]]:
+    """(key, type, default, help) for every key of a Config dataclass, nested ones dotted. `defaults`: as in build."""
     hints = typing.get_type_hints(cls)
     rows = []
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         key = f"{prefix}{f.name}"
-        if f.default is not dataclasses.MISSING:
-            default = repr(f.default)
-        elif f.default_factory is not dataclasses.MISSING:
-            value = f.default_factory()
-            default = "" if dataclasses.is_dataclass(value) else repr(value)
-        else:
-            default = "required"
+        value = getattr(defaults, f.name) if defaults is not None else field_default(f)
+        default = "required" if value is dataclasses.MISSING else "" if dataclasses.is_dataclass(value) else repr(value)
         nested = _nested_dataclass(tp)
         if nested is not None:
             rows.append((key, _annotation(tp), default if default == "required" else "", f.metadata.get("help", "")))
-            rows += describe(nested, key + ("[]." if typing.get_origin(tp) is list else "."))
+            rows += describe(nested, key + ("[]." if typing.get_origin(tp) is list else "."),
+                             value if dataclasses.is_dataclass(value) else None)
             continue
         limits = " ".join(f"{k} {f.metadata[k]}" for k in ("ge", "gt", "le", "lt") if k in f.metadata)
         help_text = f.metadata.get("help", "") + (f" ({limits})" if limits else "")

@@ -99,29 +99,51 @@ def check_launcher(launcher: Launcher) -> list[tuple[str, str]]:
     return []
 
 
-def check_trl_args(config_name: str, train: TrainArgs, reserved: set[str]) -> list[tuple[str, str]]:
-    """Problems with `train.trl_args`, checked against the fields of TRL's `config_name` (e.g. "SFTConfig")."""
+def check_trl_args(config_name: str, train: TrainArgs, stage_args: dict[str, Any]) -> list[tuple[str, str]]:
+    """Problems with the `train` block: scheduler and optimizer names as transformers knows them, and
+    `train.trl_args` against the fields of TRL's `config_name` (e.g. "SFTConfig") and the arguments set
+    elsewhere: by trl_config itself, by a TrainArgs key, or by the stage (`stage_args`, the dict it passes)."""
+    problems = _check_names(train)
     if not train.trl_args:
-        return []  # TRL is imported only when there is something to check: validation stays fast
+        return problems  # TRL is imported only when there is something to check: validation stays fast
     import trl
 
     from posttrain.schema import suggest
 
     config_cls = getattr(trl, config_name)
     names = {f.name for f in dataclasses.fields(config_cls)}
-    problems = []
+    reserved = set_by_posttrain() | set(stage_args) | {f.name for f in dataclasses.fields(TrainArgs)}
     for key in train.trl_args:
         if key not in names:
             problems.append((f"train.trl_args.{key}", f"not an argument of TRL's {config_cls.__name__}{suggest(key, names)}"))
-        elif key in reserved or key in {f.name for f in dataclasses.fields(TrainArgs)}:
+        elif key in reserved:
             problems.append((f"train.trl_args.{key}", "set by posttrain or by a recipe key of its own; set that key instead"))
     return problems
 
 
-# Arguments posttrain itself sets; recipes may not override them through trl_args.
-RESERVED = {"output_dir", "report_to", "deepspeed", "save_strategy", "bf16", "fp16", "use_cpu", "overwrite_output_dir",
-            "logging_strategy", "data_seed", "full_determinism", "warmup_steps", "logging_first_step",
-            "activation_checkpointing"}
+def set_by_posttrain() -> set[str]:
+    """The TRL arguments trl_config sets itself, read off the code by calling it with a recording config class."""
+    from types import SimpleNamespace
+
+    return set(trl_config(lambda **kwargs: kwargs, TrainArgs(), SimpleNamespace(checkpoints_dir=Path(".")), Launcher()))
+
+
+def _check_names(train: TrainArgs) -> list[tuple[str, str]]:
+    """lr_scheduler_type and optim against transformers' own lists; imported only for a non-default name."""
+    from posttrain.schema import suggest
+
+    defaults, problems = TrainArgs(), []
+    for key, where in (("lr_scheduler_type", "trainer_utils.SchedulerType"), ("optim", "training_args.OptimizerNames")):
+        value = getattr(train, key)
+        if value == getattr(defaults, key):
+            continue
+        import importlib
+
+        module, enum = where.rsplit(".", 1)
+        known = [e.value for e in getattr(importlib.import_module(f"transformers.{module}"), enum)]
+        if value not in known:
+            problems.append((f"train.{key}", f"unknown {key} {value!r:.80}{suggest(value, known)}; known: {', '.join(known)}"))
+    return problems
 
 
 def trl_config(config_cls, train: TrainArgs, ctx: Context, launcher: "Launcher | None" = None, **stage_args):

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from posttrain import hf
-from posttrain.data import DataError, ReadStats, as_chat, convert_rows
+from posttrain.data import DataError, ReadStats, as_chat, convert_rows, first_rows_problem
 from posttrain.stage import Context, Dataset, Model, Stage, register
 from posttrain.training import (Launcher, Lora, TrainArgs, check_launcher, check_lora, check_trl_args, load_trainable,
                                 peft_config, train_and_save, trl_config)
@@ -76,6 +76,12 @@ def to_preference(row: dict, where: str) -> dict:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
+def _dpo_args(cfg: DPOStageConfig) -> dict:
+    """The DPOConfig arguments this stage sets from its own keys (so train.trl_args may not)."""
+    return dict(loss_type=cfg.loss_type, loss_weights=cfg.loss_weights, beta=cfg.beta, label_smoothing=cfg.label_smoothing,
+                max_length=cfg.max_length, precompute_ref_log_probs=cfg.precompute_ref_log_probs)
+
+
 @register
 class DPO(Stage):
     kind = "dpo"
@@ -84,8 +90,10 @@ class DPO(Stage):
     description = "preference optimisation (TRL DPOTrainer, every loss type)"
 
     def check(self, cfg: DPOStageConfig) -> list[tuple[str, str]]:
-        problems = check_launcher(cfg.launcher) + check_lora(cfg.lora) + check_trl_args("DPOConfig", cfg.train, {"loss_type", "loss_weights", "beta", "label_smoothing",
-                                                         "precompute_ref_log_probs", "max_length"})
+        problems = check_launcher(cfg.launcher) + check_lora(cfg.lora) + check_trl_args("DPOConfig", cfg.train, _dpo_args(cfg))
+        bad = cfg.on_bad_rows == "error" and first_rows_problem(cfg.data, to_preference)
+        if bad:
+            problems.append(("data", bad))
         if cfg.loss_weights is not None and len(cfg.loss_weights) != len(cfg.loss_type):
             problems.append(("loss_weights", f"{len(cfg.loss_weights)} weights for {len(cfg.loss_type)} loss types"))
         if "exo_pair" in cfg.loss_type and cfg.label_smoothing <= 0:
@@ -109,9 +117,7 @@ class DPO(Stage):
 
         model_path = ctx.path(cfg.model)
         tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
-        args = trl_config(DPOConfig, cfg.train, ctx, cfg.launcher, loss_type=cfg.loss_type, loss_weights=cfg.loss_weights,
-                          beta=cfg.beta, label_smoothing=cfg.label_smoothing, max_length=cfg.max_length,
-                          precompute_ref_log_probs=cfg.precompute_ref_log_probs)
+        args = trl_config(DPOConfig, cfg.train, ctx, cfg.launcher, **_dpo_args(cfg))
         model = load_trainable(model_path, tokenizer, cfg.train, cfg.launcher, cfg.lora.quantize if cfg.lora else "none")
         # With LoRA, TRL's reference is the model with adapters disabled: the same saved checkpoint. Otherwise it
         # is loaded like the policy (same dtype), so at step 0 both give the same log-probs.

@@ -13,12 +13,17 @@ BUILTIN = "builtin:tiny"
 
 @dataclass
 class PretrainConfig:
-    model: Model = field(metadata={"help": "builtin:tiny, or an HF model to continue pretraining"})
+    model: Model = field(metadata={"help": "builtin:tiny, or an HF model to continue pretraining", "builtin": True})
     data: Dataset = field(metadata={"help": "rows with a `text` field"})
     architecture: dict[str, Any] = field(default_factory=dict, metadata={"help": "LlamaConfig overrides for builtin:tiny"})
     max_length: int = field(default=256, metadata={"ge": 8})
     packing: bool = True
     train: TrainArgs = field(default_factory=TrainArgs)
+
+
+def _sft_args(cfg: PretrainConfig) -> dict:
+    """The SFTConfig arguments this stage sets from its own keys (so train.trl_args may not)."""
+    return dict(max_length=cfg.max_length, packing=cfg.packing, dataset_text_field="text")
 
 
 @register
@@ -29,7 +34,7 @@ class Pretrain(Stage):
     description = "causal-LM training on raw text (builds the built-in tiny base model)"
 
     def check(self, cfg: PretrainConfig) -> list[tuple[str, str]]:
-        problems = check_trl_args("SFTConfig", cfg.train, {"max_length", "packing", "dataset_text_field"})
+        problems = check_trl_args("SFTConfig", cfg.train, _sft_args(cfg))
         if cfg.architecture and cfg.model != BUILTIN:
             problems.append(("architecture", f"only applies to {BUILTIN}; a pretrained model keeps its own"))
         return problems
@@ -45,8 +50,7 @@ class Pretrain(Stage):
             tokenizer = hf.load_tokenizer(ctx.path(cfg.model))
             model = hf.load_model(ctx.path(cfg.model))
         rows = [{"text": r["text"]} for r in read_rows(ctx.path(cfg.data))]
-        args = trl_config(SFTConfig, cfg.train, ctx, max_length=cfg.max_length, packing=cfg.packing,
-                          dataset_text_field="text")
+        args = trl_config(SFTConfig, cfg.train, ctx, **_sft_args(cfg))
         trainer = SFTTrainer(model=model, args=args, train_dataset=HFDataset.from_list(rows), processing_class=tokenizer)
         metrics = train_and_save(trainer, tokenizer, ctx)
         return {**metrics, "parameters": sum(p.numel() for p in model.parameters())}

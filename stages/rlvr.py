@@ -17,10 +17,6 @@ from posttrain.stage import Context, Dataset, Model, Stage, register
 from posttrain.training import Launcher, TrainArgs, check_launcher, check_trl_args, load_trainable, train_and_save, trl_config
 
 ROUTE_BY_ROW = "verifier"
-# GRPOConfig arguments that come from this stage's own keys (not settable through train.trl_args).
-SET_BY_STAGE = {"loss_type", "beta", "num_generations", "temperature", "max_completion_length", "reward_weights",
-                "mask_truncated_completions", "steps_per_generation", "num_iterations", "epsilon", "scale_rewards",
-                "use_vllm", "vllm_mode", "vllm_server_host", "vllm_server_port", "vllm_gpu_memory_utilization"}
 
 
 @dataclass
@@ -107,6 +103,17 @@ def _steps_per_generation(cfg: RLVRConfig) -> int:
     return cfg.steps_per_generation or cfg.train.gradient_accumulation_steps
 
 
+def _grpo_args(cfg: RLVRConfig, reward_weights: list[float] | None) -> dict:
+    """The GRPOConfig arguments this stage sets from its own keys (so train.trl_args may not)."""
+    vllm = {} if cfg.vllm.mode == "none" else {
+        "vllm_mode": cfg.vllm.mode, "vllm_server_host": cfg.vllm.server_host,
+        "vllm_server_port": cfg.vllm.server_port, "vllm_gpu_memory_utilization": cfg.vllm.gpu_memory_utilization}
+    return dict(loss_type=cfg.loss_type, beta=cfg.beta, num_generations=cfg.num_generations, temperature=cfg.temperature,
+                max_completion_length=cfg.max_completion_length, mask_truncated_completions=cfg.mask_truncated_completions,
+                steps_per_generation=_steps_per_generation(cfg), num_iterations=cfg.num_iterations, epsilon=cfg.epsilon,
+                scale_rewards=cfg.scale_rewards, reward_weights=reward_weights, use_vllm=cfg.vllm.mode != "none", **vllm)
+
+
 @register
 class RLVR(Stage):
     kind = "rlvr"
@@ -118,7 +125,7 @@ class RLVR(Stage):
         from posttrain.rewards import list_verifiers
         from posttrain.schema import suggest
 
-        problems = check_launcher(cfg.launcher) + check_trl_args("GRPOConfig", cfg.train, SET_BY_STAGE)
+        problems = check_launcher(cfg.launcher) + check_trl_args("GRPOConfig", cfg.train, _grpo_args(cfg, reward_weights=None))
         known = list_verifiers()
         for value, name in cfg.route_map.items():
             if name not in known:
@@ -154,15 +161,7 @@ class RLVR(Stage):
         tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
         tokenizer.padding_side = "left"
         funcs, weights = reward_functions(cfg, hf.end_of_turn_ids(tokenizer))
-        vllm = {} if cfg.vllm.mode == "none" else {
-            "use_vllm": True, "vllm_mode": cfg.vllm.mode, "vllm_server_host": cfg.vllm.server_host,
-            "vllm_server_port": cfg.vllm.server_port, "vllm_gpu_memory_utilization": cfg.vllm.gpu_memory_utilization}
-        args = trl_config(GRPOConfig, cfg.train, ctx, cfg.launcher, loss_type=cfg.loss_type, beta=cfg.beta,
-                          num_generations=cfg.num_generations, temperature=cfg.temperature,
-                          max_completion_length=cfg.max_completion_length,
-                          mask_truncated_completions=cfg.mask_truncated_completions,
-                          steps_per_generation=_steps_per_generation(cfg), num_iterations=cfg.num_iterations,
-                          epsilon=cfg.epsilon, scale_rewards=cfg.scale_rewards, reward_weights=weights, **vllm)
+        args = trl_config(GRPOConfig, cfg.train, ctx, cfg.launcher, **_grpo_args(cfg, weights))
         # Loaded after the TRL config on purpose: under ZeRO-3 it then loads partitioned (see load_trainable).
         model = load_trainable(model_path, tokenizer, cfg.train, cfg.launcher)
         trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,

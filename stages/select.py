@@ -124,7 +124,7 @@ class EvalFile:
 class DecontaminateOptions:
     ngram: int = field(default=13, metadata={"ge": 1})
     builtin: list[EvalSetName] = field(default_factory=lambda: list(BUILTIN_EVAL_SETS),
-                                       metadata={"help": "eval sets from ../shared/data"})
+                                       metadata={"help": "eval sets from ../shared/data", "may_be_empty": True})
     extra: list[EvalFile] = field(default_factory=list)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from posttrain import hf
-from posttrain.data import DataError, ReadStats, convert_rows, write_json
+from posttrain.data import DataError, ReadStats, convert_rows, first_rows_problem, write_json
 from posttrain.stage import Context, Dataset, Model, Stage, register
 from posttrain.training import (Launcher, Lora, TrainArgs, check_launcher, check_lora, check_trl_args, load_trainable,
                                 peft_config, train_and_save, trl_config)
@@ -100,10 +100,13 @@ class SFT(Stage):
     description = "supervised fine-tuning (TRL SFTTrainer)"
 
     def check(self, cfg: SFTStageConfig) -> list[tuple[str, str]]:
-        problems = check_launcher(cfg.launcher) + check_lora(cfg.lora) + check_trl_args("SFTConfig", cfg.train, {"max_length", "packing", "assistant_only_loss", "loss_type"})
+        problems = check_launcher(cfg.launcher) + check_lora(cfg.lora) + check_trl_args("SFTConfig", cfg.train, _sft_args(cfg))
         for i, src in enumerate(_sources(cfg)):
             if src.count is not None and src.fraction is not None:
                 problems.append((f"data[{i}]", "give either count or fraction, not both"))
+            bad = cfg.on_bad_rows == "error" and first_rows_problem(src.path, lambda r, w: to_messages(r, src.format, w))
+            if bad:
+                problems.append(("data" if isinstance(cfg.data, str) else f"data[{i}].path", bad))
         return problems
 
     def run(self, cfg: SFTStageConfig, ctx: Context) -> dict:
@@ -123,11 +126,17 @@ class SFT(Stage):
                 "skipped_rows": mixture["skipped_rows"]}
 
 
+def _sft_args(cfg: SFTStageConfig) -> dict:
+    """The SFTConfig arguments this stage sets from its own keys (so train.trl_args may not). loss_type: the
+    stage's loss_reduction replaces TRL's loss choice."""
+    return dict(max_length=cfg.max_length, packing=cfg.packing, assistant_only_loss=cfg.assistant_only_loss,
+                loss_type="nll")
+
+
 def _trainer(cfg: SFTStageConfig, ctx: Context, tokenizer, dataset):
     from trl import SFTConfig, SFTTrainer
 
-    args = trl_config(SFTConfig, cfg.train, ctx, cfg.launcher, max_length=cfg.max_length, packing=cfg.packing,
-                      assistant_only_loss=cfg.assistant_only_loss)
+    args = trl_config(SFTConfig, cfg.train, ctx, cfg.launcher, **_sft_args(cfg))
     model = load_trainable(ctx.path(cfg.model), tokenizer, cfg.train, cfg.launcher, cfg.lora.quantize if cfg.lora else "none")
     trainer_cls = _sum_loss_trainer(SFTTrainer) if cfg.loss_reduction == "sum" else SFTTrainer
     return trainer_cls(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,

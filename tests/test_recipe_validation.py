@@ -20,6 +20,7 @@ stages:
     kind: sft
     model: ${stages.base.output.model}
     data: DATA
+    max_length: 160
 """
 
 
