@@ -221,16 +221,36 @@ def resume_point(ctx: Context) -> Path | None:
     return found
 
 
-def metrics_to_run_store(ctx: Context):
-    """A callback that mirrors the trainer's logs into the stage's metrics.jsonl (the report's curves). On
-    resume, rows after the checkpoint are dropped first, so replayed steps are not logged twice."""
+def metrics_to_run_store(ctx: Context, trainer):
+    """A callback that mirrors the trainer's logs into the stage's metrics.jsonl (the report's curves) and
+    makes a resumed run log what an uninterrupted one does:
+    - every checkpoint step is also a logging step, so no logging interval straddles a checkpoint: the loss,
+      entropy, accuracy... averaged over an interval are then whole after a resume (the running sums of
+      a half-done interval are not in the checkpoint);
+    - the running totals behind `train_loss` and SFT/DPO's `num_tokens`, which the trainer keeps outside
+      its state, are saved in the checkpoint's trainer_state.json and restored;
+    - on resume, rows after the checkpoint are dropped first, so replayed steps are not logged twice."""
     from transformers import TrainerCallback  # here, not at the top: validation and cached runs skip it
+    from transformers.trainer_callback import ExportableState
 
-    class MetricsToRunStore(TrainerCallback):
+    class MetricsToRunStore(TrainerCallback, ExportableState):
+        def state(self) -> dict:
+            return {"args": {}, "attributes": {"total_loss": getattr(trainer, "_total_loss_scalar", 0.0),
+                                               "total_tokens": getattr(trainer, "_total_train_tokens", 0)}}
+
         def on_train_begin(self, args, state, control, **kwargs):
+            saved = state.stateful_callbacks.get(type(self).__name__, {}).get("attributes", {})
+            if state.global_step and "total_loss" in saved:
+                trainer._total_loss_scalar = saved["total_loss"]
+                trainer._total_train_tokens = saved["total_tokens"]
+            trainer._initial_global_step = 0  # train_loss: the mean over all steps, not those since the resume
             path = ctx.out_dir / "metrics.jsonl"
             if path.exists() and path.stat().st_size:  # a line torn by a kill is dropped with the replayed ones
                 write_rows(path, [r for r in read_rows(path, on_bad_rows="skip") if r.get("step", 0) <= state.global_step])
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if control.should_save:  # set by the trainer's flow callback, which runs before this one
+                control.should_log = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs:
@@ -253,7 +273,7 @@ def train_and_save(trainer, tokenizer, ctx: Context, merge_into: str | None = No
             trainer.state.log_history = state.get("log_history", [])
             trainer.state.global_step = state["global_step"]
             return _finish(trainer, tokenizer, ctx, merge_into)
-    trainer.add_callback(metrics_to_run_store(ctx))
+    trainer.add_callback(metrics_to_run_store(ctx, trainer))
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     return _finish(trainer, tokenizer, ctx, merge_into)
 

@@ -9,14 +9,23 @@ posttrain once in its main thread and, before every fork, proves it holds exactl
 server says so and the client falls back to a fresh interpreter per child (`python killserver.py once`).
 
 Protocol: one JSON request per line on stdin, {"site", "n", "stage", "recipe", "run_dir", "log"}; replies
-on stdout: {"pid"} when the child is forked, then {"code"} when it has ended; {"error"} instead of a fork."""
+on stdout: {"pid"} when the child is forked, then {"code"} when it has ended; {"error"} instead of a fork.
+KillServer below is the client, in the test process."""
 import json
 import os
+import select
 import signal
+import subprocess
 import sys
 import threading
+import time
 import traceback
+import warnings
 from pathlib import Path
+
+from children import fail_past_deadline, kill_group, run_with_deadline
+
+CHILD_DEADLINE_S = 240  # a child runs at most the chain (about 1 min here, loaded): one past this is hung
 
 # pyarrow's jemalloc starts a background thread at import; without it the server can stay single-threaded.
 os.environ["JE_ARROW_MALLOC_CONF"] = "background_thread:false"
@@ -155,6 +164,61 @@ def serve() -> None:
         except ProcessLookupError:
             pass
         reply({"code": os.waitstatus_to_exitcode(status)})
+
+
+# -- the client, in the test process ---------------------------------------------------------------------------
+class KillServer:
+    """The client of killserver.py, started on first use; a child past its deadline is killed with its
+    process group, the server with it, and the test fails with the child's log."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.proc, self.last_pid, self.forks, self.fallbacks = folder, None, None, 0, 0
+
+    def _reply(self, deadline: float) -> dict:
+        ready = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]
+        line = self.proc.stdout.readline() if ready else b""
+        if not ready or not line:
+            raise TimeoutError("no reply" if not ready else "the server died")
+        return json.loads(line)
+
+    def _start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=open(self.folder / "server.log", "w"),
+                                     bufsize=0, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            self._reply(time.monotonic() + CHILD_DEADLINE_S)
+        except TimeoutError:
+            self.stop()
+            fail_past_deadline("the kill server's start", CHILD_DEADLINE_S, (self.folder / "server.log").read_text())
+
+    def run(self, request: dict, timeout: float) -> int:
+        if self.proc is None:
+            self._start()
+        deadline = time.monotonic() + timeout
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        reply = self._reply(deadline)
+        if "error" in reply:  # not provably single-threaded: a fresh interpreter instead (seconds more per kill)
+            warnings.warn(f"kill server: {reply['error']}; falling back to a fresh interpreter per child")
+            self.fallbacks += 1
+            cmd = [sys.executable, __file__, "once", json.dumps(request)]
+            return run_with_deadline(cmd, timeout, log=Path(request["log"])).returncode
+        self.forks, self.last_pid = self.forks + 1, reply["pid"]
+        try:
+            return self._reply(deadline)["code"]
+        except BaseException as e:  # the deadline, or pytest-timeout interrupting the wait
+            kill_group(reply["pid"])
+            self.stop()
+            if isinstance(e, TimeoutError):
+                fail_past_deadline(f"the killed-run child {reply['pid']}", timeout, Path(request["log"]).read_text())
+            raise
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc.pid)
+            self.proc.wait()
+            self.proc.stdin.close()
+            self.proc.stdout.close()
+            self.proc = None
 
 
 if __name__ == "__main__":

@@ -28,21 +28,17 @@ with the child's log.
 import json
 import os
 import random
-import select
 import shutil
 import signal
-import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import pytest
 
-from children import alive, fail_past_deadline, kill_group, run_with_deadline
+from children import alive, run_with_deadline
 from conftest import write_mini_chain
-
-KILLSERVER = Path(__file__).with_name("killserver.py")
+from killserver import CHILD_DEADLINE_S, KillServer
 
 SITES = ["data", "between", "step", "checkpoint", "manifest", "timer"]  # the order they first occur along the chain
 STAGE_SITES = ["read", "step", "checkpoint", "manifest", "timer", "between"]
@@ -51,63 +47,6 @@ SETPRIV = shutil.which("setpriv")
 
 
 # -- the children: forked by the kill server (killserver.py), each under a deadline ---------------------------
-CHILD_DEADLINE_S = 240  # a child runs at most the chain (about 1 min here, loaded): one past this is hung
-
-
-class KillServer:
-    """The client of killserver.py, started on first use; a child past its deadline is killed with its
-    process group, the server with it, and the test fails with the child's log."""
-
-    def __init__(self, folder: Path):
-        self.folder, self.proc, self.last_pid, self.forks, self.fallbacks = folder, None, None, 0, 0
-
-    def _reply(self, deadline: float) -> dict:
-        ready = select.select([self.proc.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]
-        line = self.proc.stdout.readline() if ready else b""
-        if not ready or not line:
-            raise TimeoutError("no reply" if not ready else "the server died")
-        return json.loads(line)
-
-    def _start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(KILLSERVER), "serve"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=open(self.folder / "server.log", "w"),
-                                     bufsize=0, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-        try:
-            self._reply(time.monotonic() + CHILD_DEADLINE_S)
-        except TimeoutError:
-            self.stop()
-            fail_past_deadline("the kill server's start", CHILD_DEADLINE_S, (self.folder / "server.log").read_text())
-
-    def run(self, request: dict, timeout: float) -> int:
-        if self.proc is None:
-            self._start()
-        deadline = time.monotonic() + timeout
-        self.proc.stdin.write((json.dumps(request) + "\n").encode())
-        reply = self._reply(deadline)
-        if "error" in reply:  # not provably single-threaded: a fresh interpreter instead (seconds more per kill)
-            warnings.warn(f"kill server: {reply['error']}; falling back to a fresh interpreter per child")
-            self.fallbacks += 1
-            cmd = [sys.executable, KILLSERVER, "once", json.dumps(request)]
-            return run_with_deadline(cmd, timeout, log=Path(request["log"])).returncode
-        self.forks, self.last_pid = self.forks + 1, reply["pid"]
-        try:
-            return self._reply(deadline)["code"]
-        except BaseException as e:  # the deadline, or pytest-timeout interrupting the wait
-            kill_group(reply["pid"])
-            self.stop()
-            if isinstance(e, TimeoutError):
-                fail_past_deadline(f"the killed-run child {reply['pid']}", timeout, Path(request["log"]).read_text())
-            raise
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            kill_group(self.proc.pid)
-            self.proc.wait()
-            self.proc.stdin.close()
-            self.proc.stdout.close()
-            self.proc = None
-
-
 @pytest.fixture(scope="module")
 def killer(tmp_path_factory):
     server = KillServer(tmp_path_factory.mktemp("killserver"))
@@ -172,6 +111,12 @@ def check_after_kill(recipe, run_dir: Path) -> dict:
     return lost
 
 
+def _curves(stage_dir: Path) -> list[dict]:
+    """metrics.jsonl without the wall-clock figures, which differ between any two runs."""
+    rows = map(json.loads, (stage_dir / "metrics.jsonl").read_text().splitlines())
+    return [{k: v for k, v in r.items() if k != "time" and not k.endswith(("_time", "_runtime", "_per_second"))} for r in rows]
+
+
 def check_equal_to_uninterrupted(run_dir: Path, reference: Path, stages=TRAINING) -> None:
     from safetensors.torch import load_file
 
@@ -186,9 +131,10 @@ def check_equal_to_uninterrupted(run_dir: Path, reference: Path, stages=TRAINING
         assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a), f"{name}: weights differ"
         steps = _logged_steps(run_dir / name)
         assert steps == sorted(set(steps)) == _logged_steps(reference / name), f"{name}: steps replayed or missing"
-        losses = [[r["loss"] for r in map(json.loads, (d / name / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
-                  for d in (run_dir, reference)]
-        assert losses[0] == losses[1], f"{name}: training curve differs"
+        got_rows, want_rows = _curves(run_dir / name), _curves(reference / name)
+        assert len(got_rows) == len(want_rows), f"{name}: {len(got_rows)} metrics rows, uninterrupted {len(want_rows)}"
+        for got_row, want_row in zip(got_rows, want_rows):  # every value: loss, entropy, num_tokens, train_loss...
+            assert got_row == want_row, f"{name}: metrics differ from the uninterrupted run's"
 
 
 # -- fixtures -----------------------------------------------------------------------------------------------
@@ -199,6 +145,14 @@ def chain(tmp_path_factory):
     from posttrain.runner import run
 
     recipe = write_mini_chain(tmp_path_factory.mktemp("faults"))
+    # Checkpoints that are not logging steps (base: saves at 3, 6, logs every 2; DPO: saves every 2, logs
+    # every 3), so a resume must continue logging intervals cut by a checkpoint.
+    text = recipe.read_text()
+    for old, new in (("save_steps: 4, logging_steps: 2", "save_steps: 3, logging_steps: 2"),
+                     ("batch_size: 4, save_steps: 2, logging_steps: 1", "batch_size: 4, save_steps: 2, logging_steps: 3")):
+        assert text.count(old) == 1
+        text = text.replace(old, new)
+    recipe.write_text(text)
     reference = recipe.parent / "reference"
     run(load(recipe), reference, echo=lambda m: None)
     return recipe, load(recipe), reference
