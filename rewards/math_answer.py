@@ -78,17 +78,19 @@ def extract_final_answer(text: str) -> tuple[str | None, str]:
 
 
 _GOLD_CACHE: dict[str, list] = {}
+GOLD_PARSE_LIMIT_S = 60  # far beyond any load; the guard worker's hard limit comes first
 
 
 def parse_gold(gold: str) -> list:
     """The gold answer parsed by math-verify, cached only on success: a failure is raised each time, never
-    remembered. Gold is trusted data, so it is parsed without math-verify's wall-clock timeout (the worker's
+    remembered. Gold is trusted data, so math-verify's wall-clock timeout is set far out of reach (the worker's
     hard limit still bounds it), and its verdict does not depend on how busy the machine is. Newlines (as in
     `90\\text{ square\nunits}`) are spaces to LaTeX and become spaces here."""
     if gold not in _GOLD_CACHE:
         from math_verify import LatexExtractionConfig, parse
 
-        parsed = parse(f"${' '.join(gold.split())}$", extraction_config=[LatexExtractionConfig()], parsing_timeout=None)
+        parsed = parse(f"${' '.join(gold.split())}$", extraction_config=[LatexExtractionConfig()],
+                       parsing_timeout=GOLD_PARSE_LIMIT_S)
         if not parsed:
             raise RowError(f"ground truth {gold[:80]!r} could not be parsed by math-verify")
         if len(_GOLD_CACHE) > 4096:
