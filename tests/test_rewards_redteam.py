@@ -115,3 +115,12 @@ def test_mbpp_program_cannot_replace_a_builtin_the_asserts_use(verifier):
     assert verifier.verify_unguarded("def common(a, b):\n    return [x for x in a if x in b]\n", row).score == 1.0
     cheat = "def set(x):\n    return 0\ndef common(a, b):\n    return []\n"
     assert verifier.verify_unguarded(cheat, row).score == 0.0
+
+
+@pytest.mark.slow
+def test_the_rlimit_fallback_sandbox_also_scores_every_hack_zero(verifier, monkeypatch):
+    from posttrain.rewards import sandbox
+
+    monkeypatch.setattr(sandbox, "sandbox_kind", lambda: "rlimit")
+    assert {n: verifier.verify_unguarded(c, ROW).score for n, c in HACKS.items()} == {n: 0.0 for n in HACKS}
+    assert {n: verifier.verify_unguarded(c, ROW).score for n, c in HONEST.items()} == {n: 1.0 for n in HONEST}
