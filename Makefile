@@ -15,6 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+	@# the code verifier's sandbox (rewards/sandbox.py); without it a weaker rlimit-only fallback is used
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q bubblewrap >/dev/null; } || echo "note: bubblewrap missing; code rewards use the weaker rlimit sandbox"
 
 demo: setup
 	$(VENV)/bin/posttrain run recipes/tiny.yaml

@@ -12,7 +12,8 @@ Verifiers (see each module's docstring for the row fields it reads and its optio
 - `math`: last \\boxed{} / "final answer is" vs `ground_truth`/`answer`, by math-verify (math_answer.py)
 - `ifeval` (strict), `ifeval_loose`: the 25 IFEval instruction types; `ifeval_details`
   gives per-instruction results                                                          (ifeval.py)
-- `code`: HumanEval / MBPP tests run in a sandboxed process                       (code_exec.py, sandbox.py)
+- `code`: HumanEval / MBPP tests run here against the completion's functions, served from a
+  bubblewrap sandbox over a literal-only channel (why that is sound: code_exec.py) (remote.py, sandbox.py)
 - shaping terms `format`, `eos`, `length`                                                (shaping.py)
 
 Weighted combinations: `combine({"numeric": 1.0, "format": 0.2}, options={"format": {"require": "answer_is"}})`,

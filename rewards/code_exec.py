@@ -143,7 +143,8 @@ def run_tests(program: str, setup: str, trusted: dict, names: list[str], tests: 
         session = Session(proc, server_in, server_out, time.monotonic() + wall_s)
         try:
             session.send(encode((program, setup)))
-            session.answer()  # 'ready', or the program's own error raised here
+            if session.answer() != "ready":  # or the program's own error, raised here
+                raise session.fail("no ready signal")
             for name in names:
                 trusted[name] = session.request(("get", name))
             exec(compile(tests, "<tests>", "exec"), trusted)

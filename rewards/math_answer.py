@@ -1,6 +1,7 @@
 """The `math` verifier: the final answer of a competition-math solution, checked with math-verify.
 
-Row fields: `ground_truth`, else `answer` (MATH-500's LaTeX answer, e.g. "\\frac{14}{3}").
+Row fields: `ground_truth`, else `answer` (MATH-500's LaTeX answer, e.g. "\\frac{14}{3}"). The gold answer is
+parsed once per worker without a timeout and cached only on success (`parse_gold`).
 
 The completion's answer is the content of its last `\\boxed{...}` (braces balanced by a linear scan),
 or else what follows its last "final answer is". Equivalence (fractions, `\\frac` vs `/`, `\\dfrac`,
@@ -76,21 +77,34 @@ def extract_final_answer(text: str) -> tuple[str | None, str]:
     return (phrase, "final answer phrase") if phrase is not None else (None, "")
 
 
-@functools.lru_cache(maxsize=4096)
-def _parse_gold(gold: str, timeout_s: int) -> list:
-    from math_verify import LatexExtractionConfig, parse
+_GOLD_CACHE: dict[str, list] = {}
+GOLD_PARSE_LIMIT_S = 60  # far beyond any load; the guard worker's hard limit comes first
 
-    return parse(f"${gold}$", extraction_config=[LatexExtractionConfig()], parsing_timeout=timeout_s)
+
+def parse_gold(gold: str) -> list:
+    """The gold answer parsed by math-verify, cached only on success: a failure is raised each time, never
+    remembered. Gold is trusted data, so math-verify's wall-clock timeout is set far out of reach (the worker's
+    hard limit still bounds it), and its verdict does not depend on how busy the machine is. Newlines (as in
+    `90\\text{ square\nunits}`) are spaces to LaTeX and become spaces here."""
+    if gold not in _GOLD_CACHE:
+        from math_verify import LatexExtractionConfig, parse
+
+        parsed = parse(f"${' '.join(gold.split())}$", extraction_config=[LatexExtractionConfig()],
+                       parsing_timeout=GOLD_PARSE_LIMIT_S)
+        if not parsed:
+            raise RowError(f"ground truth {gold[:80]!r} could not be parsed by math-verify")
+        if len(_GOLD_CACHE) > 4096:
+            _GOLD_CACHE.clear()
+        _GOLD_CACHE[gold] = parsed
+    return _GOLD_CACHE[gold]
 
 
 def equivalent(gold: str, answer: str, parse_timeout_s: int = 1, compare_timeout_s: int = 2) -> tuple[bool, str]:
     """(equal?, reason) by math-verify; its parse errors and timeouts count as not equal."""
     from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
-    gold_parsed = _parse_gold(gold, parse_timeout_s)
-    if not gold_parsed:
-        raise RowError(f"ground truth {gold[:80]!r} could not be parsed by math-verify")
-    parsed = parse(f"${answer}$", extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],
+    gold_parsed = parse_gold(gold)
+    parsed = parse(f"${' '.join(answer.split())}$", extraction_config=[LatexExtractionConfig(), ExprExtractionConfig()],
                    parsing_timeout=parse_timeout_s)
     if not parsed:
         return False, f"answer {answer[:60]!r} could not be parsed (or parsing timed out)"

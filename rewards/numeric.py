@@ -12,8 +12,9 @@ Options:
   - "last_number": the last number anywhere in the text.
 - `rel_tol`, `abs_tol`: the numeric tolerance, |got - expected| <= max(rel_tol * |expected|, abs_tol).
 
-A number may carry thousands separators, a sign, a decimal part, a fraction bar ("3/4"), a currency
-sign, a percent sign or a trailing unit. Parsing is by regex and `fractions.Fraction`, never eval, and a
+A number may carry thousands separators ("1,000.5"), a sign ("-0.50"), a decimal part, a decimal exponent
+("1e3", "2.5E-3"; at most 3 exponent digits), a fraction bar ("3/4"), a currency sign, or a trailing unit.
+A percent sign is ignored: "50%" reads 50 (not 0.5), so write the ground truth the way the answer is asked. Parsing is by regex and `fractions.Fraction`, never eval, and a
 number with more than MAX_DIGITS digits is refused rather than converted.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ EXTRACT_MODES = ("answer_is", "hashes", "last_number")
 
 _NUMBER = re.compile(
     r"(?P<sign>[-+\u2212])?[$\u20ac\u00a3\u00a5\u20b9]?\s?(?P<sign2>[-+\u2212])?"
-    r"(?P<num>(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)"
+    r"(?P<num>(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d{1,3}(?!\d))?)"
     r"(?:\s?/\s?(?P<den>\d+(?:\.\d+)?))?"
 )
 _ANCHORS = {

@@ -170,4 +170,8 @@ class RLVR(Stage):
         rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
         if rewards:
             metrics.update(first_reward=rewards[0], final_reward=rewards[-1])
+        if any(t.name in ("code", ROUTE_BY_ROW) for t in cfg.rewards):  # say which sandbox ran the programs
+            from posttrain.rewards.sandbox import sandbox_kind
+
+            metrics["code_sandbox"] = sandbox_kind()
         return metrics
