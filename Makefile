@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 	@# the code verifier's sandbox (rewards/sandbox.py); without it a weaker rlimit-only fallback is used
-	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -q bubblewrap >/dev/null; } || echo "note: bubblewrap missing; code rewards use the weaker rlimit sandbox"
+	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get update -q >/dev/null; apt-get install -y -q bubblewrap >/dev/null; }; } || echo "note: bubblewrap missing; code rewards use the weaker rlimit sandbox"
 
 demo: setup
 	$(VENV)/bin/posttrain run recipes/tiny.yaml
