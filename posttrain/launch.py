@@ -144,16 +144,23 @@ def _worker(job_path: str) -> None:
 
 
 def _describe(state) -> dict:
-    """The process group the stage ran in, for the manifest."""
+    """The process group the stage ran in and what the trainer's Accelerator made of the launcher, for the
+    manifest (a saved accelerate default or an ACCELERATE_* variable would show here)."""
     import torch
     import torch.distributed as dist
+    from accelerate.state import AcceleratorState
 
-    if not (dist.is_available() and dist.is_initialized()):
-        return {"world_size": 1}
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    backend = dist.distributed_c10d._get_default_group()._get_backend(device)
-    return {"world_size": dist.get_world_size(), "backend": state.backend,
-            "timeout_s": backend.options._timeout.total_seconds()}
+    info = {"world_size": 1}
+    if dist.is_available() and dist.is_initialized():
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        backend = dist.distributed_c10d._get_default_group()._get_backend(device)
+        info = {"world_size": dist.get_world_size(), "backend": state.backend,
+                "timeout_s": backend.options._timeout.total_seconds()}
+    if AcceleratorState._shared_state:  # the trainer's Accelerator exists
+        accelerator = AcceleratorState()
+        info.update(distributed_type=accelerator.distributed_type.value, mixed_precision=accelerator.mixed_precision,
+                    dynamo=accelerator.dynamo_plugin.backend.value if accelerator.dynamo_plugin else "NO")
+    return info
 
 
 if __name__ == "__main__":

@@ -171,7 +171,8 @@ def test_two_nodes_one_writer_same_weights_as_one_node(tmp_path, reference):
     assert {n: m["status"] for n, m in manifests.items()} == dict.fromkeys(
         ["data", "base", "select", "sft", "eval", "report"], "complete")
     # One process group of two ranks, with the recipe's timeout (3 minutes), not gloo's or NCCL's default.
-    assert manifests["sft"]["distributed"] == {"world_size": 2, "backend": "gloo", "timeout_s": 180.0}
+    group = {k: manifests["sft"]["distributed"].get(k) for k in ("world_size", "backend", "timeout_s", "mixed_precision")}
+    assert group == {"world_size": 2, "backend": "gloo", "timeout_s": 180.0, "mixed_precision": "no"}
     records = [line.split("\t") for line in (tmp_path / "audit.log").read_text().splitlines()]
     node1 = [r for r in records if r[0] == "1"]
     # Node 1's only writes are its torch worker's own checkpoint files (its RNG state); its `posttrain run`

@@ -33,7 +33,9 @@ def test_deepspeed_zero2_under_accelerate_matches_in_process(tmp_path, sft_file,
     run(load(launched), tmp_path / "b", echo=lambda m: None)
     a, b = (json.loads((tmp_path / d / "sft" / "manifest.json").read_text()) for d in ("a", "b"))
     assert b["status"] == "complete" and (tmp_path / "b" / b["artifacts"]["model"] / "model.safetensors").exists()
-    # The process group gets the launcher's default timeout (60 minutes), not gloo's 30 or NCCL's 10.
-    assert b["distributed"] == {"world_size": 1, "backend": "gloo", "timeout_s": 3600.0}
+    # The process group gets the launcher's default timeout (60 minutes), not gloo's 30 or NCCL's 10; the
+    # trainer's Accelerator got DeepSpeed from the recipe and neither fp16 nor dynamo from the saved defaults.
+    assert b["distributed"] == {"world_size": 1, "backend": "gloo", "timeout_s": 3600.0, "distributed_type": "DEEPSPEED",
+                                "mixed_precision": "no", "dynamo": "NO"}, b["distributed"]
     assert b["metrics"]["global_step"] == a["metrics"]["global_step"] == 12
     assert abs(b["metrics"]["final_loss"] - a["metrics"]["final_loss"]) < 1e-3, (a["metrics"], b["metrics"])
