@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all bench
+.PHONY: setup demo test test-all bench test-min
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -31,3 +31,16 @@ test-all: setup
 
 bench: setup
 	bash bench/run_all.sh
+
+# The lowest versions pyproject.toml allows (its >= / == bounds) of the libraries the training path leans on,
+# in their own venv, through the mini chain, ZeRO-2/3 under accelerate and the precision test.
+MIN_VENV ?= .venv-min
+MIN_PKGS := transformers trl accelerate peft datasets deepspeed
+test-min:
+	python3 -m venv $(MIN_VENV)
+	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip
+	$(MIN_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(MIN_VENV)/bin/python -m pip install -q -e '.[dev]' $$($(MIN_VENV)/bin/python bench/lowest_versions.py $(MIN_PKGS))
+	$(MIN_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^($(shell echo $(MIN_PKGS) | tr ' ' '|')) '
+	$(MIN_VENV)/bin/python -m pytest -q -m "" tests/test_runs.py::test_manifest_records_what_the_issue_asks \
+		tests/test_launch.py tests/test_zero3.py tests/test_precision.py

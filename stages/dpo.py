@@ -53,6 +53,15 @@ def _split_last_assistant(msgs: list[dict], where: str) -> tuple[list[dict], lis
     return msgs[:last], msgs[last:]
 
 
+def _split_pair(chosen: list[dict], rejected: list[dict], where: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """Whole conversations -> (the shared conversation before the last assistant turn, chosen, rejected)."""
+    before, chosen = _split_last_assistant(chosen, where)
+    before_r, rejected = _split_last_assistant(rejected, where)
+    if before_r != before:
+        raise DataError(f"{where}: chosen and rejected have different conversations before the last assistant turn")
+    return before, chosen, rejected
+
+
 def to_preference(row: dict, where: str) -> dict:
     """Normalise a row to TRL's conversational prompt/chosen/rejected form."""
     chosen, rejected = row.get("chosen"), row.get("rejected")
@@ -64,10 +73,16 @@ def to_preference(row: dict, where: str) -> dict:
     if prompt is None:  # full conversations: the prompt is everything before the last assistant turn
         if not (isinstance(chosen, list) and isinstance(rejected, list)):
             raise DataError(f"{where}: without `prompt`, chosen/rejected must be conversations")
-        prompt, chosen = _split_last_assistant(chosen, where)
-        prompt_r, rejected = _split_last_assistant(rejected, where)
-        if prompt_r != prompt:
-            raise DataError(f"{where}: chosen and rejected have different conversations before the last assistant turn")
+        prompt, chosen, rejected = _split_pair(chosen, rejected, where)
+    elif isinstance(chosen, list) and isinstance(rejected, list) and any(m.get("role") != "assistant" for m in chosen):
+        # Tülu 3's preference mixture: a `prompt` string and chosen/rejected as whole conversations. Kept whole,
+        # each pair reads user -> user -> assistant and the user turn is trained as completion: the shared
+        # conversation, which must end with the prompt's turns, becomes the prompt.
+        before, chosen, rejected = _split_pair(chosen, rejected, where)
+        if before[-len(as_chat(prompt)):] != as_chat(prompt):
+            raise DataError(f"{where}: `prompt` is not the end of the conversation that chosen/rejected start with; "
+                            "give chosen/rejected as completions only, or drop `prompt`")
+        prompt = before
     prompt = as_chat(prompt)
     if isinstance(chosen, str):
         chosen = [{"role": "assistant", "content": chosen}]
