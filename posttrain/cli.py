@@ -12,6 +12,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+class UsageError(Exception):
+    """A bad command line: exit code 2, like a bad recipe."""
+
+
 def _console():
     from rich.console import Console
 
@@ -142,7 +146,7 @@ def cmd_inspect(args) -> int:
     spec = recipe.stages.get(args.stage)
     if spec is None or spec.kind != "sft":
         sfts = [n for n, s in recipe.stages.items() if s.kind == "sft"]
-        raise SystemExit(f"error: --stage must name an sft stage ({', '.join(sfts) or 'none in this recipe'})")
+        raise UsageError(f"--stage must name an sft stage ({', '.join(sfts) or 'none in this recipe'})")
     from posttrain.stage import Context
     from posttrain.store import RunStore
 
@@ -151,8 +155,12 @@ def cmd_inspect(args) -> int:
     manifests = {d: store.manifest(d) for d in spec.deps}
     unfinished = [d for d, m in manifests.items() if not m or m.get("status") != "complete"]
     if unfinished:
-        raise SystemExit(f"error: inspect needs {', '.join(unfinished)} to have finished: "
-                         f"posttrain run {args.recipe} --only {unfinished[0]}")
+        # every unfinished stage upstream of this one, in run order: `--only` needs its own upstream finished
+        upstream = [n for n in recipe.stages if n != args.stage and args.stage in recipe.downstream(n)]
+        todo = [n for n in upstream if (store.manifest(n) or {}).get("status") != "complete"]
+        extra = " ".join([*args.overrides, *([f"--out {args.out}"] if args.out else [])])
+        steps = " && ".join(f"posttrain run {args.recipe} {extra} --only {n}".replace("  ", " ") for n in todo)
+        raise UsageError(f"inspect needs {', '.join(unfinished)} to have finished; run: {steps}")
     artifacts = {d: store.artifact_paths(m) for d, m in manifests.items()}
     ctx = Context(args.stage, run_dir / args.stage, run_dir, {}, artifacts)
     print(inspect_example(spec.config, ctx, index=args.index))
@@ -183,9 +191,15 @@ def cmd_keys(args) -> int:
 
     unknown = [k for k in args.kinds if k not in STAGES]
     if unknown:
-        raise SystemExit(f"error: unknown stage kind(s) {', '.join(unknown)}; kinds: {', '.join(sorted(STAGES))}")
+        raise UsageError(f"unknown stage kind(s) {', '.join(unknown)}; kinds: {', '.join(sorted(STAGES))}")
     print(stage_reference(args.kinds))
     return 0
+
+
+def _non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a row number 0, 1, 2, ..., got {text!r:.40}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--resume", default="auto", help="off | on | auto | a checkpoint path (default auto)")
     c = recipe_cmd("inspect", cmd_inspect, "show one tokenized SFT example with its trained tokens marked")
     c.add_argument("--stage", default="sft")
-    c.add_argument("--index", type=int, default=0)
+    c.add_argument("--index", type=_non_negative, default=0)
     c = sub.add_parser("keys", help="every stage kind's recipe keys, types, defaults and meaning")
     c.add_argument("kinds", nargs="*")
     c.set_defaults(fn=cmd_keys)
@@ -247,7 +261,10 @@ def main(argv=None) -> int:
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     try:
         return args.fn(args)
-    except (RecipeError, PlanError, DataError, ClusterError) as e:
+    except BrokenPipeError:  # e.g. `posttrain keys | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the final flush cannot fail again
+        return 0
+    except (RecipeError, PlanError, DataError, UsageError, ClusterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except LockedError as e:

@@ -178,7 +178,7 @@ class _Problems:
             probe = probe.rsplit(".", 1)[0] if "." in probe else ""
         if probe:
             where += f":{self.lines[probe]}"
-        origin = next((f" (from override '{o}')" for k, o in self.overridden.items() if key.startswith(k)), "")
+        origin = next((f" (from override '{o:.80}')" for k, o in self.overridden.items() if key.startswith(k)), "")
         self.items.append(f"{where}: {key}: {message}{origin}" if key else f"{where}: {message}")
 
 
@@ -206,6 +206,8 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
     name = cfg.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         problems.add("name", "the recipe needs a 'name' made of letters, digits, '_', '-' and '.'")
+    elif len(name) > schema.NAME_MAX:  # it becomes the run folder's name
+        problems.add("name", f"the name is {len(name):,} characters; at most {schema.NAME_MAX} (it names the run folder)")
     stages_cfg = cfg.get("stages")
     if not isinstance(stages_cfg, DictConfig) or not stages_cfg:
         problems.add("stages", "the recipe needs a non-empty 'stages' mapping of stage name -> stage config")
@@ -260,8 +262,9 @@ def _inject_outputs(stages_cfg: DictConfig, problems: _Problems) -> dict[str, st
     kinds = {}
     for sname, scfg in stages_cfg.items():
         spath = f"stages.{sname}"
-        if not NAME_RE.match(str(sname)):
-            problems.add(spath, "stage names are letters, digits, '_', '-' and '.' (they become folder names)")
+        if not NAME_RE.match(str(sname)) or len(str(sname)) > schema.NAME_MAX:
+            problems.add(f"stages.{str(sname):.40}", f"stage names are at most {schema.NAME_MAX} letters, digits, '_', "
+                                                    "'-' and '.' (they become folder names)")
             continue
         if not isinstance(scfg, DictConfig):
             problems.add(spath, f"a stage is a mapping with a 'kind', got {type(scfg).__name__}")

@@ -161,6 +161,8 @@ def _sum_loss_trainer(SFTTrainer):
 def inspect_example(cfg: SFTStageConfig, ctx: Context, index: int = 0) -> str:
     """One example as the trainer sees it: trained tokens in [brackets], the rest plain."""
     rows, _ = mix(_sources(cfg), ctx, cfg.mix_seed, cfg.on_bad_rows)
+    if index >= len(rows):
+        raise DataError(f"--index {index}: the stage's mixture has {len(rows)} examples (0 to {len(rows) - 1})")
     tokenizer = hf.load_tokenizer(ctx.path(cfg.model), cfg.chat_template)
     enc = tokenizer.apply_chat_template(rows[index]["messages"], tokenize=True, return_dict=True,
                                         return_assistant_tokens_mask=True)
