@@ -125,7 +125,8 @@ def set_by_posttrain() -> set[str]:
     """The TRL arguments trl_config sets itself, read off the code by calling it with a recording config class."""
     from types import SimpleNamespace
 
-    return set(trl_config(lambda **kwargs: kwargs, TrainArgs(), SimpleNamespace(checkpoints_dir=Path(".")), Launcher()))
+    recorded = trl_config(lambda **kwargs: kwargs, TrainArgs(), SimpleNamespace(checkpoints_dir=Path(".")), Launcher())
+    return set(recorded) | CHECKPOINTING_NAMES  # which of the two is set depends on the transformers version
 
 
 def _check_names(train: TrainArgs) -> list[tuple[str, str]]:
@@ -162,10 +163,13 @@ def trl_config(config_cls, train: TrainArgs, ctx: Context, launcher: "Launcher |
     )
 
 
+CHECKPOINTING_NAMES = {"activation_checkpointing", "gradient_checkpointing"}
+
+
 def _checkpointing_name(config_cls) -> str:
     """transformers 5.23 renamed gradient_checkpointing (kept as a deprecated alias) to activation_checkpointing."""
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    fields = getattr(config_cls, "__dataclass_fields__", {})  # {} for set_by_posttrain's recorder
+    return "activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing"
 
 
 def resolved_precision(train: TrainArgs) -> str:
