@@ -235,8 +235,9 @@ def first_rows_problem(path: str, convert: Callable[[dict, str], Any], rows: int
     (naming file:line), or None; other stages' outputs and hub ids are read only at run time."""
     from posttrain.stage import is_ref
 
-    if is_ref(path) or str(path).startswith(("hf:", "builtin:")) or not Path(path).is_file():
-        return None
+    if not isinstance(path, (str, Path)) or is_ref(path) or str(path).startswith(("hf:", "builtin:")) \
+            or not Path(path).is_file():
+        return None  # a value of the wrong type is reported by the schema check, not here
     try:
         for where, row in itertools.islice(located_rows(path), rows):
             convert(row, where)

@@ -180,7 +180,7 @@ ESCAPES = ["../x", "..", "a/../../b", "/tmp/abs", "a/b", "./a", ".hidden", "a\\.
 @pytest.mark.parametrize("name", ESCAPES)
 def test_stage_and_recipe_names_cannot_escape(tmp_path, name):
     text = f"name: ok\nstages:\n  {json.dumps(name)}:\n    kind: tinyworld\n"
-    with pytest.raises(RecipeError, match="stage names are letters"):
+    with pytest.raises(RecipeError, match="stage names are at most 255 letters"):
         load(_recipe(tmp_path, text))
     with pytest.raises(RecipeError, match="needs a 'name'"):
         load(_recipe(tmp_path, f"name: {json.dumps(name)}\nstages:\n  a:\n    kind: tinyworld\n"))

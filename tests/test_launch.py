@@ -1,6 +1,7 @@
 """A training stage launched under accelerate with DeepSpeed ZeRO-2 (one CPU process here) trains the
 same as in-process and is recorded by the parent, which writes the manifest. The user's saved accelerate
 defaults and ACCELERATE_* variables (FSDP, fp16, dynamo) must not change what the recipe says."""
+import pytest
 import json
 
 from conftest import MINI_RECIPE
@@ -18,6 +19,7 @@ fsdp_config: {fsdp_version: 2, fsdp_sharding_strategy: FULL_SHARD}
 """
 
 
+@pytest.mark.slow  # 80 s: accelerate + DeepSpeed start-up; make test-all
 def test_deepspeed_zero2_under_accelerate_matches_in_process(tmp_path, sft_file, monkeypatch):
     recipe = MINI_RECIPE.replace("SFT_DATA", str(sft_file))
     plain, launched = tmp_path / "plain.yaml", tmp_path / "launched.yaml"
