@@ -1,8 +1,9 @@
 """A training stage launched under accelerate with DeepSpeed ZeRO-2 (one CPU process here) trains the
 same as in-process and is recorded by the parent, which writes the manifest. The user's saved accelerate
 defaults and ACCELERATE_* variables (FSDP, fp16, dynamo) must not change what the recipe says."""
-import pytest
 import json
+
+import pytest
 
 from conftest import MINI_RECIPE
 from posttrain.recipe import load
