@@ -185,7 +185,11 @@ class _Problems:
 def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Load, resolve and validate a recipe. Raises RecipeError listing every problem."""
     path = Path(path)
-    if not path.exists():
+    try:
+        found = path.is_file()
+    except OSError as e:  # e.g. a name too long for the filesystem: say so without echoing all of it
+        raise RecipeError([f"{str(path)[:80]}…: cannot be read as a recipe file ({e.strerror})"]) from None
+    if not found:
         raise RecipeError([f"{path}: no such recipe file"])
     data, root = _parse(path)
     problems = _Problems(path, _line_map(root), list(overrides))

@@ -4,6 +4,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Hypothesis draws the same examples on every run: a suite's verdict must not depend on the run. New cases are
+# found by raising max_examples locally, or with HYPOTHESIS_PROFILE=explore.
+settings.register_profile("deterministic", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 from children import Session, held_locks, kill_process, run_with_deadline
 

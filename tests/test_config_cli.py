@@ -110,3 +110,10 @@ def test_inspect_suggests_commands_that_work(files, capsys, monkeypatch):
     assert code == 0 and "example 0:" in out
     code, out = run_cli(capsys, ["inspect", files["good"], "--index", "5000"])
     assert code == 2 and "has 3 examples" in out and "Traceback" not in out
+
+
+def test_a_recipe_path_too_long_for_the_filesystem_exits_2_without_echoing_it(capsys):
+    """Found by the fuzz test on a random run: such a path raised OSError from os.stat."""
+    assert main(["config", "n" * 5000]) == 2
+    err = capsys.readouterr().err
+    assert "File name too long" in err and "n" * 200 not in err and "Traceback" not in err
