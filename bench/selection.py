@@ -98,7 +98,7 @@ def bench_grape(n_prompts: int) -> None:
     import torch
 
     from posttrain import tinyworld
-    from posttrain.selection.formats import candidate_examples
+    from posttrain.formats import candidate_examples
     from posttrain.selection.scoring import Formatter, mean_log_probs
 
     torch.manual_seed(0)

@@ -223,11 +223,10 @@ def describe(cls, prefix: str = "", defaults: Any = None) -> list[tuple[str, str
         key = f"{prefix}{f.name}"
         value = getattr(defaults, f.name) if defaults is not None else field_default(f)
         default = "required" if value is dataclasses.MISSING else "" if dataclasses.is_dataclass(value) else repr(value)
-        nested = _nested_dataclass(tp)
+        nested, in_list = _nested_dataclass(tp)
         if nested is not None:
             rows.append((key, _annotation(tp), default if default == "required" else "", f.metadata.get("help", "")))
-            rows += describe(nested, key + ("[]." if typing.get_origin(tp) is list else "."),
-                             value if dataclasses.is_dataclass(value) else None)
+            rows += describe(nested, key + ("[]." if in_list else "."), value if dataclasses.is_dataclass(value) else None)
             continue
         limits = " ".join(f"{k} {f.metadata[k]}" for k in ("ge", "gt", "le", "lt") if k in f.metadata)
         help_text = f.metadata.get("help", "") + (f" ({limits})" if limits else "")
@@ -235,12 +234,16 @@ def describe(cls, prefix: str = "", defaults: Any = None) -> list[tuple[str, str
     return rows
 
 
-def _nested_dataclass(tp):
-    """The dataclass inside `X`, `X | None` or `list[X]`, if any (its keys are documented too)."""
-    for candidate in (tp, *typing.get_args(tp)):
-        if dataclasses.is_dataclass(candidate):
-            return candidate
-    return None
+def _nested_dataclass(tp) -> tuple[type | None, bool]:
+    """The dataclass inside `X`, `X | None`, `list[X]` or `Y | list[X]`, if any (its keys are documented too),
+    and whether it is in a list."""
+    if dataclasses.is_dataclass(tp):
+        return tp, False
+    if typing.get_origin(tp) is list:
+        return (typing.get_args(tp)[0], True) if dataclasses.is_dataclass(typing.get_args(tp)[0]) else (None, False)
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return next((found for a in typing.get_args(tp) if (found := _nested_dataclass(a))[0]), (None, False))
+    return None, False
 
 
 def _annotation(tp) -> str:

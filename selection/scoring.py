@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from posttrain.data import DataError
-from posttrain.selection.formats import Example
+from posttrain.formats import Example
 
 PAPER_TEMPLATE = "Question: {instruction} \n Answer: {response}"  # GRAPE paper's plain format
 

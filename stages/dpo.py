@@ -7,19 +7,18 @@ is in memory. Reference log-probs are precomputed once and cached next to the st
 keyed by the reference weights and the data, so a resume reuses them and any change recomputes them.
 """
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from posttrain import hf
-from posttrain.data import DataError, ReadStats, as_chat, convert_rows, first_rows_problem
+from posttrain.data import ReadStats, convert_rows, first_rows_problem
+from posttrain.formats import clip_messages, content_budget, to_preference
 from posttrain.stage import Context, Dataset, Model, Stage, register
 from posttrain.training import (Launcher, Lora, TrainArgs, check_launcher, check_lora, check_trl_args, load_trainable,
                                 peft_config, train_and_save, trl_config)
 
 DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
-HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
 
 
 @dataclass
@@ -38,57 +37,6 @@ class DPOStageConfig:
     lora: Lora | None = field(default=None, metadata={"help": "train adapters; the reference is then the adapter-free model"})
     train: TrainArgs = field(default_factory=lambda: TrainArgs(learning_rate=5e-7))
     launcher: Launcher = field(default_factory=Launcher)
-
-
-def _hh_messages(transcript: str) -> list[dict]:
-    parts = HH_TURN.split("\n\n" + transcript.lstrip("\n"))  # ["", role, text, role, text, ...]
-    roles = {"Human": "user", "Assistant": "assistant"}
-    return [{"role": roles[parts[i]], "content": parts[i + 1].strip()} for i in range(1, len(parts) - 1, 2)]
-
-
-def _split_last_assistant(msgs: list[dict], where: str) -> tuple[list[dict], list[dict]]:
-    last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
-    if last is None or last == 0:
-        raise DataError(f"{where}: no assistant turn after a prompt to compare")
-    return msgs[:last], msgs[last:]
-
-
-def _split_pair(chosen: list[dict], rejected: list[dict], where: str) -> tuple[list[dict], list[dict], list[dict]]:
-    """Whole conversations -> (the shared conversation before the last assistant turn, chosen, rejected)."""
-    before, chosen = _split_last_assistant(chosen, where)
-    before_r, rejected = _split_last_assistant(rejected, where)
-    if before_r != before:
-        raise DataError(f"{where}: chosen and rejected have different conversations before the last assistant turn")
-    return before, chosen, rejected
-
-
-def to_preference(row: dict, where: str) -> dict:
-    """Normalise a row to TRL's conversational prompt/chosen/rejected form."""
-    chosen, rejected = row.get("chosen"), row.get("rejected")
-    if chosen is None or rejected is None:
-        raise DataError(f"{where}: a preference row needs `chosen` and `rejected`; it has: {', '.join(sorted(row)[:8])}")
-    if isinstance(chosen, str) and isinstance(rejected, str) and "prompt" not in row and HH_TURN.search("\n\n" + chosen.lstrip("\n")):
-        chosen, rejected = _hh_messages(chosen), _hh_messages(rejected)
-    prompt = row.get("prompt")
-    if prompt is None:  # full conversations: the prompt is everything before the last assistant turn
-        if not (isinstance(chosen, list) and isinstance(rejected, list)):
-            raise DataError(f"{where}: without `prompt`, chosen/rejected must be conversations")
-        prompt, chosen, rejected = _split_pair(chosen, rejected, where)
-    elif isinstance(chosen, list) and isinstance(rejected, list) and any(m.get("role") != "assistant" for m in chosen):
-        # Tülu 3's preference mixture: a `prompt` string and chosen/rejected as whole conversations. Kept whole,
-        # each pair reads user -> user -> assistant and the user turn is trained as completion: the shared
-        # conversation, which must end with the prompt's turns, becomes the prompt.
-        before, chosen, rejected = _split_pair(chosen, rejected, where)
-        if before[-len(as_chat(prompt)):] != as_chat(prompt):
-            raise DataError(f"{where}: `prompt` is not the end of the conversation that chosen/rejected start with; "
-                            "give chosen/rejected as completions only, or drop `prompt`")
-        prompt = before
-    prompt = as_chat(prompt)
-    if isinstance(chosen, str):
-        chosen = [{"role": "assistant", "content": chosen}]
-    if isinstance(rejected, str):
-        rejected = [{"role": "assistant", "content": rejected}]
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
 def _dpo_args(cfg: DPOStageConfig) -> dict:
@@ -121,17 +69,18 @@ class DPO(Stage):
         from datasets import Dataset as HFDataset, load_from_disk
         from trl import DPOConfig, DPOTrainer
 
-        path = ctx.path(cfg.data)
+        model_path = ctx.path(cfg.model)
+        tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
         stats = ReadStats()
-        rows = convert_rows(path, to_preference, cfg.on_bad_rows, stats)
+        rows = convert_rows(ctx.path(cfg.data), to_preference, cfg.on_bad_rows, stats)
+        budget = content_budget(tokenizer, cfg.max_length)  # a huge row costs what max_length costs
+        rows = [{k: clip_messages(v, budget) for k, v in r.items()} for r in rows]
         # A copy on disk gives TRL's tokenisation and reference log-prob caches a home that survives a resume.
         data_dir = ctx.out_dir / "dataset"
         if not (data_dir / "dataset_info.json").exists():
             HFDataset.from_list(rows).save_to_disk(str(data_dir))
         dataset = load_from_disk(str(data_dir))
 
-        model_path = ctx.path(cfg.model)
-        tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
         args = trl_config(DPOConfig, cfg.train, ctx, cfg.launcher, **_dpo_args(cfg))
         model = load_trainable(model_path, tokenizer, cfg.train, cfg.launcher, cfg.lora.quantize if cfg.lora else "none")
         # With LoRA, TRL's reference is the model with adapters disabled: the same saved checkpoint. Otherwise it

@@ -39,11 +39,11 @@ from typing import IO, Literal
 import numpy as np
 
 from posttrain.data import DataError, ReadStats, atomic_open, iter_rows, located_rows, write_json
+from posttrain.formats import Example, candidate_examples, candidates, locate, row_text, sft_row, to_example
 from posttrain.selection import baselines, grape, paser
 from posttrain.selection.budget import gumbel_top_k, resolve
 from posttrain.selection.ccg import key_phrases
 from posttrain.selection.filters import BUILTIN_EVAL_SETS, Contamination, NearDuplicates
-from posttrain.selection.formats import Example, candidate_examples, candidates, locate, row_text, sft_row, to_example
 from posttrain.selection.scoring import (PAPER_TEMPLATE, Encoded, Formatter, ScoreLog, mean_jsd, mean_log_probs,
                                          score_stream, vllm_log_prob_scorer)
 from posttrain.stage import Context, Dataset, Model, Stage, is_ref, register

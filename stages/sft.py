@@ -8,6 +8,7 @@ from typing import Literal
 
 from posttrain import hf
 from posttrain.data import DataError, ReadStats, convert_rows, first_rows_problem, write_json
+from posttrain.formats import SFTColumn, SFTFormat, clip_messages, columns_problem, content_budget, rename_columns, to_messages
 from posttrain.stage import Context, Dataset, Model, Stage, register
 from posttrain.training import (Launcher, Lora, TrainArgs, check_launcher, check_lora, check_trl_args, load_trainable,
                                 peft_config, train_and_save, trl_config)
@@ -18,13 +19,15 @@ class Source:
     path: Dataset
     count: int | None = field(default=None, metadata={"ge": 1, "help": "rows to use; more than the source has upsamples by repetition"})
     fraction: float | None = field(default=None, metadata={"gt": 0, "help": "fraction of the source's rows; >1 upsamples"})
-    format: Literal["auto", "messages", "prompt_completion", "alpaca"] = "auto"
+    format: SFTFormat = field(default="auto", metadata={"help": "auto: recognised per row (docs/data.md)"})
+    columns: dict[str, SFTColumn] | None = field(default=None, metadata={
+        "help": "rename columns before reading the format, e.g. {question: prompt, answer: completion}"})
 
 
 @dataclass
 class SFTStageConfig:
     model: Model
-    data: Dataset | list[Source]
+    data: Dataset | list[Source] = field(metadata={"help": "one file, or a mixture of sources (docs/data.md)"})
     chat_template: str = field(default="model", metadata={"help": "model (the checkpoint's own), tulu, chatml, or a Jinja string"})
     assistant_only_loss: bool = True
     loss_reduction: Literal["token_mean", "sum"] = field(default="token_mean", metadata={
@@ -38,28 +41,6 @@ class SFTStageConfig:
     launcher: Launcher = field(default_factory=Launcher)
 
 
-def to_messages(row: dict, fmt: str, where: str) -> list[dict]:
-    """Convert one row to a chat; raise DataError naming `where` if it fits no format."""
-    if fmt in ("auto", "messages") and isinstance(row.get("messages"), list):
-        msgs = row["messages"]
-        if all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in msgs) \
-                and any(m["role"] == "assistant" for m in msgs):
-            return [{"role": m["role"], "content": m["content"]} for m in msgs]
-        raise DataError(f"{where}: `messages` must be a list of {{role, content}} with at least one assistant turn")
-    if fmt in ("auto", "prompt_completion") and "prompt" in row and "completion" in row:
-        prompt, completion = row["prompt"], row["completion"]
-        if isinstance(prompt, str) and isinstance(completion, str):
-            return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-        if isinstance(prompt, list) and isinstance(completion, list):
-            return to_messages({"messages": prompt + completion}, "messages", where)
-    if fmt in ("auto", "alpaca") and isinstance(row.get("instruction"), str) and isinstance(row.get("output"), str):
-        user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-        return [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
-    keys = ", ".join(sorted(row)[:8])
-    raise DataError(f"{where}: row fits no SFT format{'' if fmt == 'auto' else f' (format: {fmt})'}; expected `messages`, "
-                    f"`prompt`+`completion` or alpaca `instruction`+`output`; it has: {keys}")
-
-
 def mix(sources: list[Source], ctx: Context, seed: int, on_bad_rows: str) -> tuple[list[dict], dict]:
     """The resolved mixture: rows from each source by explicit count or fraction, upsampled by repetition."""
     import random
@@ -69,7 +50,7 @@ def mix(sources: list[Source], ctx: Context, seed: int, on_bad_rows: str) -> tup
     for src in sources:
         path = ctx.path(src.path)
         stats = ReadStats()
-        convs = convert_rows(path, lambda row, where: {"messages": to_messages(row, src.format, where)}, on_bad_rows, stats)
+        convs = convert_rows(path, lambda row, where: {"messages": _chat(src, row, where)}, on_bad_rows, stats)
         want = src.count if src.count is not None else round(len(convs) * src.fraction) if src.fraction is not None else len(convs)
         order = list(range(len(convs)))
         rng.shuffle(order)
@@ -80,6 +61,10 @@ def mix(sources: list[Source], ctx: Context, seed: int, on_bad_rows: str) -> tup
         record["skipped_rows"] += stats.skipped
     rng.shuffle(rows)
     return rows, record
+
+
+def _chat(src: Source, row: dict, where: str) -> list[dict]:
+    return to_messages(rename_columns(row, src.columns, where), src.format, where)
 
 
 def _sources(cfg: SFTStageConfig) -> list[Source]:
@@ -104,16 +89,18 @@ class SFT(Stage):
         for i, src in enumerate(_sources(cfg)):
             if src.count is not None and src.fraction is not None:
                 problems.append((f"data[{i}]", "give either count or fraction, not both"))
-            bad = cfg.on_bad_rows == "error" and first_rows_problem(src.path, lambda r, w: to_messages(r, src.format, w))
-            if bad:
-                problems.append(("data" if isinstance(cfg.data, str) else f"data[{i}].path", bad))
+            key = "data" if isinstance(cfg.data, str) else f"data[{i}]"
+            if columns_problem(src.columns):
+                problems.append((f"{key}.columns", columns_problem(src.columns)))
+            elif bad := cfg.on_bad_rows == "error" and first_rows_problem(src.path, lambda r, w: _chat(src, r, w)):
+                problems.append((key if isinstance(cfg.data, str) else f"{key}.path", bad))
         return problems
 
     def run(self, cfg: SFTStageConfig, ctx: Context) -> dict:
         from datasets import Dataset as HFDataset
 
-        rows, mixture = mix(_sources(cfg), ctx, cfg.mix_seed, cfg.on_bad_rows)
         tokenizer = hf.load_tokenizer(ctx.path(cfg.model), cfg.chat_template)
+        rows, mixture = _clipped_mix(cfg, ctx, tokenizer)
         truncated = _count_truncated(rows, tokenizer, cfg.max_length)
         if truncated:
             ctx.info(f"{truncated} of {len(rows)} examples are longer than max_length={cfg.max_length} and will be truncated")
@@ -124,6 +111,14 @@ class SFT(Stage):
             write_json(ctx.out_dir / "mixture.json", mixture)
         return {**metrics, "rows": len(rows), "truncated": truncated, "loss_reduction": cfg.loss_reduction,
                 "skipped_rows": mixture["skipped_rows"]}
+
+
+def _clipped_mix(cfg: SFTStageConfig, ctx: Context, tokenizer) -> tuple[list[dict], dict]:
+    """The mixture with each message cut where it can no longer reach the first max_length tokens, so a huge
+    row costs what max_length costs (see formats.content_budget)."""
+    rows, mixture = mix(_sources(cfg), ctx, cfg.mix_seed, cfg.on_bad_rows)
+    budget = content_budget(tokenizer, cfg.max_length)
+    return [{"messages": clip_messages(r["messages"], budget)} for r in rows], mixture
 
 
 def _sft_args(cfg: SFTStageConfig) -> dict:
@@ -160,10 +155,10 @@ def _sum_loss_trainer(SFTTrainer):
 
 def inspect_example(cfg: SFTStageConfig, ctx: Context, index: int = 0) -> str:
     """One example as the trainer sees it: trained tokens in [brackets], the rest plain."""
-    rows, _ = mix(_sources(cfg), ctx, cfg.mix_seed, cfg.on_bad_rows)
+    tokenizer = hf.load_tokenizer(ctx.path(cfg.model), cfg.chat_template)
+    rows, _ = _clipped_mix(cfg, ctx, tokenizer)
     if index >= len(rows):
         raise DataError(f"--index {index}: the stage's mixture has {len(rows)} examples (0 to {len(rows) - 1})")
-    tokenizer = hf.load_tokenizer(ctx.path(cfg.model), cfg.chat_template)
     enc = tokenizer.apply_chat_template(rows[index]["messages"], tokenize=True, return_dict=True,
                                         return_assistant_tokens_mask=True)
     ids, mask = enc["input_ids"][: cfg.max_length], enc["assistant_masks"][: cfg.max_length]

@@ -9,7 +9,7 @@ from transformers import PreTrainedTokenizerFast
 
 from posttrain import tinyworld
 from posttrain.selection import grape
-from posttrain.selection.formats import Example
+from posttrain.formats import Example
 from posttrain.selection.scoring import (Formatter, ScoreLog, jensen_shannon, mean_jsd, mean_log_probs,
                                          score_stream)
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from posttrain import hf, tinyworld
+from posttrain.formats import to_messages
 from posttrain.schema import build
 from posttrain.stage import STAGES, Context
 from posttrain.stages.dpo import DPOLoss
-from posttrain.stages.sft import SFTStageConfig, to_messages
+from posttrain.stages.sft import SFTStageConfig
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +199,7 @@ def test_lora_stage_exports_full_weights_again_after_resuming_its_last_checkpoin
 
 def test_hh_rlhf_transcripts_split_at_the_last_assistant_turn():
     from posttrain.data import read_rows, shared_file
-    from posttrain.stages.dpo import to_preference
+    from posttrain.formats import to_preference
 
     row = read_rows(shared_file("hh_rlhf_harmless_base/test.jsonl.gz"))[0]
     pref = to_preference(row, "hh:1")

@@ -9,8 +9,7 @@ import pytest
 
 from posttrain import hf, tinyworld
 from posttrain.data import DataError
-from posttrain.stages.dpo import to_preference
-from posttrain.stages.sft import to_messages
+from posttrain.formats import to_messages, to_preference
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
