@@ -25,7 +25,10 @@ def _console():
 def _load(args):
     from posttrain.recipe import load
 
-    return load(args.recipe, args.overrides)
+    recipe = load(args.recipe, args.overrides)
+    for warning in recipe.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return recipe
 
 
 def _run_dir(args, recipe) -> Path:

@@ -13,7 +13,8 @@ from pathlib import Path
 from contextlib import contextmanager
 from typing import IO, Any, Callable, Iterable, Iterator
 
-SHARED_DATA = Path(os.environ.get("POSTTRAIN_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+# Beside a source checkout (the repository's ../shared/data); a wheel install sets POSTTRAIN_SHARED_DATA.
+CHECKOUT_SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 MAX_LINE_BYTES = 64 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 TEMP_SUFFIX = ".posttrain-tmp"  # atomic writes' temp files: distinct, so stale ones can be found
@@ -251,10 +252,23 @@ def as_chat(prompt: str | list[dict]) -> list[dict]:
     return prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
 
 
+def shared_data_dir() -> Path:
+    """The shared datasets folder: $POSTTRAIN_SHARED_DATA, else ../shared/data beside a source checkout; a
+    DataError saying how to point at it when it is not there."""
+    env = os.environ.get("POSTTRAIN_SHARED_DATA")
+    folder = Path(env) if env else CHECKOUT_SHARED_DATA
+    if not folder.is_dir():
+        where = "POSTTRAIN_SHARED_DATA names" if env else "posttrain looks for the shared datasets at"
+        raise DataError(f"{where} {folder}, which is not a folder; set POSTTRAIN_SHARED_DATA=/path/to/shared/data "
+                        "(a wheel install has no checkout to find it beside)")
+    return folder
+
+
 def shared_file(relative: str) -> Path:
-    """A file in ../shared/data, with a clear error when the folder is absent."""
-    path = SHARED_DATA / relative
+    """A file in the shared datasets folder, with a clear error when it is absent."""
+    folder = shared_data_dir()
+    path = folder / relative
     if not path.exists():
-        raise DataError(f"{path}: not found. posttrain reads the shared datasets from {SHARED_DATA} "
-                        "(set POSTTRAIN_SHARED_DATA to point elsewhere)")
+        raise DataError(f"{path}: not found in the shared datasets folder {folder} (set POSTTRAIN_SHARED_DATA "
+                        "to point elsewhere)")
     return path

@@ -14,8 +14,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 import posttrain.stages  # noqa: F401  (registers the stage kinds)
 from posttrain import schema
-from posttrain.data import SHARED_DATA
-from posttrain.model_context import check_max_length
+from posttrain.data import DataError, shared_data_dir
+from posttrain.model_context import check_max_length, coverage_warnings
 from posttrain.stage import STAGES, Stage, is_ref, make_ref, parse_ref
 
 TOP_LEVEL_KEYS = {"name": "the recipe's name (the default run folder is runs/<name>)",
@@ -35,7 +35,7 @@ YamlLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?0o[
 
 
 def _shared_data(relative: str) -> str:
-    return str(SHARED_DATA / relative)
+    return str(shared_data_dir() / relative)  # a missing file is reported by the dataset check, with its line
 
 
 OmegaConf.register_resolver("shared_data", _shared_data, replace=True)
@@ -65,6 +65,7 @@ class Recipe:
     path: Path
     stages: dict[str, StageSpec]    # in run order
     resolved: dict
+    warnings: list[str] = field(default_factory=list)  # file:line: key: what may surprise at run time
 
     @property
     def hash(self) -> str:
@@ -169,9 +170,13 @@ def _duplicate_keys(root: yaml.Node | None) -> list[tuple[str, int]]:
 class _Problems:
     def __init__(self, path: Path, lines: dict[str, int], overrides: list[str]):
         self.path, self.lines, self.items = path, lines, []
-        self.overridden = {o.split("=", 1)[0].strip(): o for o in overrides}
+        self.overridden = {schema.key_path(o.split("=", 1)[0].strip()): o for o in overrides}
 
     def add(self, key: str, message: str) -> None:
+        self.items.append(self.where(key, message))
+
+    def where(self, key: str, message: str) -> str:
+        """`message` prefixed with the file, the line of `key` (or its nearest enclosing key) and `key`."""
         where = str(self.path)
         probe = key
         while probe and probe not in self.lines:  # nearest enclosing key that has a line
@@ -179,7 +184,7 @@ class _Problems:
         if probe:
             where += f":{self.lines[probe]}"
         origin = next((f" (from override '{o:.80}')" for k, o in self.overridden.items() if key.startswith(k)), "")
-        self.items.append(f"{where}: {key}: {message}{origin}" if key else f"{where}: {message}")
+        return f"{where}: {key}: {message}{origin}" if key else f"{where}: {message}"
 
 
 def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -228,13 +233,17 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
             return f"stage '{stage}' has no output '{output}'{schema.suggest(output, outputs)}; its outputs: {', '.join(outputs)}"
         return outputs[output]
 
+    local = schema.LocalPaths(path, problems.overridden)
     specs: dict[str, StageSpec] = {}
     for sname, kind in kinds.items():
         raw = {k: v for k, v in resolved["stages"][sname].items() if k not in ("kind", "output")}
         stage = STAGES[kind]()
         spath = f"stages.{sname}"
         found: list[schema.Problem] = []
-        config = schema.build(stage.Config, raw, spath, found, ref_types)
+        config = schema.build(stage.Config, raw, spath, found, ref_types, local=local)
+        local.rewrite(raw, spath)
+        if _unresolved(raw):  # reported where it failed; the stage's own checks would trip over it
+            config = None
         if config is not None:
             found += [(f"{spath}.{k}" if k else spath, m) for k, m in stage.check(config)]
         for key, message in found:
@@ -242,10 +251,11 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
         specs[sname] = StageSpec(sname, kind, stage, config, raw, sorted(_refs(raw)))
     for key, message in check_max_length(specs):
         problems.add(key, message)
+    warnings = [] if problems.items else [problems.where(key, message) for key, message in coverage_warnings(specs)]
     order = _topological_order(specs, problems)
     if problems.items:
         raise RecipeError(problems.items)
-    return Recipe(name, path, {n: specs[n] for n in order}, resolved)
+    return Recipe(name, path, {n: specs[n] for n in order}, resolved, warnings)
 
 
 def _apply_overrides(cfg: DictConfig, overrides, problems: "_Problems") -> None:
@@ -314,6 +324,9 @@ def _resolve(cfg: DictConfig, problems: _Problems, kinds: dict[str, str]) -> dic
 
 def _explain_interpolation(e: Exception, kinds: dict[str, str]) -> str:
     msg = str(e).splitlines()[0]
+    data_error = f"{DataError.__name__} raised while resolving interpolation: "
+    if msg.startswith(data_error):  # ${shared_data:...} without the shared folder: its own message
+        return msg[len(data_error):]
     m = re.search(r"stages\.([^.}\s']+)\.output\.([^.}\s']+)", msg)
     if m and m.group(1) not in kinds:
         return f"references stage '{m.group(1)}', which does not exist{schema.suggest(m.group(1), kinds)}"
@@ -322,6 +335,12 @@ def _explain_interpolation(e: Exception, kinds: dict[str, str]) -> str:
         return (f"stage '{m.group(1)}' ({kinds[m.group(1)]}) has no output '{m.group(2)}'"
                 f"{schema.suggest(m.group(2), outputs)}; its outputs: {', '.join(outputs)}")
     return f"cannot resolve interpolation: {msg}"
+
+
+def _unresolved(value) -> bool:
+    if isinstance(value, dict):
+        return any(map(_unresolved, value.values()))
+    return any(map(_unresolved, value)) if isinstance(value, list) else value is schema.UNRESOLVED
 
 
 def _refs(value) -> set[str]:

@@ -8,6 +8,8 @@ import copy
 import dataclasses
 import difflib
 import math
+import os
+import re
 import sys
 import types
 import typing
@@ -20,6 +22,9 @@ from posttrain.stage import ARTIFACT_TYPES, Dataset, Model, is_ref, parse_ref
 Problem = tuple[str, str]
 # Looks up the type of a referenced output: (stage, output) -> artifact type, or an error message.
 RefTypes = Callable[[str, str], "type | str"]
+# Where a relative local path is read from: (key path, value) -> the path to use (the recipe loader makes it
+# relative to the recipe's folder).
+LocalPath = Callable[[str, str], str]
 
 DATASET_SCHEMES = ("hf:", "builtin:")
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
@@ -39,7 +44,8 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
-def build(cls, data: Any, path: str, problems: list[Problem], ref_types: RefTypes, defaults: Any = None) -> Any:
+def build(cls, data: Any, path: str, problems: list[Problem], ref_types: RefTypes, defaults: Any = None,
+          local: LocalPath | None = None) -> Any:
     """Return an instance of dataclass `cls` from `data`, or None; every problem is appended. `defaults`: the
     instance whose values fill keys the recipe leaves out (a nested block's own default, e.g. DPO's
     TrainArgs(learning_rate=5e-7)), so a key's default never depends on whether its siblings are set."""
@@ -63,9 +69,9 @@ def build(cls, data: Any, path: str, problems: list[Problem], ref_types: RefType
             continue
         before = len(problems)
         if dataclasses.is_dataclass(default) and isinstance(data[name], dict):  # a nested block: its own defaults
-            value = build(type(default), data[name], _join(path, name), problems, ref_types, default)
+            value = build(type(default), data[name], _join(path, name), problems, ref_types, default, local)
         else:
-            value = check_value(hints[name], data[name], _join(path, name), problems, ref_types)
+            value = check_value(hints[name], data[name], _join(path, name), problems, ref_types, local)
         if len(problems) == before:
             _check_range(f, value, _join(path, name), problems)
         if isinstance(value, Model) and value.startswith("builtin:") and not f.metadata.get("builtin"):
@@ -100,7 +106,8 @@ def _check_range(f: dataclasses.Field, value, path: str, problems: list[Problem]
             problems.append((path, f"{value} is out of range: must be {sign} {f.metadata[key]}"))
 
 
-def check_value(tp, value: Any, path: str, problems: list[Problem], ref_types: RefTypes) -> Any:
+def check_value(tp, value: Any, path: str, problems: list[Problem], ref_types: RefTypes,
+                local: LocalPath | None = None) -> Any:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if tp is Any or value is UNRESOLVED:
         return value
@@ -110,10 +117,10 @@ def check_value(tp, value: Any, path: str, problems: list[Problem], ref_types: R
         inner = [a for a in args if a is not type(None)]
         same_shape = [a for a in inner if _shape(a) == _shape(value)]
         if len(inner) == 1 or len(same_shape) == 1:  # the one alternative this value could be: its own errors
-            return check_value((same_shape or inner)[0], value, path, problems, ref_types)
+            return check_value((same_shape or inner)[0], value, path, problems, ref_types, local)
         for candidate in inner:  # first alternative that fits
             trial: list[Problem] = []
-            result = check_value(candidate, value, path, trial, ref_types)
+            result = check_value(candidate, value, path, trial, ref_types, local)
             if not trial:
                 return result
         problems.append((path, f"expected one of {', '.join(_type_name(a) for a in inner)}, got {value!r:.80}"))
@@ -126,16 +133,16 @@ def check_value(tp, value: Any, path: str, problems: list[Problem], ref_types: R
         if not isinstance(value, list):
             problems.append((path, f"expected a list, got {type(value).__name__}"))
             return value
-        return [check_value(args[0], v, f"{path}[{i}]", problems, ref_types) for i, v in enumerate(value)]
+        return [check_value(args[0], v, f"{path}[{i}]", problems, ref_types, local) for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             problems.append((path, f"expected a mapping, got {type(value).__name__}"))
             return value
-        return {k: check_value(args[1], v, _join(path, k), problems, ref_types) for k, v in value.items()}
+        return {k: check_value(args[1], v, _join(path, k), problems, ref_types, local) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
-        return build(tp, value, path, problems, ref_types)
+        return build(tp, value, path, problems, ref_types, local=local)
     if tp in ARTIFACT_TYPES.values():
-        return _check_artifact(tp, value, path, problems, ref_types)
+        return _check_artifact(tp, value, path, problems, ref_types, local)
     if tp is bool:
         if not isinstance(value, bool):
             problems.append((path, f"expected true or false, got {value!r:.80}"))
@@ -170,7 +177,7 @@ def _shape(tp_or_value) -> str:
     return "scalar"
 
 
-def _check_artifact(tp, value, path: str, problems: list[Problem], ref_types: RefTypes):
+def _check_artifact(tp, value, path: str, problems: list[Problem], ref_types: RefTypes, local: LocalPath | None):
     want = _type_name(tp)
     if not isinstance(value, str):
         problems.append((path, f"expected a {want} (a path, an id or ${{stages.NAME.output.KEY}}), got {value!r:.80}"))
@@ -185,13 +192,58 @@ def _check_artifact(tp, value, path: str, problems: list[Problem], ref_types: Re
         return tp(value)
     if not value.strip():
         problems.append((path, f"empty {want}: give a path, an id or ${{stages.NAME.output.KEY}}"))
-    elif problem := path_problem(value):
+        return tp(value)
+    if problem := path_problem(value):
         problems.append((path, problem))
-    elif tp is Dataset and not value.startswith(DATASET_SCHEMES) and not Path(value).exists():
-        problems.append((path, f"data file not found: {value:.200}"))
-    elif tp is Model and value.startswith((".", "/")) and not Path(value).exists():
-        problems.append((path, f"model folder not found: {value:.200}"))
+        return tp(value)
+    if is_local(tp, value):
+        given = value
+        if local and not Path(value).is_absolute():
+            value = local(path, value)
+        if not Path(value).exists():
+            what = "data file" if tp is Dataset else "model folder"
+            read_as = f" (read as {value:.200})" if value != given else ""
+            problems.append((path, f"{what} not found: {given:.200}{read_as}"))
     return tp(value)
+
+
+def is_local(tp, value: str) -> bool:
+    """A value that names a local file or folder: any dataset but a hub id or built-in, and a model
+    given as a path (starting with . or /; `org/name` is a hub id)."""
+    if tp is Dataset:
+        return not value.startswith(DATASET_SCHEMES)
+    return tp is Model and value.startswith((".", "/"))
+
+
+def key_path(dotted: str) -> str:
+    """An override's key as problems name it: list indexes in brackets (a.0.b -> a[0].b)."""
+    return re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", dotted)
+
+
+class LocalPaths:
+    """Relative local paths in a recipe are read from the recipe's folder, so a recipe runs the same from any
+    working directory; one given in a command-line override is read from the working directory, as the shell
+    that typed it would. Remembers each rewrite so the stage's plain config (what is hashed) says it too."""
+
+    def __init__(self, recipe: Path, overridden):
+        self.base = recipe.absolute().parent
+        self.overridden = [key_path(k) for k in overridden]
+        self.done: dict[str, str] = {}
+
+    def __call__(self, key: str, value: str) -> str:
+        by_override = any(key == k or key.startswith((k + ".", k + "[")) for k in self.overridden)
+        self.done[key] = os.path.normpath((Path.cwd() if by_override else self.base) / value)
+        return self.done[key]
+
+    def rewrite(self, raw: dict, spath: str) -> None:
+        """Put the paths rewritten while building stage `spath` into its plain config."""
+        for key, value in self.done.items():
+            *parents, last = [int(i) if i.isdigit() else i for i in re.findall(r"[^.\[\]]+", key[len(spath) + 1:])]
+            node = raw
+            for p in parents:
+                node = node[p]
+            node[last] = value
+        self.done.clear()
 
 
 def path_problem(value: str) -> str | None:

@@ -1,13 +1,15 @@
 """Data sources as a recipe declares them: column mappings, the one format module, a huge row's bounded cost,
 paths relative to the recipe, the shared-data folder, and tokenizer coverage warnings."""
 import json
+import re
 
 import pytest
 
 from conftest import MINI_RECIPE, write_mini_files
 from posttrain import tinyworld
-from posttrain.data import DataError
+from posttrain.data import DataError, read_rows
 from posttrain.formats import clip_messages, content_budget, rename_columns, to_messages
+from posttrain.recipe import RecipeError, load
 from posttrain.stage import Context
 from posttrain.stages.sft import SFTStageConfig, Source, _clipped_mix, _count_truncated
 
@@ -37,3 +39,118 @@ def test_clipping_keeps_short_messages_whole():
     msgs = [{"role": "user", "content": "abc"}, {"role": "assistant", "content": "x" * 10}]
     assert clip_messages(msgs, 3) == [msgs[0], {"role": "assistant", "content": "xxx"}]
     assert clip_messages(msgs, 10) == msgs
+
+
+# A recipe whose SFT stage reads one data source; the tiny model's tokenizer (characters of string.printable).
+SOURCE_RECIPE = MINI_RECIPE.split("  sft:")[0] + """  sft:
+    kind: sft
+    model: ${stages.base.output.model}
+    max_length: 160
+    data:
+      - SOURCE
+"""
+
+
+def _recipe(tmp_path, source: str, name="recipe.yaml"):
+    path = tmp_path / name
+    path.write_text(SOURCE_RECIPE.replace("SOURCE", source))
+    return path
+
+
+GSM8K = "${shared_data:gsm8k/train.jsonl}"
+
+
+def test_a_column_mapping_reads_gsm8k_question_answer_as_prompt_completion(tmp_path):
+    """GSM8K's real schema, mapped in the recipe instead of converted by hand."""
+    from posttrain.stages.sft import mix
+
+    recipe = load(_recipe(tmp_path, f"{{path: '{GSM8K}', count: 3, columns: {{question: prompt, answer: completion}}}}"))
+    src = recipe.stages["sft"].config.data[0]
+    rows, record = mix([src], Context("sft", tmp_path, tmp_path, {}), 0, "error")
+    first = read_rows(src.path)
+    assert record["sources"][0]["available"] == len(first) and len(rows) == 3
+    pairs = {(q["question"], q["answer"]) for q in first}
+    assert all((r["messages"][0]["content"], r["messages"][1]["content"]) in pairs for r in rows)
+
+
+@pytest.mark.parametrize("source,says", [
+    (f"{{path: '{GSM8K}'}}", "train.jsonl:1: row fits no SFT format"),
+    (f"{{path: '{GSM8K}', columns: {{questoin: prompt, answer: completion}}}}",
+     "train.jsonl:1: column 'questoin' named in `columns` is not in the row; it has: answer, question"),
+    (f"{{path: '{GSM8K}', columns: {{question: promt, answer: completion}}}}", "did you mean 'prompt'"),
+    (f"{{path: '{GSM8K}', columns: {{question: prompt, answer: prompt}}}}", "two columns are renamed to 'prompt'"),
+])
+def test_a_bad_column_mapping_fails_validation_with_the_line(tmp_path, source, says):
+    with pytest.raises(RecipeError) as info:
+        load(_recipe(tmp_path, source))
+    assert says in str(info.value) and f"{tmp_path / 'recipe.yaml'}:" in str(info.value)
+
+
+def test_rename_columns_refuses_to_overwrite_a_column():
+    with pytest.raises(DataError, match="f:3: `columns` renames a column to 'prompt', which the row already has"):
+        rename_columns({"question": "q", "prompt": "p", "answer": "a"}, {"question": "prompt"}, "f:3")
+    assert to_messages(rename_columns({"q": "1+1?", "a": "2"}, {"q": "prompt", "a": "completion"}, "f:1"), "auto",
+                       "f:1")[1] == {"role": "assistant", "content": "2"}
+
+
+def test_relative_data_paths_are_read_from_the_recipe_folder(tmp_path, monkeypatch):
+    """From any working directory; a path in a command-line override is read from the working directory."""
+    (tmp_path / "project" / "data").mkdir(parents=True)
+    sft, _ = write_mini_files(tmp_path / "project" / "data")
+    recipe = _recipe(tmp_path / "project", "{path: data/sft.jsonl, count: 5}")
+    monkeypatch.chdir(tmp_path)
+    spec = load(recipe).stages["sft"]
+    assert spec.config.data[0].path == str(sft) and spec.raw["data"][0]["path"] == str(sft)  # what is hashed
+    assert load(recipe, ["stages.sft.data.0.path=project/data/sft.jsonl"]).stages["sft"].config.data[0].path == str(sft)
+    with pytest.raises(RecipeError, match=r"recipe.yaml:\d+: stages.sft.data\[0\].path: data file not found: "
+                                          r"data/sft.jsonl \(read as .*_r0/data/sft.jsonl\) \(from override"):
+        load(recipe, ["stages.sft.data.0.path=data/sft.jsonl"])
+
+
+def test_without_the_shared_folder_the_error_says_how_to_point_at_it(tmp_path, monkeypatch):
+    """A wheel install has no checkout beside it: ${shared_data:...} says to set POSTTRAIN_SHARED_DATA (exit 2)."""
+    from posttrain import data
+
+    recipe = _recipe(tmp_path, f"{{path: '{GSM8K}', columns: {{question: prompt, answer: completion}}}}")
+    shared = data.shared_data_dir()
+    monkeypatch.delenv("POSTTRAIN_SHARED_DATA", raising=False)
+    monkeypatch.setattr(data, "CHECKOUT_SHARED_DATA", tmp_path / "site-packages" / "shared" / "data")
+    with pytest.raises(RecipeError, match=r"recipe.yaml:\d+: stages.sft.data\[0\].path: posttrain looks for the shared "
+                                          r"datasets at .*site-packages/shared/data, .* set POSTTRAIN_SHARED_DATA="):
+        load(recipe)
+    with pytest.raises(DataError, match="set POSTTRAIN_SHARED_DATA"):
+        data.shared_file("gsm8k/train.jsonl")
+    monkeypatch.setenv("POSTTRAIN_SHARED_DATA", str(shared))
+    assert load(recipe).stages["sft"].config.data[0].path == str(shared / "gsm8k" / "train.jsonl")
+
+
+def test_validation_warns_with_counts_about_characters_the_tokenizer_cannot_represent(tmp_path):
+    """The issue's figure: 27 of the first 300 GSM8K rows hold characters (£, ×, ’ ...) outside the tiny
+    model's vocabulary; ASCII-only data gives no warning."""
+    recipe = load(_recipe(tmp_path, f"{{path: '{GSM8K}', columns: {{question: prompt, answer: completion}}}}"))
+    assert len(recipe.warnings) == 1
+    assert re.search(r"recipe.yaml:\d+: stages.sft.data\[0\].path: 27 of 300 rows checked in .*train.jsonl contain "
+                     r"characters the model's tokenizer maps to its unknown token \(.*'£'", recipe.warnings[0])
+    sft, _ = write_mini_files(tmp_path)
+    assert load(_recipe(tmp_path, f"{{path: {sft}}}", "ascii.yaml")).warnings == []
+
+
+def test_coverage_of_a_local_tokenizer_folder(tmp_path):
+    """A model folder's own tokenizer.json is read with `tokenizers`: its unknown token is what counts."""
+    tokenizer = tinyworld.build_tokenizer()
+    tokenizer.save_pretrained(tmp_path / "model")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": p, "completion": "ok"}) + "\n" for p in ["café", "plain", "naïve €"]))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"name: r\nstages:\n  sft: {{kind: sft, model: {tmp_path / 'model'}, data: {rows}}}\n")
+    (warning,) = load(recipe).warnings
+    assert "2 of 3 rows checked" in warning and "('é' 'ï' '€')" in warning
+
+
+def test_validate_prints_the_warning_and_still_passes(tmp_path, capsys):
+    from posttrain.cli import main
+
+    recipe = _recipe(tmp_path, f"{{path: '{GSM8K}', columns: {{question: prompt, answer: completion}}}}")
+    assert main(["validate", str(recipe)]) == 0
+    out = capsys.readouterr()
+    assert "is valid" in out.out and out.err.startswith(f"warning: {recipe}:") and "27 of 300 rows" in out.err
