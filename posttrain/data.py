@@ -192,6 +192,20 @@ def umask() -> int:
         return mask
 
 
+def follow_umask(folder: Path) -> None:
+    """Give every file and folder under `folder` at least the permissions the umask allows, as a plain open()
+    would: libraries that write through temp files (safetensors' model.safetensors) leave them 0600, which
+    colleagues sharing a run folder cannot read. Never removes a permission."""
+    allowed = ~umask()
+    for path in [folder, *folder.rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode & 0o7777
+        want = mode | ((0o777 if path.is_dir() else 0o666) & allowed)
+        if want != mode:
+            os.chmod(path, want)
+
+
 def remove_stale_temp_files(folder: Path, recursive: bool = True) -> None:
     """Delete the temp files of atomic writes that a killed process left behind. Only safe under the run
     lock, when no other writer can be mid-write."""

@@ -12,7 +12,7 @@ from posttrain import cluster
 from posttrain import store as st
 from posttrain.recipe import Recipe, StageSpec, canonical_hash, resolved_stage_config
 from posttrain.stage import Context, output_path
-from posttrain.data import atomic_open, remove_stale_temp_files, write_json
+from posttrain.data import atomic_open, follow_umask, remove_stale_temp_files, write_json
 from posttrain.launch import follow, run_launched
 
 
@@ -182,6 +182,7 @@ def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, e
             raise
         raise StageFailed(f"stage '{spec.name}' failed: {type(e).__name__}: {e}\n"
                           f"  (details: {stage_dir / 'manifest.json'})") from e
+    follow_umask(stage_dir)
     # Relative to the run folder, so a run folder can be moved or copied whole.
     artifacts = {o: str(output_path(stage_dir, o, outputs[o]).relative_to(run_store.run_dir)) for o in outputs}
     manifest.update(status=st.COMPLETE, ended=st.now_iso(), wall_time_s=st.elapsed(t0), metrics=metrics, artifacts=artifacts,

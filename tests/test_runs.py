@@ -36,8 +36,22 @@ def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("finished")
     recipe = write_mini_chain(root)
     run_dir = root / "run"
-    run(load(recipe), run_dir, echo=lambda m: None)
+    old = os.umask(0o002)  # a group-shared run folder: see test_outputs_follow_the_umask
+    try:
+        run(load(recipe), run_dir, echo=lambda m: None)
+    finally:
+        os.umask(old)
     return recipe, run_dir
+
+
+def test_outputs_follow_the_umask(finished_run):
+    """Under umask 002 every file of the run is 0664 or wider and every folder 0775, model.safetensors too
+    (safetensors writes it 0600 through a temp file), so colleagues sharing the folder can read it."""
+    _, run_dir = finished_run
+    paths = [p for p in run_dir.rglob("*") if not p.is_symlink()]
+    narrow = [f"{p.relative_to(run_dir)} {oct(p.stat().st_mode & 0o777)}" for p in paths
+              if p.stat().st_mode & (0o775 if p.is_dir() else 0o664) != (0o775 if p.is_dir() else 0o664)]
+    assert any(p.name == "model.safetensors" for p in paths) and not narrow, narrow[:10]
 
 
 def test_manifest_records_what_the_issue_asks(finished_run):
