@@ -155,3 +155,17 @@ def test_validate_prints_the_warning_and_still_passes(tmp_path, capsys):
     out = capsys.readouterr()
     warnings = [line for line in out.err.splitlines() if line.startswith(f"warning: {recipe}:")]
     assert "is valid" in out.out and len(warnings) == 1 and "27 of 300 rows" in warnings[0], out.err
+
+
+def test_docs_data_md_names_every_source_key_and_column_target():
+    """docs/data.md is the data reference: it must not fall behind the Source dataclass or the rename targets."""
+    import dataclasses
+    import typing
+
+    from conftest import REPO
+    from posttrain.formats import SFTColumn
+
+    text = (REPO / "docs" / "data.md").read_text()
+    assert all(f"| `{f.name}` |" in text for f in dataclasses.fields(Source))
+    assert all(f"`{name}`" in text.split("| `columns` |")[1].splitlines()[0] for name in typing.get_args(SFTColumn))
+    assert "docs/data.md" in (REPO / "README.md").read_text()
