@@ -59,7 +59,7 @@ def raw_trainer(stage: str, spec, run_dir: Path, args):
                  "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in read_rows(spec.config.data)]
         return DPOTrainer(model=model, ref_model=hf.load_model(str(upstream)), args=args,
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
-    from posttrain.data import as_chat
+    from posttrain.formats import as_chat
     from posttrain.stages.rlvr import reward_functions, routed
 
     tokenizer.padding_side = "left"

@@ -6,7 +6,7 @@ from typing import Any
 import torch
 
 from posttrain import hf
-from posttrain.data import as_chat
+from posttrain.formats import as_chat
 
 Prompt = str | list[dict[str, str]]
 

@@ -261,11 +261,6 @@ def first_rows_problem(path: str, convert: Callable[[dict, str], Any], rows: int
     return None
 
 
-def as_chat(prompt: str | list[dict]) -> list[dict]:
-    """A prompt as a chat: a plain string becomes one user turn."""
-    return prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-
-
 def shared_data_dir() -> Path:
     """The shared datasets folder: $POSTTRAIN_SHARED_DATA, else ../shared/data beside a source checkout; a
     DataError saying how to point at it when it is not there."""

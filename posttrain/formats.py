@@ -4,13 +4,14 @@ SFT rows: `messages`, `prompt`+`completion` (strings or message lists) or alpaca
 `output`; a source's `columns` mapping first renames other shapes (GSM8K's question/answer) into these.
 Preference rows: `chosen`+`rejected` with an optional `prompt`, as strings, completions or whole
 conversations, or HH-RLHF transcripts. Candidate rows (the select stage's GRAPE family): `prompt` (a string)
-+ `candidates: [{source, response}]`. A row that fits no format is a DataError naming `where` (file:line).
++ `candidates: [{source, response}]`. RL, generation and eval prompts: a string or a chat (`as_chat`).
+A row that fits no format is a DataError naming `where` (file:line).
 """
 import re
 from dataclasses import dataclass
 from typing import Literal
 
-from posttrain.data import DataError, as_chat
+from posttrain.data import DataError
 
 SFTFormat = Literal["auto", "messages", "prompt_completion", "alpaca"]
 # The names a `columns` mapping may rename a column to: the fields of the SFT formats.
@@ -20,6 +21,12 @@ HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
 
 def _keys(row: dict) -> str:
     return ", ".join(sorted(row)[:8]) or "none"
+
+
+def as_chat(prompt: str | list[dict]) -> list[dict]:
+    """A prompt (RL, generation and eval rows, a preference row's `prompt`) as a chat: a plain string
+    becomes one user turn."""
+    return prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
 
 
 def rename_columns(row: dict, columns: dict[str, str] | None, where: str) -> dict:

@@ -4,7 +4,8 @@ skipped and counted. Every sample and its score is kept in samples.jsonl for aud
 from dataclasses import dataclass, field
 from typing import Literal
 
-from posttrain.data import DataError, as_chat, read_rows, write_rows
+from posttrain.data import DataError, read_rows, write_rows
+from posttrain.formats import as_chat
 from posttrain.stage import Context, Dataset, Model, Stage, register
 
 

@@ -5,6 +5,7 @@ from typing import Any
 
 from posttrain import hf, tinyworld
 from posttrain.data import read_rows
+from posttrain.formats import content_budget
 from posttrain.stage import Context, Dataset, Model, Stage, register
 from posttrain.training import TrainArgs, check_trl_args, train_and_save, trl_config
 
@@ -49,7 +50,9 @@ class Pretrain(Stage):
         else:
             tokenizer = hf.load_tokenizer(ctx.path(cfg.model))
             model = hf.load_model(ctx.path(cfg.model))
-        rows = [{"text": r["text"]} for r in read_rows(ctx.path(cfg.data))]
+        # Unpacked, a row trains only its first max_length tokens: a huge one is cut first (formats.content_budget).
+        budget = None if cfg.packing else content_budget(tokenizer, cfg.max_length)
+        rows = [{"text": r["text"][:budget]} for r in read_rows(ctx.path(cfg.data))]
         args = trl_config(SFTConfig, cfg.train, ctx, **_sft_args(cfg))
         trainer = SFTTrainer(model=model, args=args, train_dataset=HFDataset.from_list(rows), processing_class=tokenizer)
         metrics = train_and_save(trainer, tokenizer, ctx)

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from posttrain import hf
-from posttrain.data import DataError, as_chat, located_rows
+from posttrain.data import DataError, located_rows
+from posttrain.formats import as_chat
 from posttrain.stage import Context, Dataset, Model, Stage, register
 from posttrain.training import Launcher, TrainArgs, check_launcher, check_trl_args, load_trainable, train_and_save, trl_config
 
