@@ -181,8 +181,10 @@ def locate(where: str, row: dict) -> str:
 
 # ---------- bounding a huge row ----------
 
-def clip_messages(messages: list[dict], max_chars: int) -> list[dict]:
-    """Each message's content cut to `max_chars` characters: see `content_budget`."""
+def clip_messages(messages: list[dict], max_chars: int | None) -> list[dict]:
+    """Each message's content cut to `max_chars` characters (None: whole): see `content_budget`."""
+    if max_chars is None:
+        return messages
     return [{**m, "content": m["content"][:max_chars]} if len(m["content"]) > max_chars else m for m in messages]
 
 

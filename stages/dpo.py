@@ -72,9 +72,7 @@ class DPO(Stage):
         model_path = ctx.path(cfg.model)
         tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
         stats = ReadStats()
-        rows = convert_rows(ctx.path(cfg.data), to_preference, cfg.on_bad_rows, stats)
-        budget = content_budget(tokenizer, cfg.max_length)  # a huge row costs what max_length costs
-        rows = [{k: clip_messages(v, budget) for k, v in r.items()} for r in rows]
+        rows = read_pairs(cfg, ctx, tokenizer, stats)
         # A copy on disk gives TRL's tokenisation and reference log-prob caches a home that survives a resume.
         data_dir = ctx.out_dir / "dataset"
         if not (data_dir / "dataset_info.json").exists():
@@ -97,6 +95,15 @@ class DPO(Stage):
         return {**metrics, "pairs": len(rows), "skipped_rows": stats.skipped,
                 **{k: last[k] for k in ("rewards/margins", "rewards/accuracies") if k in last},
                 **({"warnings": [repeated]} if repeated else {})}
+
+
+def read_pairs(cfg: DPOStageConfig, ctx: Context, tokenizer, stats: ReadStats) -> list[dict]:
+    """The preference rows, each message cut as it is read where it can no longer reach the first max_length
+    tokens, so a huge row costs what max_length costs (see formats.content_budget)."""
+    budget = content_budget(tokenizer, cfg.max_length)
+    return convert_rows(ctx.path(cfg.data), lambda row, where: {k: clip_messages(v, budget) for k, v in
+                                                                to_preference(row, where).items()},
+                        cfg.on_bad_rows, stats)
 
 
 def repeated_pairs_warning(pairs: int, args) -> str | None:

@@ -41,8 +41,10 @@ class SFTStageConfig:
     launcher: Launcher = field(default_factory=Launcher)
 
 
-def mix(sources: list[Source], ctx: Context, seed: int, on_bad_rows: str) -> tuple[list[dict], dict]:
-    """The resolved mixture: rows from each source by explicit count or fraction, upsampled by repetition."""
+def mix(sources: list[Source], ctx: Context, seed: int, on_bad_rows: str, max_chars: int | None = None
+        ) -> tuple[list[dict], dict]:
+    """The resolved mixture: rows from each source by explicit count or fraction, upsampled by repetition.
+    max_chars: each message cut to this many characters as it is read (see _clipped_mix)."""
     import random
 
     rng = random.Random(seed)
@@ -50,7 +52,8 @@ def mix(sources: list[Source], ctx: Context, seed: int, on_bad_rows: str) -> tup
     for src in sources:
         path = ctx.path(src.path)
         stats = ReadStats()
-        convs = convert_rows(path, lambda row, where: {"messages": _chat(src, row, where)}, on_bad_rows, stats)
+        convs = convert_rows(path, lambda row, where: {"messages": clip_messages(_chat(src, row, where), max_chars)},
+                             on_bad_rows, stats)
         want = src.count if src.count is not None else round(len(convs) * src.fraction) if src.fraction is not None else len(convs)
         order = list(range(len(convs)))
         rng.shuffle(order)
@@ -116,9 +119,7 @@ class SFT(Stage):
 def _clipped_mix(cfg: SFTStageConfig, ctx: Context, tokenizer) -> tuple[list[dict], dict]:
     """The mixture with each message cut where it can no longer reach the first max_length tokens, so a huge
     row costs what max_length costs (see formats.content_budget)."""
-    rows, mixture = mix(_sources(cfg), ctx, cfg.mix_seed, cfg.on_bad_rows)
-    budget = content_budget(tokenizer, cfg.max_length)
-    return [{"messages": clip_messages(r["messages"], budget)} for r in rows], mixture
+    return mix(_sources(cfg), ctx, cfg.mix_seed, cfg.on_bad_rows, content_budget(tokenizer, cfg.max_length))
 
 
 def _sft_args(cfg: SFTStageConfig) -> dict:

@@ -169,3 +169,16 @@ def test_docs_data_md_names_every_source_key_and_column_target():
     assert all(f"| `{f.name}` |" in text for f in dataclasses.fields(Source))
     assert all(f"`{name}`" in text.split("| `columns` |")[1].splitlines()[0] for name in typing.get_args(SFTColumn))
     assert "docs/data.md" in (REPO / "README.md").read_text()
+
+
+def test_a_huge_preference_row_is_cut_the_same_way(tmp_path):
+    from posttrain.data import ReadStats
+    from posttrain.stages.dpo import DPOStageConfig, read_pairs
+
+    tokenizer = tinyworld.build_tokenizer()
+    path = tmp_path / "prefs.jsonl"
+    path.write_text(json.dumps({"prompt": "2+2?", "chosen": "4 " * 100_000, "rejected": "5"}) + "\n")
+    (pair,) = read_pairs(DPOStageConfig(model="unused", data=str(path), max_length=64),
+                         Context("dpo", tmp_path, tmp_path, {}), tokenizer, ReadStats())
+    assert [len(m["content"]) for k in ("prompt", "chosen", "rejected") for m in pair[k]] == \
+        [4, content_budget(tokenizer, 64), 1]
