@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Literal, Union
 
-from posttrain.stage import ARTIFACT_TYPES, Dataset, Model, is_ref, parse_ref
+from posttrain.stage import ARTIFACT_TYPES, Dataset, File, Model, is_ref, parse_ref
 
 # (key path, message); the recipe loader adds file and line.
 Problem = tuple[str, str]
@@ -189,8 +189,12 @@ def _check_artifact(tp, value, path: str, problems: list[Problem], ref_types: Re
         problems.append((path, problem))
     elif tp is Dataset and not value.startswith(DATASET_SCHEMES) and not Path(value).exists():
         problems.append((path, f"data file not found: {value:.200}"))
+    elif tp is File and not Path(value).is_file():
+        problems.append((path, f"file not found: {value:.200}"))
     elif tp is Model and value.startswith((".", "/")) and not Path(value).exists():
         problems.append((path, f"model folder not found: {value:.200}"))
+    elif tp is Model and "@" in value and not Path(value).exists() and not all(value.rpartition("@")[::2]):
+        problems.append((path, f"{value:.200}: a hub model with a revision is org/name@revision (a branch, tag or commit)"))
     return tp(value)
 
 

@@ -13,7 +13,8 @@ from typing import Literal
 
 from posttrain import hf
 from posttrain.data import DataError, ReadStats, as_chat, convert_rows, first_rows_problem
-from posttrain.stage import Context, Dataset, Model, Stage, register
+from posttrain.stage import Context, Dataset, Model, register
+from posttrain.training import TrainingStage
 from posttrain.training import (Launcher, Lora, TrainArgs, check_launcher, check_lora, check_trl_args, load_trainable,
                                 peft_config, train_and_save, trl_config)
 
@@ -98,7 +99,7 @@ def _dpo_args(cfg: DPOStageConfig) -> dict:
 
 
 @register
-class DPO(Stage):
+class DPO(TrainingStage):
     kind = "dpo"
     Config = DPOStageConfig
     outputs = {"model": Model}

@@ -7,7 +7,8 @@ import typing
 import pytest
 import torch
 
-from posttrain import hf, tinyworld
+from posttrain import hf
+from posttrain.worlds import tinyworld
 from posttrain.schema import build
 from posttrain.stage import STAGES, Context
 from posttrain.stages.dpo import DPOLoss
