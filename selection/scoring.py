@@ -85,10 +85,11 @@ def response_log_probs(model, batch: list[Encoded], pad_id: int) -> list[torch.T
     import torch
 
     longest = max(len(e.ids) for e in batch)
-    input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long, device=model.device)
+    device = getattr(model, "device", "cpu")  # a transformers model's; where its inputs must be
+    input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long, device=device)
     attention_mask = torch.zeros_like(input_ids)
     for b, e in enumerate(batch):
-        input_ids[b, : len(e.ids)] = torch.tensor(e.ids, device=model.device)
+        input_ids[b, : len(e.ids)] = torch.tensor(e.ids, device=device)
         attention_mask[b, : len(e.ids)] = 1
     first = min(e.start for e in batch) - 1
     with torch.inference_mode():
