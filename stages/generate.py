@@ -61,7 +61,7 @@ class Generate(Stage):
 
     def progress(self, cfg: GenerateConfig, out_dir: Path) -> str | None:
         done = len(list((out_dir / CHUNKS).glob("*.jsonl")))
-        return f"{done} chunks of {cfg.chunk_prompts} prompts sampled" if done else None
+        return f"{done} chunk(s) of {cfg.chunk_prompts} prompts sampled" if done else None
 
     def run(self, cfg: GenerateConfig, ctx: Context) -> dict:
         rows = read_rows(ctx.path(cfg.prompts))[: cfg.limit]

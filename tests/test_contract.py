@@ -202,3 +202,44 @@ def test_a_cached_stage_made_with_other_versions_is_named_not_rerun(recipe_path,
         assert "warning: stage 'other' made with transformers 4.0.0" in " ".join(out.split()), out
         assert "stage 'select'" not in out
     assert {a for a, _ in actions(recipe_path, run_dir).values()} == {"cached"}
+
+
+def test_generate_resumes_from_its_saved_chunks(tmp_path, monkeypatch):
+    """Killed in its third chunk, the generate stage redoes only the unsaved chunks and ends with the pairs and
+    samples of an uninterrupted run (each chunk's seeds do not depend on where the run started)."""
+    import posttrain.eval.generation as generation
+    from posttrain.data import read_rows
+    from posttrain.stage import Context
+    from posttrain.stages.generate import Generate, GenerateConfig
+
+    prompts = tmp_path / "prompts.jsonl"
+    write_rows(prompts, [{"id": j, "prompt": f"What is {j}?", "ground_truth": str(j), "verifier": "numeric"}
+                         for j in range(10)])
+    seeds: list[int] = []
+
+    def fake_generate(model, tokenizer, texts, *, n, seed, **kwargs):
+        seeds.append(seed)
+        if len(seeds) == kill_at[0]:
+            raise KeyboardInterrupt
+        return [[f"The answer is {t.split()[-1][:-1]}."] + [f"The answer is {seed * 100 + i}."] * (n - 1)
+                for i, t in enumerate(texts)]
+    kill_at = [0]
+    monkeypatch.setattr(generation, "generate", fake_generate)
+    monkeypatch.setattr(generation, "load_model_and_tokenizer", lambda path: ("model", "tokenizer"))
+    cfg = GenerateConfig(model="org/tiny", prompts=str(prompts), num_samples=2, batch_size=2, chunk_prompts=4)
+
+    def run_in(out: Path) -> tuple[list, list]:
+        out.mkdir(exist_ok=True)
+        Generate().run(cfg, Context("pairs", out, tmp_path, Generate.outputs, {}, "auto"))
+        return read_rows(out / "pairs.jsonl"), read_rows(out / "samples.jsonl")
+
+    whole = run_in(tmp_path / "whole")
+    assert seeds == [0, 2, 4]  # 3 chunks of 2 batches: each chunk's batch seeds follow on
+    seeds.clear()
+    kill_at[0] = 3
+    with pytest.raises(KeyboardInterrupt):
+        run_in(tmp_path / "killed")
+    assert Generate().progress(cfg, tmp_path / "killed") == "2 chunk(s) of 4 prompts sampled"
+    seeds.clear()
+    kill_at[0] = 0
+    assert run_in(tmp_path / "killed") == whole and seeds == [4]
