@@ -25,6 +25,7 @@ Outputs:
 Resume: model scores are appended to scores.jsonl in row order as they are computed; a killed run
 continues from it (`progress` below).
 """
+import dataclasses
 import importlib.util
 import json
 from dataclasses import dataclass, field
@@ -123,7 +124,7 @@ class Select(Stage):
         bad = ReadStats()  # one counting pass: the methods below stream the file again, skipping the same rows
         for _ in iter_rows(path, cfg.on_bad_rows, bad):
             pass
-        hits, filter_summary = filters.apply(path, cfg.on_bad_rows, cfg.dedup, cfg.decontaminate)
+        hits, filter_summary = filters.apply(path, cfg.on_bad_rows, cfg.dedup, _resolved(cfg.decontaminate, ctx))
         with atomic_open(ctx.output("audit")) as audit, atomic_open(ctx.output("data")) as data:
             out = Outputs(audit, data)
             if cfg.method in CANDIDATE_METHODS:
@@ -138,6 +139,14 @@ class Select(Stage):
         ctx.info(f"{cfg.method}: kept {summary['kept_rows']} rows from {summary['input_rows']}")
         return {"rows/input": summary["input_rows"], "rows/kept": summary["kept_rows"],
                 "rows/filtered": summary["filtered_rows"], "skipped_rows": bad.skipped}
+
+
+def _resolved(opts: DecontaminateOptions | None, ctx: Context) -> DecontaminateOptions | None:
+    """The options with eval-set sources that are stage references replaced by the files they name."""
+    if opts is None:
+        return None
+    tasks = [dataclasses.replace(t, source=ctx.path(t.source)) if getattr(t, "source", None) else t for t in opts.tasks]
+    return dataclasses.replace(opts, tasks=tasks)
 
 
 def _vocab_size(model: str | None) -> int | None:
