@@ -7,7 +7,7 @@ counts). Prints both rates and their ratio, measured in the same run.
 import argparse
 import time
 
-from posttrain import tinyworld
+from posttrain.worlds import tinyworld
 from posttrain.eval.generation import generate
 
 

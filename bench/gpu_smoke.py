@@ -96,7 +96,7 @@ def finish(proc: subprocess.Popen) -> int:
 
 def write_recipe(path: Path, sft_extra: str = "") -> Path:
     """The mini recipe, with an SFT file of the tiny world's prompts and its correct teacher's answers."""
-    from posttrain import tinyworld
+    from posttrain.worlds import tinyworld
 
     path.parent.mkdir(parents=True, exist_ok=True)
     sft = path.parent / "sft.jsonl"
@@ -109,7 +109,8 @@ def write_recipe(path: Path, sft_extra: str = "") -> Path:
 
 
 def saved_model(tmp: Path) -> Path:
-    from posttrain import hf, tinyworld
+    from posttrain import hf
+    from posttrain.worlds import tinyworld
 
     tok = tinyworld.build_tokenizer()
     hf.save_model(tinyworld.build_model(tok, seed=0, **ARCH), tok, tmp / "base")
@@ -202,7 +203,8 @@ def check_kill_resume() -> bool:
 def check_throughput() -> bool:
     import torch
 
-    from posttrain import hf, tinyworld
+    from posttrain import hf
+    from posttrain.worlds import tinyworld
 
     dev = hf.device()
     model = tinyworld.build_model(tinyworld.build_tokenizer(), seed=0, **ARCH).to(dev).float()

@@ -97,8 +97,8 @@ def bench_paser(sizes: list[int], dense_sizes: list[int]) -> None:
 def bench_grape(n_prompts: int) -> None:
     import torch
 
-    from posttrain import tinyworld
     from posttrain.formats import candidate_examples
+    from posttrain.worlds import tinyworld
     from posttrain.selection.scoring import Formatter, mean_log_probs
 
     torch.manual_seed(0)
@@ -119,7 +119,7 @@ def bench_grape(n_prompts: int) -> None:
 
 
 def bench_dedup(n_rows: int, n_naive: int) -> None:
-    from posttrain import tinyworld
+    from posttrain.worlds import tinyworld
     from posttrain.selection.filters import NearDuplicates
 
     texts = [r["prompt"] + "\n" + "\n".join(c["response"] for c in r["candidates"])

@@ -14,14 +14,7 @@ Prompt = str | list[dict[str, str]]
 def load_model_and_tokenizer(path: str | Path, dtype: str = "auto"):
     """An HF folder (or hub id) ready for generation: float32 on CPU, bfloat16 on a GPU that has it
     (dtype="auto"), in eval mode, with a pad token and left padding."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    model = hf.load_model(str(path), dtype=dtype).to(hf.device()).eval()
-    return model, tokenizer
+    return hf.load_for_inference(str(path), dtype=dtype, padding_side="left")
 
 
 def prompt_texts(tokenizer, prompts: list[Prompt], chat: bool) -> list[str]:
@@ -130,7 +123,8 @@ def _generate_vllm(path: str, prompts: list[Prompt], *, max_new_tokens: int, tem
     except ImportError:
         raise RuntimeError("backend='vllm' but vLLM is not installed: `pip install vllm` on a GPU machine, "
                            "or use backend: hf") from None
-    llm = LLM(model=path, seed=seed)
+    name, revision = hf.split_revision(path)
+    llm = LLM(model=name, revision=revision, seed=seed)
     texts = prompt_texts(llm.get_tokenizer(), prompts, chat)
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed,
                             skip_special_tokens=True)

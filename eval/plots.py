@@ -1,5 +1,5 @@
 """The report's figures as PNG files (matplotlib, Agg backend): training curves per stage from
-metrics.jsonl, and the data-selection plots from selection_summary.json."""
+metrics.jsonl, and the data-selection plots from a select stage's summary output."""
 import re
 from pathlib import Path
 

@@ -4,7 +4,8 @@ Sections: the main table (benchmarks grouped by skill x evaluated models, each c
 and 95% CI, the best per row marked, an average row, optionally a reference column with deltas), the
 evaluation settings, training curves per stage, the data section (selection, dedup, decontamination)
 and provenance (recipe hash, fingerprints, versions, hardware, wall time). Everything is read from the
-files the runner and the stages wrote; nothing is recomputed.
+report's inputs (eval/report_inputs.py: the results and selection summaries it was given, and the
+manifests and metrics logs of the stages upstream of them); nothing is recomputed.
 """
 import json
 from dataclasses import dataclass, field
@@ -14,10 +15,10 @@ import yaml
 
 from posttrain.data import atomic_open, read_rows
 from posttrain.eval import plots
+from posttrain.eval.report_inputs import ReportInputs, inputs_of_run
 from posttrain.eval.render import Block, Cell, Figure, Heading, Para, Table, to_html, to_markdown
 
 SKILL_ORDER = ["math", "instruction following", "code", "knowledge", "reasoning", "tiny world", "lm-eval"]
-SELECTION_FILE = "selection_summary.json"
 
 
 @dataclass
@@ -46,16 +47,21 @@ class Scores:
     notes: list[str] = field(default_factory=list)
 
 
-def build_report(run_dir: Path, out_dir: Path, reference: str | None = None) -> Path:
-    """Write out_dir/report.md, out_dir/report.html (and out_dir/plots/*.png); return the HTML path."""
+def build_report(run_dir: Path, out_dir: Path, reference: str | None = None, inputs: ReportInputs | None = None) -> Path:
+    """Write out_dir/report.md, out_dir/report.html (and out_dir/plots/*.png); return the HTML path.
+    inputs: what the report reads (default: the run's, as `posttrain report` rebuilds it)."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    run = load_run(run_dir)
-    scores = collect_scores(run)
+    if inputs is None:
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"{run_dir}: no such run folder")
+        inputs = inputs_of_run(run_dir)
+    run = load_run(run_dir, inputs)
+    scores = collect_scores(inputs)
     ref = load_reference(reference) if reference else None
     blocks: list[Block] = [Para(_summary_line(run))]
     blocks += results_section(scores, ref)
     blocks += curves_section(run, out_dir / "plots")
-    blocks += data_section(run, out_dir / "plots")
+    blocks += data_section(inputs, out_dir / "plots")
     blocks += provenance_section(run)
     title = f"Report: {run.info.get('recipe', run_dir.name)}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -67,14 +73,12 @@ def build_report(run_dir: Path, out_dir: Path, reference: str | None = None) -> 
 
 
 # ---------- reading the run ----------
-def load_run(run_dir: Path) -> Run:
-    if not run_dir.is_dir():
-        raise FileNotFoundError(f"{run_dir}: no such run folder")
-    info = _read_json(run_dir / "run.json") or {}
-    names = info.get("stages") or sorted(p.parent.name for p in run_dir.glob("*/manifest.json"))
-    stages = [Stage(n, m, run_dir / n) for n in names if (m := _read_json(run_dir / n / "manifest.json"))]
-    if not stages:
+def load_run(run_dir: Path, inputs: ReportInputs) -> Run:
+    """run.json and the manifests of the stages the inputs name."""
+    if not inputs.stages and not inputs.results:
         raise FileNotFoundError(f"{run_dir}: no stage manifests (*/manifest.json); is this a posttrain run folder?")
+    info = _read_json(run_dir / "run.json") or {}
+    stages = [Stage(n, m, run_dir / n) for n in inputs.stages if (m := _read_json(run_dir / n / "manifest.json"))]
     return Run(run_dir, info, stages)
 
 
@@ -87,20 +91,16 @@ def _read_json(path: Path) -> dict | None:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
-def collect_scores(run: Run) -> Scores:
-    """Every complete eval stage's results.json, in run order. A model label used by two eval stages
-    becomes `stage/label` so neither hides the other."""
-    scores = Scores()
+def collect_scores(inputs: ReportInputs) -> Scores:
+    """Every results input's results.json, in the order given. A model label used by two of them becomes
+    `name/label` so neither hides the other."""
+    scores = Scores(notes=list(inputs.notes))
     loaded = []
-    for stage in (s for s in run.stages if s.manifest.get("kind") == "eval"):
-        if not stage.complete:
-            scores.notes.append(f"eval stage '{stage.name}' is {stage.manifest.get('status')}: not in the table")
-            continue
-        path = run.dir / stage.manifest["artifacts"]["results"] / "results.json"  # artifacts are run-relative
-        results = _read_json(path)
+    for name, folder in inputs.results:
+        results = _read_json(folder / "results.json")
         if results is None:
-            raise FileNotFoundError(f"{path}: missing, though eval stage '{stage.name}' is complete; rerun it with --force")
-        loaded.append((stage.name, results))
+            raise FileNotFoundError(f"{folder / 'results.json'}: missing, though '{name}' is complete; rerun it with --force")
+        loaded.append((name, results))
     labels = [label for _, results in loaded for label in results["models"]]
     for stage_name, results in loaded:
         for label, model in results["models"].items():
@@ -250,33 +250,31 @@ def curves_section(run: Run, plots_dir: Path) -> list[Block]:
 
 
 # ---------- data ----------
-# selection_summary.json and selection.jsonl are written by the select stage (schema in stages/select.py).
-AUDIT_FILE = "selection.jsonl"
-
-
-def data_section(run: Run, plots_dir: Path) -> list[Block]:
+# The select stage's `summary` output (its schema: stages/select.py).
+def data_section(inputs: ReportInputs, plots_dir: Path) -> list[Block]:
     blocks: list[Block] = []
-    for stage in run.stages:
-        summary = _read_json(stage.dir / SELECTION_FILE)
-        if summary:
-            blocks += selection_blocks(stage, summary, plots_dir)
-    return [Heading("Data")] + (blocks or [Para("No stage wrote a selection summary.")])
+    for name, path in inputs.summaries:
+        summary = _read_json(path)
+        if summary is None:
+            raise FileNotFoundError(f"{path}: missing, though stage '{name}' is complete; rerun it with --force")
+        blocks += selection_blocks(name, summary, plots_dir)
+    return [Heading("Data")] + (blocks or [Para("No selection summary was given to this report.")])
 
 
-def selection_blocks(stage: Stage, s: dict, plots_dir: Path) -> list[Block]:
-    blocks: list[Block] = [Heading(f"Selection: {stage.name} ({s.get('method', '?')})", 3),
+def selection_blocks(stage: str, s: dict, plots_dir: Path) -> list[Block]:
+    blocks: list[Block] = [Heading(f"Selection: {stage} ({s.get('method', '?')})", 3),
                            Table(["", "rows"], overview_rows(s), "Selection summary", numeric={1})]
     clusters = (s.get("paser") or {}).get("clusters")
     if clusters:
-        blocks += paser_blocks(stage.name, s["paser"], plots_dir)
+        blocks += paser_blocks(stage, s["paser"], plots_dir)
     if s.get("sources"):
-        blocks += source_blocks(stage.name, s["sources"], plots_dir)
+        blocks += source_blocks(stage, s["sources"], plots_dir)
     if s.get("dedup"):
         d = s["dedup"]
         blocks.append(Para(f"Deduplication (MinHash, {d.get('shingle')}-gram shingles, {d.get('num_perm')} permutations, "
                            f"Jaccard threshold {d.get('threshold')}): {d.get('dropped')} near-duplicate rows dropped."))
     if s.get("decontamination"):
-        blocks.append(decontamination_table(s["decontamination"], contaminated_examples(stage.dir / AUDIT_FILE)))
+        blocks.append(decontamination_table(s["decontamination"]))
     return blocks
 
 
@@ -317,23 +315,9 @@ def source_blocks(stage: str, sources: dict, plots_dir: Path) -> list[Block]:
             Figure(png, f"Source histogram of the chosen responses ({stage})")]
 
 
-def contaminated_examples(audit: Path, per_set: int = 3) -> dict[str, list[str]]:
-    """Eval set -> the ids of the first few training rows dropped as contaminated with it."""
-    examples: dict[str, list[str]] = {}
-    if not audit.exists():
-        return examples
-    for row in read_rows(audit, on_bad_rows="skip"):
-        if row.get("filter") == "decontaminate":
-            for name in row.get("eval_sets", []):
-                ids = examples.setdefault(name, [])
-                if len(ids) < per_set:
-                    ids.append(str(row.get("id", row.get("index"))))
-    return examples
-
-
-def decontamination_table(d: dict, examples: dict[str, list[str]]) -> Table:
+def decontamination_table(d: dict) -> Table:
     """Per eval set: training rows that share an n-gram with it (and were dropped), with example ids."""
-    rows = [[name, _fmt(v.get("items")), _fmt(v.get("matched_rows")), ", ".join(examples.get(name, [])) or "–"]
+    rows = [[name, _fmt(v.get("items")), _fmt(v.get("matched_rows")), ", ".join(v.get("examples", [])) or "–"]
             for name, v in (d.get("per_eval_set") or {}).items()]
     return Table(["eval set", "eval items", "training rows matched", "example training rows"], rows,
                  f"Decontamination: {d.get('ngram')}-gram overlap with each eval set; {d.get('dropped', 0)} "
@@ -367,11 +351,14 @@ def provenance_section(run: Run) -> list[Block]:
 
 
 def versions_table(run: Run) -> Table:
-    """Package versions; a stage that ran with a different version is named next to it."""
+    """Package versions; a stage that ran with a different version is named next to it, and so is the set of
+    the last `posttrain run` (run.json), which cached stages may predate."""
     by_package: dict[str, dict[str, list[str]]] = {}
     for s in run.stages:
         for package, version in s.manifest.get("versions", {}).items():
             by_package.setdefault(package, {}).setdefault(version, []).append(s.name)
+    for package, version in run.info.get("packages", {}).items():
+        by_package.setdefault(package, {}).setdefault(version, []).append("the last run")
     rows = []
     for package, versions in by_package.items():
         ranked = sorted(versions.items(), key=lambda kv: -len(kv[1]))

@@ -7,13 +7,31 @@ Built-in tasks read ../shared/data (posttrain.data.shared_file); `source` may in
 posttrain.data spec, e.g. a hub id `hf:org/name:split` where a network exists.
 """
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any, Callable
 
-from posttrain import tinyworld
+from posttrain.worlds import tinyworld
 from posttrain.data import iter_rows, shared_file
+from posttrain.stage import Dataset
 from posttrain.eval.metrics import pass_at_k, summarize
+
+@dataclass
+class TaskSpec:
+    """A task as a recipe names it: an eval stage's `tasks` item, and what decontamination follows."""
+    name: str = field(metadata={"help": "a built-in task (see posttrain.eval.tasks.TASKS) or lm_eval:<task>"})
+    label: str | None = field(default=None, metadata={"help": "the report row name (default: name)"})
+    limit: int | None = field(default=None, metadata={"ge": 1, "help": "the first N examples (default: the suite's)"})
+    shots: int | None = field(default=None, metadata={"ge": 0, "help": "few-shot exemplars (default: the task's)"})
+    chat: bool | None = field(default=None, metadata={"help": "apply the chat template (default: the task's)"})
+    max_new_tokens: int | None = field(default=None, metadata={"ge": 1})
+    samples: int = field(default=1, metadata={"ge": 1, "help": "completions per prompt (pass@k needs k or more)"})
+    temperature: float | None = field(default=None, metadata={"ge": 0})
+    k: list[int] = field(default_factory=list, metadata={"help": "report pass@k for these k (k <= samples)"})
+    source: Dataset | None = field(default=None, metadata={"help": "rows from this file or hf:org/name:split instead"})
+
 
 Item = dict[str, Any]  # {"id", "question", "ground_truth", "answer" (worked answer, for exemplars), ...verifier fields}
 
@@ -32,12 +50,30 @@ class Task:
     max_new_tokens: int = 512
     timeout_s: float = 5.0         # per-row verification limit (code runs need more than the sandbox's)
     verifier_options: dict[str, Any] = field(default_factory=dict)
-    exemplars: Callable[[], list[Item]] | None = None
+    exemplars: Callable[[str], list[Item]] | None = None   # exemplar source spec -> the few-shot pool
+    exemplar_source: str = ""
     plain_query: str = "Question: {question}\nAnswer:"   # chat=False format over item fields; exemplars add " {answer}\n\n"
     stop: tuple[str, ...] = ()     # chat=False continuations are cut at these
     verifier_row: Callable[[dict], dict] | None = None   # row -> what the verifier sees, if not the row
     extra: Callable[[str, dict], dict[str, Any]] | None = None  # more per-sample metrics (lists pool across rows)
     description: str = ""
+    prompt_fields: tuple[str, ...] = ()  # the source rows' fields holding the prompt (what decontamination matches)
+
+    def files(self, source: str | None = None, shots: int | None = None) -> list[Path]:
+        """The local files this task reads (its items, its exemplars): what a stage's fingerprint must cover."""
+        shots = self.shots if shots is None else shots
+        specs = [source or self.source] + ([self.exemplar_source] if shots and self.exemplars else [])
+        return [Path(resolve_source(s)) for s in specs if s and Path(resolve_source(s)).exists()]
+
+    def prompt_texts(self, source: str | None = None) -> Iterator[str]:
+        """The prompt of every item of the eval set, as written in its source rows (no shots or template):
+        the text decontamination looks for in training data."""
+        source = source or self.source
+        if not source:  # a generated set
+            yield from (item["question"] for item in self.items(""))
+            return
+        for row in iter_rows(resolve_source(source)):
+            yield prompt_of(row, self.prompt_fields)
 
     def rows(self, limit: int | None = None, *, shots: int | None = None, chat: bool | None = None,
              source: str | None = None) -> list[dict]:
@@ -64,7 +100,7 @@ class Task:
     def _shots(self, shots: int) -> list[Item]:
         if not shots:
             return []
-        pool = self.exemplars() if self.exemplars else []
+        pool = self.exemplars(resolve_source(self.exemplar_source)) if self.exemplars else []
         if shots > len(pool):
             raise ValueError(f"task {self.name}: {shots} shots asked, {len(pool)} exemplars available")
         return pool[:shots]
@@ -92,6 +128,17 @@ class Task:
                 record.update(self.extra(seen[at - len(cs)], flat_rows[at - len(cs)]))
             records.append(record)
         return records
+
+
+def prompt_of(row: dict, fields=()) -> str:
+    """An eval row's prompt: the named fields, else the first usual prompt field, else its user turns."""
+    if any(f in row for f in fields):
+        return "\n".join(str(row[f]) for f in fields if f in row)
+    for f in ("question", "problem", "prompt", "instruction", "text"):
+        if isinstance(row.get(f), str):
+            return row[f]
+    messages = row.get("messages") or (row.get("prompt") if isinstance(row.get("prompt"), list) else [])
+    return "\n".join(m.get("content", "") for m in messages if isinstance(m, dict) and m.get("role") == "user")
 
 
 def summarize_records(records: list[dict], seed: int = 0) -> dict:
@@ -142,8 +189,8 @@ def _gsm8k_items(source: str, instruction: str = "") -> list[Item]:
 
 
 @cache
-def _gsm8k_exemplars() -> list[Item]:
-    return _gsm8k_items(resolve_source("shared:gsm8k/train.jsonl"))[:8]
+def _gsm8k_exemplars(source: str) -> list[Item]:
+    return _gsm8k_items(source)[:8]
 
 
 # ---------- MATH-500 ----------
@@ -204,8 +251,8 @@ def _mbpp_items(source: str, ids: range = range(11, 511)) -> list[Item]:
 
 
 @cache
-def _mbpp_exemplars() -> list[Item]:
-    return _mbpp_items(resolve_source("shared:mbpp/mbpp.jsonl"), ids=range(2, 5))
+def _mbpp_exemplars(source: str) -> list[Item]:
+    return _mbpp_items(source, ids=range(2, 5))
 
 
 # ---------- tiny world ----------
@@ -220,28 +267,30 @@ def _tinyworld_items(source: str) -> list[Item]:
 TASKS: dict[str, Task] = {t.name: t for t in [
     Task("gsm8k_8shot", "math", "exact match", "numeric", _gsm8k_items, source="shared:gsm8k/test.jsonl",
          hub_id="hf:openai/gsm8k:main:test", shots=8, max_new_tokens=512, exemplars=_gsm8k_exemplars,
-         stop=("\n\nQuestion:",), description="GSM8K test, 8-shot chain of thought"),
+         exemplar_source="shared:gsm8k/train.jsonl",
+         stop=("\n\nQuestion:",), description="GSM8K test, 8-shot chain of thought", prompt_fields=("question",)),
     Task("gsm8k_0shot", "math", "exact match", "numeric",
          lambda src: _gsm8k_items(src, GSM8K_INSTRUCTION), source="shared:gsm8k/test.jsonl",
          hub_id="hf:openai/gsm8k:main:test", max_new_tokens=512, stop=("\n\nQuestion:",),
-         description="GSM8K test, zero-shot with an answer-format instruction"),
+         description="GSM8K test, zero-shot with an answer-format instruction", prompt_fields=("question",)),
     Task("math500", "math", "math-verify equivalence", "math", _math_items, source="shared:math500/test.jsonl",
          hub_id="hf:HuggingFaceH4/MATH-500:test", max_new_tokens=1024, stop=("\n\nQuestion:",),
          # Generous math-verify limits: a fresh worker's first parse includes sympy's import, and an eval
          # must not mark a right answer wrong because the machine was busy.
          timeout_s=30.0, verifier_options={"parse_timeout_s": 10, "compare_timeout_s": 10},
-         description="MATH-500, zero-shot, answer in \\boxed{}"),
+         description="MATH-500, zero-shot, answer in \\boxed{}", prompt_fields=("problem",)),
     Task("ifeval", "instruction following", "prompt-level strict", "ifeval", _ifeval_items,
          source="shared:ifeval/input_data.jsonl", hub_id="hf:google/IFEval:train", max_new_tokens=1024,
-         extra=_ifeval_extra, description="IFEval, prompt- and instruction-level, strict and loose"),
+         extra=_ifeval_extra, description="IFEval, prompt- and instruction-level, strict and loose", prompt_fields=("prompt",)),
     Task("humaneval", "code", "pass@1", "code", _humaneval_items, source="shared:humaneval/HumanEval.jsonl.gz",
          hub_id="hf:openai/openai_humaneval:test", max_new_tokens=512, timeout_s=10.0, stop=CODE_STOPS,
          plain_query="{code_prompt}",
          verifier_row=_humaneval_verifier_row,
-         description="HumanEval, unit tests in the sandbox"),
+         description="HumanEval, unit tests in the sandbox", prompt_fields=("prompt",)),
     Task("mbpp", "code", "pass@1", "code", _mbpp_items, source="shared:mbpp/mbpp.jsonl",
          hub_id="hf:mbpp:test", max_new_tokens=512, timeout_s=10.0, exemplars=_mbpp_exemplars,
-         stop=("\n\nQuestion:",), description="MBPP test split (task ids 11-510)"),
+         exemplar_source="shared:mbpp/mbpp.jsonl",
+         stop=("\n\nQuestion:",), description="MBPP test split (task ids 11-510)", prompt_fields=("text",)),
     Task("tinyworld", "tiny world", "exact match", "numeric", _tinyworld_items, max_new_tokens=96,
          plain_query="Q: {question}\nA:", stop=("\nQ:",),
          description=f"the tiny world's held-out problems (first {TINYWORLD_HELDOUT})"),

@@ -73,8 +73,20 @@ def cmd_plan(args) -> int:
     for s in steps:
         table.add_row(s.name, s.kind, ", ".join(s.upstream) or "-", s.fingerprint,
                       f"[{colors[s.action]}]{s.action}[/]", s.reason)
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    _print_drift(console, {s.name: s.warning for s in steps})
     return 0
+
+
+def _print_drift(console, warnings: dict[str, str]) -> None:
+    """Name each cached stage made with other package versions (they stay cached: versions are not in the
+    fingerprint, so a library upgrade does not silently recompute a whole run)."""
+    from rich.markup import escape
+
+    for name, warning in warnings.items():
+        if warning:
+            console.print(f"[yellow]warning[/]: stage '{name}' {escape(warning)}")
 
 
 def cmd_run(args) -> int:
@@ -97,7 +109,7 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from rich.table import Table
 
-    from posttrain.store import RunStore
+    from posttrain.store import RunStore, version_drift
 
     run_dir = _require_run_dir(args.run_dir)
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
@@ -115,7 +127,9 @@ def cmd_status(args) -> int:
         metrics = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(m["metrics"].items())[:5])
         table.add_row(name, m["kind"], status, m["fingerprint"], f"{m['wall_time_s'] or 0:.1f}",
                       metrics or (m.get("error") or "")[:80])
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    _print_drift(console, {name: version_drift(store.manifest(name)) for name in names})
     return 0
 
 
@@ -159,8 +173,7 @@ def cmd_inspect(args) -> int:
     unfinished = [d for d, m in manifests.items() if not m or m.get("status") != "complete"]
     if unfinished:
         # every unfinished stage upstream of this one, in run order: `--only` needs its own upstream finished
-        upstream = [n for n in recipe.stages if n != args.stage and args.stage in recipe.downstream(n)]
-        todo = [n for n in upstream if (store.manifest(n) or {}).get("status") != "complete"]
+        todo = [n for n in recipe.upstream(args.stage) if (store.manifest(n) or {}).get("status") != "complete"]
         extra = " ".join([*args.overrides, *([f"--out {args.out}"] if args.out else [])])
         steps = " && ".join(f"posttrain run {args.recipe} {extra} --only {n}".replace("  ", " ") for n in todo)
         raise UsageError(f"inspect needs {', '.join(unfinished)} to have finished; run: {steps}")

@@ -1,8 +1,11 @@
 """Hugging Face checkpoints: loading, chat templates, and saving a folder that transformers and vLLM
 load directly (safetensors, tokenizer, chat template, generation_config whose EOS matches the template)."""
 import os
+import re
 import shutil
 from pathlib import Path
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
 
 # Assistant content sits inside {% generation %} markers so TRL can train on assistant tokens only.
 CHAT_TEMPLATES = {
@@ -28,6 +31,34 @@ CHAT_TEMPLATES = {
 END_OF_TURN = {"tulu": None, "chatml": "<|im_end|>"}
 
 
+def split_revision(model: str) -> tuple[str, str | None]:
+    """`org/name@rev` -> ("org/name", "rev"); a local folder (which may contain '@') or an id without a
+    revision -> (model, None). The revision is a branch, tag or commit, as from_pretrained takes it."""
+    model = str(model)
+    if "@" not in model or Path(model).exists():
+        return model, None
+    name, _, revision = model.rpartition("@")
+    return name, revision
+
+
+def hub_commit(model: str) -> str:
+    """`org/name@commit` for a hub model: the commit its revision (default main) resolves to in the local
+    hub cache, so the fingerprint changes when the branch moves; `org/name@revision` as given when the cache
+    does not have it (offline, nothing downloaded yet)."""
+    from huggingface_hub import constants
+
+    name, revision = split_revision(model)
+    revision = revision or "main"
+    if not COMMIT.fullmatch(revision):
+        cache = Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
+        ref = cache / f"models--{name.replace('/', '--')}" / "refs" / revision
+        try:
+            revision = ref.read_text().strip() or revision
+        except OSError:
+            pass
+    return f"{name}@{revision}"
+
+
 def device() -> str:
     import torch
 
@@ -44,7 +75,8 @@ def load_tokenizer(path: str, chat_template: str = "model"):
     """chat_template: 'model' (the checkpoint's own), a built-in name (tulu, chatml) or a Jinja string."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path)
+    name, revision = split_revision(path)
+    tok = AutoTokenizer.from_pretrained(name, revision=revision)
     if chat_template != "model":
         apply_chat_template(tok, chat_template)
     elif not tok.chat_template:
@@ -70,12 +102,26 @@ def load_model(path: str, dtype: str = "auto", quantize: str = "none"):
 
     torch_dtype = {"auto": torch.bfloat16 if bf16_supported() else torch.float32,
                    "float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    name, revision = split_revision(path)
     if quantize == "none":
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        return AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=torch_dtype)
     # Quantized weights are placed at load time: each process puts its copy on its own GPU.
     gpu = {"": int(os.environ.get("LOCAL_RANK", 0))}
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=gpu,
+    return AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=torch_dtype, device_map=gpu,
                                                 quantization_config=bnb_config(quantize, torch_dtype))
+
+
+def load_for_inference(path: str, dtype: str = "auto", padding_side: str = "right"):
+    """(model, tokenizer) to score or generate with, the one loader of selection, pruning and eval: in eval
+    mode on the accelerator when there is one, with a pad token. dtype as in load_model."""
+    from transformers import AutoTokenizer
+
+    name, revision = split_revision(path)
+    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    return load_model(path, dtype=dtype).to(device()).eval(), tokenizer
 
 
 def bnb_config(quantize: str, compute_dtype):

@@ -30,7 +30,7 @@ def _builtin_context(name: str, spec) -> tuple[int, str] | None:
     """The context of the model a pretrain stage builds from builtin:tiny, with its architecture overrides."""
     if spec.kind != "pretrain" or spec.config.model != BUILTIN:
         return None
-    from posttrain.tinyworld import DEFAULT_ARCH
+    from posttrain.worlds.tinyworld import DEFAULT_ARCH
 
     n = {**DEFAULT_ARCH, **spec.config.architecture}["max_position_embeddings"]
     return (n, f"stage '{name}' builds {BUILTIN}") if isinstance(n, int) else None
@@ -114,7 +114,7 @@ def _unknown_chars(model: str, specs: dict, seen: frozenset = frozenset()):
         if spec is None or spec.config is None or stage in seen:
             return None
         if spec.kind == "pretrain" and spec.config.model == BUILTIN:
-            from posttrain.tinyworld import CHARS
+            from posttrain.worlds.tinyworld import CHARS
 
             known = set(CHARS)
             return lambda text: set(text) - known

@@ -79,6 +79,10 @@ class Recipe:
                 hit.add(spec.name)
         return [n for n in self.stages if n in hit]
 
+    def upstream(self, name: str) -> list[str]:
+        """Every stage `name` depends on, directly or not, in run order."""
+        return [n for n in self.stages if n != name and name in self.downstream(n)]
+
 
 def canonical_hash(obj: Any) -> str:
     """Key order and formatting never change the hash."""

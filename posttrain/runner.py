@@ -33,12 +33,7 @@ class Step:
     reason: str
     upstream: dict
     inputs: dict
-
-
-def _has_checkpoint(stage_dir: Path) -> bool:
-    from posttrain.training import latest_checkpoint
-
-    return latest_checkpoint(stage_dir / "checkpoints") is not None
+    warning: str = ""   # a cached stage made with other package versions (it is not recomputed for that)
 
 
 def plan(recipe: Recipe, run_store: st.RunStore, only: str | None = None, start: str | None = None,
@@ -51,9 +46,9 @@ def plan(recipe: Recipe, run_store: st.RunStore, only: str | None = None, start:
     steps: dict[str, Step] = {}
     for name, spec in recipe.stages.items():
         upstream = {d: steps[d].fingerprint for d in spec.deps}
-        inputs = {str(p): run_store.hashes.tree(p) for p in st.local_inputs(spec.raw)}
+        inputs = _inputs(spec, run_store.hashes)
         fp = st.fingerprint(spec.kind, resolved_stage_config(spec), upstream, inputs)
-        action, reason = _decide(run_store, name, fp, forced=name in forced)
+        action, reason = _decide(run_store, spec, fp, forced=name in forced)
         stale_upstream = [d for d in spec.deps if steps[d].action != "cached"]
         if name in selected and action == "cached" and stale_upstream:
             action, reason = "run", f"upstream {', '.join(stale_upstream)} will run"
@@ -62,12 +57,18 @@ def plan(recipe: Recipe, run_store: st.RunStore, only: str | None = None, start:
                 raise PlanError(f"stage '{name}' is needed by the selected stage(s) but has not finished "
                                 f"({reason}); run it first or drop --only/--from")
             action = "cached" if action == "cached" else "skip"
-        steps[name] = Step(name, spec.kind, fp, action, reason, upstream, inputs)
+        warning = st.version_drift(run_store.manifest(name)) if action == "cached" else ""
+        steps[name] = Step(name, spec.kind, fp, action, reason, upstream, inputs, warning)
     run_store.hashes.save()
     return list(steps.values())
 
 
-def _decide(run_store: st.RunStore, name: str, fp: str, forced: bool) -> tuple[str, str]:
+def _inputs(spec: StageSpec, hashes: st.HashCache) -> dict[str, str]:
+    return st.inputs(spec.config, spec.stage.files(spec.config), hashes)
+
+
+def _decide(run_store: st.RunStore, spec: StageSpec, fp: str, forced: bool) -> tuple[str, str]:
+    name = spec.name
     manifest = run_store.manifest(name)
     if forced:
         return "run", "forced"
@@ -78,15 +79,16 @@ def _decide(run_store: st.RunStore, name: str, fp: str, forced: bool) -> tuple[s
     if manifest.get("status") == st.COMPLETE:
         missing = run_store.missing_artifacts(manifest)
         return ("run", "; ".join(missing)) if missing else ("cached", "finished with the same fingerprint")
-    if _has_checkpoint(run_store.stage_dir(name)):
-        return "resume", f"interrupted ({manifest.get('status')}); a valid checkpoint exists"
+    progress = spec.stage.progress(spec.config, run_store.stage_dir(name))
+    if progress:
+        return "resume", f"interrupted ({manifest.get('status')}); continues from {progress}"
     return "run", f"previous attempt {manifest.get('status')}"
 
 
 def run_fingerprint(recipe: Recipe, hashes: st.HashCache) -> str:
     """What every node of a multi-node run must agree on: the resolved recipe (overrides included) and the
     contents of its local input files."""
-    inputs = {str(p): hashes.tree(p) for spec in recipe.stages.values() for p in st.local_inputs(spec.raw)}
+    inputs = {p: h for spec in recipe.stages.values() for p, h in _inputs(spec, hashes).items()}
     return canonical_hash({"recipe": recipe.hash, "inputs": inputs})
 
 
@@ -107,16 +109,17 @@ def run(recipe: Recipe, run_dir: Path, only: str | None = None, start: str | Non
             coordinator = cluster.Coordinator(nodes, fingerprint, cluster.store_timeout(recipe))
         remove_stale_temp_files(run_dir, recursive=False)
         write_json(run_dir / "run.json", {"recipe": recipe.name, "recipe_path": str(recipe.path),
-                                          "recipe_hash": recipe.hash, "stages": list(recipe.stages)})
+                                          "recipe_hash": recipe.hash, "stages": list(recipe.stages),
+                                          "packages": st.package_versions()})
         for step in steps:
             if step.action == "skip":
                 continue
             if step.action == "cached":
-                echo(f"[{step.name}] cached ({step.fingerprint})")
+                echo(f"[{step.name}] cached ({step.fingerprint})" + (f"; warning: {step.warning}" if step.warning else ""))
                 continue
             echo(f"[{step.name}] {step.action}: {step.reason}")
             error = f"stage '{step.name}' failed"
-            _execute(recipe.stages[step.name], step, run_store, resume, echo, coordinator)
+            _execute(recipe.stages[step.name], step, run_store, resume, echo, coordinator, recipe.upstream(step.name))
         error = None
         return steps
     finally:
@@ -140,7 +143,8 @@ def _follow(recipe: Recipe, run_dir: Path, nodes: int, rank: int, echo) -> None:
     echo(f"node {rank}: node 0 finished the run")
 
 
-def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, echo, coordinator=None) -> None:
+def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, echo, coordinator=None,
+             lineage: list[str] = ()) -> None:
     stage_dir = run_store.stage_dir(spec.name)
     previous = run_store.manifest(spec.name)
     if step.action == "run" and stage_dir.exists() and (previous is None or previous.get("fingerprint") != step.fingerprint
@@ -153,7 +157,7 @@ def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, e
         yaml.safe_dump({"kind": spec.kind, **config, "fingerprint": step.fingerprint}, f, sort_keys=False)
     upstream_artifacts = {d: run_store.artifact_paths(run_store.manifest(d)) for d in spec.deps}
     outputs = spec.stage.outputs
-    ctx = Context(spec.name, stage_dir, run_store.run_dir, outputs, upstream_artifacts, resume)
+    ctx = Context(spec.name, stage_dir, run_store.run_dir, outputs, upstream_artifacts, resume, lineage=list(lineage))
     manifest = {
         "stage": spec.name, "kind": spec.kind, "status": st.RUNNING, "fingerprint": step.fingerprint,
         "upstream": step.upstream, "inputs": step.inputs, "versions": st.package_versions(),

@@ -16,7 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Literal, Union
 
-from posttrain.stage import ARTIFACT_TYPES, Dataset, Model, is_ref, parse_ref
+from posttrain.stage import ARTIFACT_TYPES, Dataset, File, Model, is_ref, parse_ref
 
 # (key path, message); the recipe loader adds file and line.
 Problem = tuple[str, str]
@@ -200,18 +200,23 @@ def _check_artifact(tp, value, path: str, problems: list[Problem], ref_types: Re
         given = value
         if local and not Path(value).is_absolute():
             value = local(path, value)
-        if not Path(value).exists():
-            what = "data file" if tp is Dataset else "model folder"
+        found = Path(value).is_file() if tp is File else Path(value).exists()
+        if not found:
+            what = {Dataset: "data file", File: "file"}.get(tp, "model folder")
             read_as = f" (read as {value:.200})" if value != given else ""
             problems.append((path, f"{what} not found: {given:.200}{read_as}"))
+    elif tp is Model and "@" in value and not all(value.rpartition("@")[::2]):
+        problems.append((path, f"{value:.200}: a hub model with a revision is org/name@revision (a branch, tag or commit)"))
     return tp(value)
 
 
 def is_local(tp, value: str) -> bool:
-    """A value that names a local file or folder: any dataset but a hub id or built-in, and a model
+    """A value that names a local file or folder: any dataset but a hub id or built-in, any file, and a model
     given as a path (starting with . or /; `org/name` is a hub id)."""
     if tp is Dataset:
         return not value.startswith(DATASET_SCHEMES)
+    if tp is File:
+        return True
     return tp is Model and value.startswith((".", "/"))
 
 

@@ -2,8 +2,14 @@
 
 A stage file defines a `Config` dataclass (its recipe keys, validated before anything runs), the
 outputs it produces, and `run(cfg, ctx)`, which writes those outputs under `ctx.out_dir` and returns
-headline metrics. Inputs are the Config fields typed `Model` or `Dataset`; a value of the form
-`${stages.NAME.output.KEY}` in the recipe makes the graph edge.
+headline metrics. The contract:
+- Inputs are the Config values typed Model, Dataset, Results, Summary or File; a value of the form
+  `${stages.NAME.output.KEY}` makes the graph edge. A stage that reads other files (a built-in eval set)
+  names them in `files(cfg)`. The fingerprint covers all of them: local files by content, hub models by
+  id and revision (`org/name@rev`).
+- Everything another stage may read is a declared output (`outputs`); nothing reads a stage's other files.
+- `progress(cfg, out_dir)` says what an interrupted run left that the next run continues from; the runner
+  then keeps the stage folder and resumes instead of starting over.
 """
 from __future__ import annotations
 
@@ -36,7 +42,16 @@ class Report(str):
     """A report folder (report.md, report.html, plots)."""
 
 
-ARTIFACT_TYPES = {"model": Model, "dataset": Dataset, "results": Results, "report": Report}
+class Summary(str):
+    """A JSON document a stage writes about its work (e.g. the select stage's selection summary)."""
+
+
+class File(str):
+    """A local file a stage reads as is (e.g. the report's reference numbers)."""
+
+
+ARTIFACT_TYPES = {"model": Model, "dataset": Dataset, "results": Results, "report": Report, "summary": Summary,
+                  "file": File}
 
 
 def is_ref(value: Any) -> bool:
@@ -54,8 +69,9 @@ def make_ref(stage: str, output: str) -> str:
 
 
 def output_path(out_dir: Path, name: str, kind: type) -> Path:
-    """Where a stage writes its declared output `name`: a folder for models and reports, a jsonl file for datasets."""
-    return out_dir / (f"{name}.jsonl" if kind is Dataset else name)
+    """Where a stage writes its declared output `name`: a jsonl file for datasets, a json file for summaries, a
+    folder for the rest."""
+    return out_dir / (f"{name}.jsonl" if kind is Dataset else f"{name}.json" if kind is Summary else name)
 
 
 @dataclass
@@ -69,6 +85,7 @@ class Context:
     upstream_artifacts: dict[str, dict[str, str]] = field(default_factory=dict)
     resume: str = "auto"  # off | on | auto | a checkpoint path
     seed: int = 0
+    lineage: list[str] = field(default_factory=list)  # every stage upstream of this one, in run order
 
     def path(self, value: str) -> str:
         """Resolve a Model/Dataset value: a stage reference becomes the upstream artifact's path."""
@@ -109,6 +126,15 @@ class Stage:
     def check(self, cfg: Any) -> list[tuple[str, str]]:
         """Extra checks that need more than types: a list of (key path inside the stage, message)."""
         return []
+
+    def files(self, cfg: Any) -> list[Path]:
+        """Local files the stage reads that are not Config inputs (e.g. built-in eval sets)."""
+        return []
+
+    def progress(self, cfg: Any, out_dir: Path) -> str | None:
+        """What an interrupted run left in out_dir that `run` continues from (e.g. "3 tasks done"), or None
+        when it would start over. The runner keeps the folder of a stage with progress and resumes it."""
+        return None
 
     def run(self, cfg: Any, ctx: Context) -> dict[str, Any]:
         raise NotImplementedError

@@ -1,5 +1,6 @@
 """The run store: one folder per stage holding its artifacts, config.resolved.yaml and manifest.json
 (written atomically and last), content hashes, fingerprints and the run lock."""
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -13,11 +14,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from posttrain import hf
 from posttrain.data import DataError, write_json
-from posttrain.stage import is_ref, parse_ref
+from posttrain.schema import DATASET_SCHEMES
+from posttrain.stage import ARTIFACT_TYPES, Dataset, Model, is_ref, parse_ref
 
 KEY_PACKAGES = ("posttrain", "torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "datasets", "vllm")
 COMPLETE, RUNNING, FAILED = "complete", "running", "failed"
+INPUT_TYPES = tuple(ARTIFACT_TYPES.values())
 
 
 class LockedError(Exception):
@@ -36,6 +40,17 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return versions
+
+
+def version_drift(manifest: dict | None) -> str:
+    """The packages whose version differs between a stage's manifest and this environment ("" if none):
+    the stage stays cached (versions are not in its fingerprint), but its numbers may not be reproduced."""
+    if not manifest or "versions" not in manifest:
+        return ""
+    now = package_versions()
+    changed = [f"{p} {v} (now {now.get(p, 'not installed')})" for p, v in sorted(manifest["versions"].items())
+               if now.get(p) != v]
+    return f"made with {', '.join(changed)}; not recomputed: --force to redo it" if changed else ""
 
 
 class HashCache:
@@ -80,22 +95,32 @@ class HashCache:
                 pass
 
 
-def local_inputs(config: Any) -> list[Path]:
-    """Local files and folders a stage config reads (not stage references, not hub ids)."""
-    found: list[Path] = []
+def inputs(config: Any, files: list[Path], hashes: HashCache) -> dict[str, str]:
+    """What a stage reads, identified for its fingerprint: every Config value typed as an input (not stage
+    references, which the upstream fingerprints cover), plus the stage's own `files`. Local files and
+    folders by content; a hub model by id and the commit its revision resolves to; a hub dataset by its spec
+    (already in the config)."""
+    found: dict[str, str] = {}
+    for value in _typed_inputs(config):
+        if isinstance(value, Dataset) and value.startswith(DATASET_SCHEMES):
+            continue
+        if Path(value).exists():
+            found[str(Path(value))] = hashes.tree(Path(value))
+        elif isinstance(value, Model):
+            found[value] = f"hub:{hf.hub_commit(value)}"
+    found.update((str(f), hashes.tree(f)) for f in files)
+    return found
 
-    def walk(v):
-        if isinstance(v, dict):
-            for x in v.values():
-                walk(x)
-        elif isinstance(v, list):
-            for x in v:
-                walk(x)
-        elif isinstance(v, str) and not is_ref(v) and ("/" in v or "." in v) and Path(v).exists():
-            found.append(Path(v))
 
-    walk(config)
-    return sorted(set(found))
+def _typed_inputs(value: Any) -> list[str]:
+    """The input-typed values (Model, Dataset, ...) of a built Config, however deeply nested."""
+    if dataclasses.is_dataclass(value):
+        return [v for f in dataclasses.fields(value) for v in _typed_inputs(getattr(value, f.name))]
+    if isinstance(value, (list, tuple)):
+        return [v for item in value for v in _typed_inputs(item)]
+    if isinstance(value, dict):
+        return [v for item in value.values() for v in _typed_inputs(item)]
+    return [value] if isinstance(value, INPUT_TYPES) and not is_ref(value) and value.strip() else []
 
 
 def fingerprint(kind: str, config: dict, upstream: dict[str, str], input_hashes: dict[str, str]) -> str:

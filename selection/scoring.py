@@ -18,6 +18,7 @@ from pathlib import Path
 
 from posttrain.data import DataError
 from posttrain.formats import Example
+from posttrain.hf import split_revision
 
 PAPER_TEMPLATE = "Question: {instruction} \n Answer: {response}"  # GRAPE paper's plain format
 
@@ -84,10 +85,11 @@ def response_log_probs(model, batch: list[Encoded], pad_id: int) -> list[torch.T
     import torch
 
     longest = max(len(e.ids) for e in batch)
-    input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
+    device = getattr(model, "device", "cpu")  # a transformers model's; where its inputs must be
+    input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long, device=device)
     attention_mask = torch.zeros_like(input_ids)
     for b, e in enumerate(batch):
-        input_ids[b, : len(e.ids)] = torch.tensor(e.ids)
+        input_ids[b, : len(e.ids)] = torch.tensor(e.ids, device=device)
         attention_mask[b, : len(e.ids)] = 1
     first = min(e.start for e in batch) - 1
     with torch.inference_mode():
@@ -110,7 +112,8 @@ def mean_log_probs(model, encoded: list[Encoded], batch_size: int, pad_id: int) 
 
     def per_batch(batch):
         lps = response_log_probs(model, batch, pad_id)
-        return [lp.gather(1, torch.tensor(e.ids[e.start: e.end]).unsqueeze(1)).mean().item() for e, lp in zip(batch, lps)]
+        return [lp.gather(1, torch.tensor(e.ids[e.start: e.end], device=lp.device).unsqueeze(1)).mean().item()
+                for e, lp in zip(batch, lps)]
     return _batched(encoded, batch_size, per_batch)
 
 
@@ -121,7 +124,8 @@ def vllm_log_prob_scorer(model_path: str) -> Callable[[list[Encoded]], list[floa
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    llm = LLM(model=model_path)
+    name, revision = split_revision(model_path)
+    llm = LLM(model=name, revision=revision)
     params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
 
     def score(encoded: list[Encoded]) -> list[float]:
@@ -241,3 +245,40 @@ def _chunks(items: Iterable, size: int) -> Iterator[list]:
             chunk = []
     if chunk:
         yield chunk
+
+
+# ---------- the select stage's scorers ----------
+
+def pad_id(tokenizer) -> int:
+    return next(t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if t is not None)
+
+
+def formatter(cfg, tokenizer) -> Formatter:
+    s = cfg.scoring
+    return Formatter(tokenizer, s.prompt_format, s.template, s.max_length)
+
+
+def log_prob_scorer(cfg, ctx) -> tuple[Formatter, Callable[[list[Encoded]], list[float]]]:
+    """The formatter and the mean response log-prob scorer of the stage's `model` on scoring.backend."""
+    from posttrain import hf
+
+    path = ctx.path(cfg.model)
+    if cfg.scoring.backend == "vllm":
+        from transformers import AutoTokenizer
+
+        name, revision = split_revision(path)
+        return formatter(cfg, AutoTokenizer.from_pretrained(name, revision=revision)), vllm_log_prob_scorer(path)
+    model, tokenizer = hf.load_for_inference(path, dtype="float32")
+    pad = pad_id(tokenizer)
+    return formatter(cfg, tokenizer), lambda encoded: mean_log_probs(model, encoded, cfg.scoring.batch_size, pad)
+
+
+SCORE_LOG = "scores.jsonl"  # the select stage's progress: what a killed run had scored
+
+
+def score_log(ctx) -> ScoreLog:
+    return ScoreLog(ctx.out_dir / SCORE_LOG, fresh=ctx.resume == "off")
+
+
+def progress(ctx):
+    return lambda done: ctx.info(f"scored {done} rows")

@@ -13,7 +13,8 @@ from typing import Literal
 from posttrain import hf
 from posttrain.data import ReadStats, convert_rows, first_rows_problem
 from posttrain.formats import clip_messages, content_budget, to_preference
-from posttrain.stage import Context, Dataset, Model, Stage, register
+from posttrain.stage import Context, Dataset, Model, register
+from posttrain.training import TrainingStage
 from posttrain.training import (Launcher, Lora, TrainArgs, check_launcher, check_lora, check_trl_args, load_trainable,
                                 peft_config, train_and_save, trl_config)
 
@@ -46,7 +47,7 @@ def _dpo_args(cfg: DPOStageConfig) -> dict:
 
 
 @register
-class DPO(Stage):
+class DPO(TrainingStage):
     kind = "dpo"
     Config = DPOStageConfig
     outputs = {"model": Model}

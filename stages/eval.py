@@ -1,28 +1,17 @@
 """Evaluate one or more models (stage outputs, the base, or any HF path) on a suite of tasks. Labels become
 the report's columns in the order given. Output: results.json + samples/<label>/<task>.jsonl."""
+import dataclasses
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from posttrain.data import write_json
+from posttrain.eval.tasks import TaskSpec
 from posttrain.schema import suggest
 from posttrain.stage import Context, Model, Results, Stage, register
 
 LABEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-@dataclass
-class TaskSpec:
-    name: str = field(metadata={"help": "a built-in task (see posttrain.eval.tasks.TASKS) or lm_eval:<task>"})
-    label: str | None = field(default=None, metadata={"help": "the report row name (default: name)"})
-    limit: int | None = field(default=None, metadata={"ge": 1, "help": "the first N examples (default: the suite's)"})
-    shots: int | None = field(default=None, metadata={"ge": 0, "help": "few-shot exemplars (default: the task's)"})
-    chat: bool | None = field(default=None, metadata={"help": "apply the chat template (default: the task's)"})
-    max_new_tokens: int | None = field(default=None, metadata={"ge": 1})
-    samples: int = field(default=1, metadata={"ge": 1, "help": "completions per prompt (pass@k needs k or more)"})
-    temperature: float | None = field(default=None, metadata={"ge": 0})
-    k: list[int] = field(default_factory=list, metadata={"help": "report pass@k for these k (k <= samples)"})
-    source: str | None = field(default=None, metadata={"help": "rows from this file or hf:org/name:split instead"})
 
 
 @dataclass
@@ -74,11 +63,24 @@ class Eval(Stage):
                                                      "set temperature > 0 (e.g. 0.8) for pass@k"))
         return problems
 
+    def files(self, cfg: EvalConfig) -> list[Path]:
+        from posttrain.eval.lm_eval_backend import is_lm_eval
+        from posttrain.eval.tasks import TASKS
+
+        return [f for spec in cfg.tasks if not is_lm_eval(spec.name)
+                for f in TASKS[spec.name].files(spec.source, spec.shots)]
+
+    def progress(self, cfg: EvalConfig, out_dir: Path) -> str | None:
+        """evaluate_model reuses the samples file of every (model, task) an interrupted run finished."""
+        done = list((out_dir / "results" / "samples").glob("*/*.jsonl"))
+        return f"{len(done)} of {len(cfg.models) * len(cfg.tasks)} model-task results" if done else None
+
     def run(self, cfg: EvalConfig, ctx: Context) -> dict:
         from posttrain.eval.suite import evaluate_model
 
         out = ctx.output("results")
-        runs = [resolve(spec, cfg) for spec in cfg.tasks]
+        runs = [resolve(dataclasses.replace(spec, source=ctx.path(spec.source) if spec.source else None), cfg)
+                for spec in cfg.tasks]
         results = {"seed": cfg.seed, "backend": cfg.backend, "models": {}}
         for label, model in cfg.models.items():
             path = ctx.path(model)

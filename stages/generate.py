@@ -1,12 +1,20 @@
 """On-policy preference pairs: sample N completions per prompt from a model, score each with the row's
 verifier, and keep (best, worst). Prompts whose samples all score the same teach nothing and are
-skipped and counted. Every sample and its score is kept in samples.jsonl for audit."""
+skipped and counted. Every sample and its score is kept in samples.jsonl for audit.
+
+Resume: with `chunk_prompts` set, the prompts are sampled and scored a chunk at a time, each chunk saved
+(chunks/NNNNN.jsonl) as it completes; a killed run continues after the last saved chunk and ends with what
+an uninterrupted run of the same config draws (each chunk's batch seeds follow on from the previous chunk's)."""
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from posttrain.data import DataError, read_rows, write_rows
 from posttrain.formats import as_chat
 from posttrain.stage import Context, Dataset, Model, Stage, register
+
+CHUNKS = "chunks"  # the stage's progress: one file of audit records per finished chunk
 
 
 @dataclass
@@ -24,6 +32,8 @@ class GenerateConfig:
     batch_size: int = field(default=32, metadata={"ge": 1})
     seed: int = 0
     reward_timeout_s: float = field(default=5.0, metadata={"gt": 0})
+    chunk_prompts: int | None = field(default=None, metadata={
+        "ge": 1, "help": "prompts sampled and saved per chunk, so a killed run resumes; unset: one chunk"})
 
 
 def best_and_worst(scores: list[float]) -> tuple[int, int] | None:
@@ -50,20 +60,24 @@ class Generate(Stage):
                                  f"known: {', '.join(list_verifiers())}")]
         return []
 
-    def run(self, cfg: GenerateConfig, ctx: Context) -> dict:
-        from posttrain.eval.generation import generate
-        from posttrain.rewards import score_rows
+    def progress(self, cfg: GenerateConfig, out_dir: Path) -> str | None:
+        done = len(list((out_dir / CHUNKS).glob("*.jsonl")))
+        return f"{done} chunk(s) of {cfg.chunk_prompts} prompts sampled" if done else None
 
+    def run(self, cfg: GenerateConfig, ctx: Context) -> dict:
         rows = read_rows(ctx.path(cfg.prompts))[: cfg.limit]
-        samples = generate(ctx.path(cfg.model), None, [r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens,
-                           temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.num_samples, seed=cfg.seed,
-                           batch_size=cfg.batch_size, chat=cfg.chat, backend=cfg.backend)
-        flat_rows = [r for r in rows for _ in range(cfg.num_samples)]
-        verdicts = score_rows([s for group in samples for s in group], flat_rows, cfg.verifier, timeout_s=cfg.reward_timeout_s)
-        pairs, audit, tied = [], [], 0
-        for i, (row, group) in enumerate(zip(rows, samples)):
-            scores = [v.score for v in verdicts[i * cfg.num_samples:(i + 1) * cfg.num_samples]]
-            audit.append({"id": row.get("id", i), "samples": group, "scores": scores})
+        size = cfg.chunk_prompts or max(len(rows), 1)
+        audit, model = [], _Model(ctx.path(cfg.model), cfg.backend)
+        for c, start in enumerate(range(0, len(rows), size)):
+            saved = ctx.out_dir / CHUNKS / f"{c:05d}.jsonl"
+            if not saved.exists() or ctx.resume == "off":
+                # batch b of chunk c draws with seed + c * batches_per_chunk + b: the seeds of one uninterrupted call
+                seed = cfg.seed + c * math.ceil(size / cfg.batch_size)
+                write_rows(saved, _sample_and_score(cfg, model, rows[start:start + size], start, seed))
+            audit += read_rows(saved)
+        pairs, tied = [], 0
+        for i, (row, record) in enumerate(zip(rows, audit)):
+            group, scores = record["samples"], record["scores"]
             picked = best_and_worst(scores)
             if picked is None:
                 tied += 1
@@ -73,10 +87,42 @@ class Generate(Stage):
                           "rejected": [{"role": "assistant", "content": group[picked[1]]}],
                           "chosen_score": scores[picked[0]], "rejected_score": scores[picked[1]]})
         write_rows(ctx.out_dir / "samples.jsonl", audit)
-        mean_score = sum(v.score for v in verdicts) / max(len(verdicts), 1)
+        all_scores = [s for record in audit for s in record["scores"]]
+        mean_score = sum(all_scores) / max(len(all_scores), 1)
         if not pairs:
             raise DataError(f"no prompt gave a pair: all {cfg.num_samples} samples of each of the {len(rows)} prompts scored "
                             f"the same (mean score {mean_score:.3f}); raise num_samples or temperature, or start from a "
                             f"stronger model (samples: {ctx.out_dir / 'samples.jsonl'})")
         write_rows(ctx.output("pairs"), pairs)
         return {"prompts": len(rows), "pairs": len(pairs), "skipped_all_equal": tied, "mean_sample_score": mean_score}
+
+
+class _Model:
+    """The sampling model, loaded once on first use (a fully resumed run never loads it); vLLM takes the path."""
+
+    def __init__(self, path: str, backend: str):
+        self.path, self.backend, self.loaded = path, backend, None
+
+    def get(self):
+        if self.backend != "hf":
+            return self.path, None
+        if self.loaded is None:
+            from posttrain.eval.generation import load_model_and_tokenizer
+
+            self.loaded = load_model_and_tokenizer(self.path)
+        return self.loaded
+
+
+def _sample_and_score(cfg: GenerateConfig, model: _Model, rows: list[dict], first: int, seed: int) -> list[dict]:
+    """The audit records of a chunk of prompts (row `first` onwards): each one's samples and their scores."""
+    from posttrain.eval.generation import generate
+    from posttrain.rewards import score_rows
+
+    samples = generate(*model.get(), [r["prompt"] for r in rows], max_new_tokens=cfg.max_new_tokens,
+                       temperature=cfg.temperature, top_p=cfg.top_p, n=cfg.num_samples, seed=seed,
+                       batch_size=cfg.batch_size, chat=cfg.chat, backend=cfg.backend)
+    flat_rows = [r for r in rows for _ in range(cfg.num_samples)]
+    verdicts = score_rows([s for group in samples for s in group], flat_rows, cfg.verifier, timeout_s=cfg.reward_timeout_s)
+    n = cfg.num_samples
+    return [{"id": row.get("id", first + i), "samples": group, "scores": [v.score for v in verdicts[i * n:(i + 1) * n]]}
+            for i, (row, group) in enumerate(zip(rows, samples))]

@@ -3,11 +3,12 @@ tokenizer and a randomly initialised small Llama, which is how the built-in base
 from dataclasses import dataclass, field
 from typing import Any
 
-from posttrain import hf, tinyworld
+from posttrain import hf
+from posttrain.worlds import tinyworld
 from posttrain.data import read_rows
 from posttrain.formats import content_budget
-from posttrain.stage import Context, Dataset, Model, Stage, register
-from posttrain.training import TrainArgs, check_trl_args, train_and_save, trl_config
+from posttrain.stage import Context, Dataset, Model, register
+from posttrain.training import TrainingStage, TrainArgs, check_trl_args, train_and_save, trl_config
 
 BUILTIN = "builtin:tiny"
 
@@ -28,7 +29,7 @@ def _sft_args(cfg: PretrainConfig) -> dict:
 
 
 @register
-class Pretrain(Stage):
+class Pretrain(TrainingStage):
     kind = "pretrain"
     Config = PretrainConfig
     outputs = {"model": Model}

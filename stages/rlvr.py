@@ -14,8 +14,8 @@ from typing import Any, Literal
 from posttrain import hf
 from posttrain.data import DataError, located_rows
 from posttrain.formats import as_chat
-from posttrain.stage import Context, Dataset, Model, Stage, register
-from posttrain.training import Launcher, TrainArgs, check_launcher, check_trl_args, load_trainable, train_and_save, trl_config
+from posttrain.stage import Context, Dataset, Model, register
+from posttrain.training import TrainingStage, Launcher, TrainArgs, check_launcher, check_trl_args, load_trainable, train_and_save, trl_config
 
 ROUTE_BY_ROW = "verifier"
 
@@ -116,7 +116,7 @@ def _grpo_args(cfg: RLVRConfig, reward_weights: list[float] | None) -> dict:
 
 
 @register
-class RLVR(Stage):
+class RLVR(TrainingStage):
     kind = "rlvr"
     Config = RLVRConfig
     outputs = {"model": Model}

@@ -9,7 +9,8 @@ from typing import Literal
 from posttrain import hf
 from posttrain.data import DataError, ReadStats, convert_rows, first_rows_problem, write_json
 from posttrain.formats import SFTColumn, SFTFormat, clip_messages, columns_problem, content_budget, rename_columns, to_messages
-from posttrain.stage import Context, Dataset, Model, Stage, register
+from posttrain.stage import Context, Dataset, Model, register
+from posttrain.training import TrainingStage
 from posttrain.training import (Launcher, Lora, TrainArgs, check_launcher, check_lora, check_trl_args, load_trainable,
                                 peft_config, train_and_save, trl_config)
 
@@ -81,7 +82,7 @@ def _count_truncated(rows: list[dict], tokenizer, max_length: int) -> int:
 
 
 @register
-class SFT(Stage):
+class SFT(TrainingStage):
     kind = "sft"
     Config = SFTStageConfig
     outputs = {"model": Model}

@@ -1,8 +1,8 @@
 """The built-in tiny world's data: raw pretraining text, SFT candidates from several teachers, RL prompts
-with verifiable answers. Held-out problems never appear in any of them (see posttrain.tinyworld)."""
+with verifiable answers. Held-out problems never appear in any of them (see posttrain.worlds.tinyworld)."""
 from dataclasses import dataclass, field
 
-from posttrain import tinyworld
+from posttrain.worlds import tinyworld
 from posttrain.data import write_rows
 from posttrain.stage import Context, Dataset, Stage, register
 

@@ -88,7 +88,7 @@ def write_mini_files(root: Path) -> tuple[Path, Path]:
     """SFT (prompt/completion, the correct teacher) and preference (tutor vs guesser) files."""
     import json
 
-    from posttrain import tinyworld
+    from posttrain.worlds import tinyworld
 
     sft, prefs = root / "sft.jsonl", root / "prefs.jsonl"
     rows = tinyworld.sft_candidate_rows(200, seed=1)

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from conftest import MINI_RECIPE, write_mini_files
-from posttrain import tinyworld
+from posttrain.worlds import tinyworld
 from posttrain.data import DataError, read_rows
 from posttrain.formats import clip_messages, content_budget, rename_columns, to_messages
 from posttrain.recipe import RecipeError, load

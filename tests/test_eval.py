@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from posttrain import hf, tinyworld
+from posttrain import hf
+from posttrain.worlds import tinyworld
 from posttrain.eval.generation import generate
 from posttrain.eval.metrics import pass_at_k, summarize
 from posttrain.eval.tasks import TASKS, summarize_records

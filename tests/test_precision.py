@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 import posttrain.stages  # noqa: F401  (registers the stages)
-from posttrain import hf, tinyworld
+from posttrain import hf
+from posttrain.worlds import tinyworld
 from posttrain.schema import build
 from posttrain.stage import STAGES, Context
 

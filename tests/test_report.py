@@ -50,7 +50,8 @@ def make_run(run: Path) -> Path:
     rng = random.Random(0)
     stages = ["select", "sft", "dpo", "rlvr", "eval"]
     write_json(run / "run.json", {"recipe": "synthetic", "recipe_hash": "abc123", "stages": stages})
-    write_json(run / "select" / "manifest.json", manifest("select", "select", run))
+    write_json(run / "select" / "manifest.json", manifest("select", "select", run, artifacts={
+        "data": "select/data.jsonl", "audit": "select/audit.jsonl", "summary": "select/summary.json"}))
     write_select_stage(run / "select")
     curves = {"sft": lambda s: {"loss": 2 / (1 + s)},
               "dpo": lambda s: {"loss": 0.7 - s / 100, "rewards/margins": s / 10, "rewards/accuracies": 0.5 + s / 100},
@@ -64,14 +65,9 @@ def make_run(run: Path) -> Path:
 
 
 def write_select_stage(stage_dir: Path) -> None:
-    """A select stage's selection.jsonl (per-row audit) and selection_summary.json, with planted contamination."""
-    audit = [{"index": i, "id": f"sft-{i}", "kept": i % 5 == 0, "reason": "selected" if i % 5 == 0 else "budget",
-              "filter": None} for i in range(1000)]
-    for row_id, sets in PLANTED.items():
-        audit[int(row_id[4:])].update(kept=False, reason="contaminated", filter="decontaminate", eval_sets=sets)
-    write_rows(stage_dir / "selection.jsonl", audit)
-    counts = {name: sum(name in sets for sets in PLANTED.values()) for name in ("gsm8k", "math500", "ifeval")}
-    write_json(stage_dir / "selection_summary.json", {
+    """A select stage's summary output, with planted contamination (and its example rows)."""
+    examples = {name: [row_id for row_id, sets in PLANTED.items() if name in sets] for name in ("gsm8k", "math500", "ifeval")}
+    write_json(stage_dir / "summary.json", {
         "method": "paser", "input_rows": 1000, "filtered_rows": 40, "pool_rows": 960, "kept_rows": 200,
         "dropped_rows": 800, "budget": {"count": None, "fraction": 0.2, "resolved": 200},
         "reasons": {"selected": 200, "budget": 760, "contaminated": 3, "near-duplicate": 37},
@@ -80,7 +76,8 @@ def write_select_stage(stage_dir: Path) -> None:
                                 "selected": 20 + 20 * c} for c in range(4)], "ccg_rejected": 5, "budget_shortfall": 0},
         "dedup": {"threshold": 0.7, "num_perm": 256, "shingle": 5, "dropped": 37},
         "decontamination": {"ngram": 13, "dropped": 3, "per_eval_set": {
-            name: {"items": 500, "short_items_unchecked": 0, "matched_rows": n} for name, n in counts.items()}}})
+            name: {"items": 500, "short_items_unchecked": 0, "matched_rows": len(ids), "examples": ids}
+            for name, ids in examples.items()}}})
 
 
 @pytest.fixture
@@ -160,7 +157,7 @@ def test_planted_contamination_is_in_the_decontamination_table(report_md):
     for name in ("gsm8k", "math500", "ifeval"):
         planted = [row_id for row_id, sets in PLANTED.items() if name in sets]
         assert rows[name][1] == str(len(planted)), name  # training rows matched
-        assert rows[name][2] == (", ".join(planted) or "–"), name  # their ids, from selection.jsonl
+        assert rows[name][2] == (", ".join(planted) or "–"), name  # their ids, from the summary
     assert "37 near-duplicate rows dropped" in md
 
 
@@ -200,11 +197,11 @@ def test_no_cell_is_marked_best_when_all_tie():
 
 def test_grape_sources_get_a_table_and_histogram(tmp_path):
     from posttrain.eval.render import Figure, Table
-    from posttrain.eval.report import Stage, selection_blocks
+    from posttrain.eval.report import selection_blocks
 
     summary = {"method": "grape", "input_rows": 300, "kept_rows": 300,
                "sources": {"tutor": {"candidates": 300, "kept": 210}, "terse": {"candidates": 300, "kept": 90}}}
-    blocks = selection_blocks(Stage("select", {}, tmp_path), summary, tmp_path / "plots")
+    blocks = selection_blocks("select", summary, tmp_path / "plots")
     table = next(b for b in blocks if isinstance(b, Table) and b.headers[0] == "source")
     assert table.rows == [["tutor", "300", "210"], ["terse", "300", "90"]]
     assert any(isinstance(b, Figure) and b.path.exists() for b in blocks)

@@ -200,7 +200,8 @@ def heldout_nll(model_dir: Path, n: int = 64) -> float:
 
     import torch
 
-    from posttrain import hf, tinyworld
+    from posttrain import hf
+    from posttrain.worlds import tinyworld
 
     tokenizer, model = hf.load_tokenizer(str(model_dir)), hf.load_model(str(model_dir), dtype="float32")
     total, count = 0.0, 0

@@ -4,7 +4,8 @@ import json
 import pytest
 
 from posttrain.data import shared_file
-from posttrain.selection.filters import BUILTIN_EVAL_SETS, Contamination, NearDuplicates
+from posttrain.eval.tasks import TaskSpec
+from posttrain.selection.filters import DEFAULT_TASKS, Contamination, NearDuplicates
 
 LONG = ("the quick brown fox jumps over the lazy dog while the farmer counts twelve sheep in the green "
         "field behind the old red barn near the river and then the children walk home along the narrow path "
@@ -27,16 +28,16 @@ def test_short_texts_are_one_shingle():
 def test_planted_gsm8k_question_is_caught_and_counted():
     question = json.loads(shared_file("gsm8k/test.jsonl").read_text().splitlines()[7])["question"]
     index = Contamination(13)
-    index.add_builtin("gsm8k")
+    index.add_task(TaskSpec("gsm8k_8shot", label="gsm8k"))
     assert index.stats["gsm8k"]["items"] == 1319
-    assert index.matches(f"Please solve this: {question.upper()} Think step by step.") == ["gsm8k"]
+    assert index.matches(f"Please solve this: {question.upper()} Think step by step.", "row-7") == ["gsm8k"]
     assert index.matches("Ann has 12 apples and gets 30 more. How many apples now?") == []
-    assert index.stats["gsm8k"]["matched_rows"] == 1
+    assert index.stats["gsm8k"]["matched_rows"] == 1 and index.stats["gsm8k"]["examples"] == ["row-7"]
 
 
-@pytest.mark.parametrize("name", sorted(BUILTIN_EVAL_SETS))
+@pytest.mark.parametrize("name", DEFAULT_TASKS)
 def test_every_builtin_eval_set_loads_with_text(name):
     index = Contamination(13)
-    index.add_builtin(name)
+    index.add_task(TaskSpec(name))
     stats = index.stats[name]
     assert stats["items"] > 100 and stats["short_items_unchecked"] < stats["items"] / 2

@@ -7,7 +7,7 @@ import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from posttrain import tinyworld
+from posttrain.worlds import tinyworld
 from posttrain.selection import grape
 from posttrain.formats import Example
 from posttrain.selection.scoring import (Formatter, ScoreLog, jensen_shannon, mean_jsd, mean_log_probs,

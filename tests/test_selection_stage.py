@@ -13,10 +13,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from posttrain import hf, schema, tinyworld
+from posttrain import hf, schema
+from posttrain.worlds import tinyworld
 from posttrain.data import read_rows, shared_file, write_rows
 from posttrain.stage import Context
-from posttrain.stages import select
+from posttrain.selection import scoring as select_scoring
 from posttrain.stages.prune import Prune, PruneConfig
 from posttrain.stages.select import Select, SelectConfig
 
@@ -62,8 +63,7 @@ def run(cfg: SelectConfig, out: Path, resume: str = "auto") -> tuple[list[dict],
     out.mkdir(parents=True, exist_ok=True)
     ctx = Context("select", out, out.parent, Select.outputs, {}, resume)
     Select().run(cfg, ctx)
-    return (read_rows(out / "data.jsonl"), read_rows(out / "selection.jsonl"),
-            json.loads((out / "selection_summary.json").read_text()))
+    return (read_rows(out / "data.jsonl"), read_rows(out / "audit.jsonl"), json.loads((out / "summary.json").read_text()))
 
 
 # ---------- checks ----------
@@ -117,7 +117,7 @@ def test_grape_keeps_the_best_scored_candidate_and_resumes(candidate_file, base_
 
     def no_scoring(*args, **kwargs):
         raise AssertionError("resume must reuse the checkpointed scores")
-    monkeypatch.setattr("posttrain.stages.select.mean_log_probs", no_scoring)
+    monkeypatch.setattr("posttrain.selection.scoring.mean_log_probs", no_scoring)
     again, _, _ = run(cfg, tmp_path / "grape")
     assert again == rows
 
@@ -125,7 +125,7 @@ def test_grape_keeps_the_best_scored_candidate_and_resumes(candidate_file, base_
 def test_grape_killed_mid_scoring_writes_no_outputs_and_resumes(candidate_file, base_model, tmp_path, monkeypatch):
     cfg = config(data=candidate_file, method="grape", model=base_model, scoring={"chunk_rows": 5})
     whole_rows, whole_audit, _ = run(cfg, tmp_path / "whole")
-    real, scored = select.mean_log_probs, []
+    real, scored = select_scoring.mean_log_probs, []
 
     def scoring(kill_at):
         def score(model, encoded, *args):
@@ -134,13 +134,15 @@ def test_grape_killed_mid_scoring_writes_no_outputs_and_resumes(candidate_file, 
                 raise KeyboardInterrupt
             return real(model, encoded, *args)
         return score
-    monkeypatch.setattr(select, "mean_log_probs", scoring(kill_at=2))  # killed in the second chunk of 5 prompts
+    monkeypatch.setattr(select_scoring, "mean_log_probs", scoring(kill_at=2))  # killed in the second chunk of 5 prompts
     out = tmp_path / "killed"
+    assert Select().progress(cfg, out) is None
     with pytest.raises(KeyboardInterrupt):
         run(cfg, out)
     assert [p.name for p in out.iterdir()] == ["scores.jsonl"]  # no half-written data or audit file
+    assert Select().progress(cfg, out) == "5 rows scored"  # the runner resumes rather than starting over
     scored.clear()
-    monkeypatch.setattr(select, "mean_log_probs", scoring(kill_at=0))
+    monkeypatch.setattr(select_scoring, "mean_log_probs", scoring(kill_at=0))
     rows, audit, _ = run(cfg, out)
     assert sum(scored) == (12 - 5) * 4  # the first chunk's scores were read back
     assert rows == whole_rows and audit == whole_audit
@@ -151,8 +153,8 @@ class FakeLLM:
     the actual token given the ones before it, None at position 0."""
     prompts = 0
 
-    def __init__(self, model: str):
-        self.model = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32).eval()
+    def __init__(self, model: str, revision: str | None = None):
+        self.model = AutoModelForCausalLM.from_pretrained(model, revision=revision, dtype=torch.float32).eval()
 
     def generate(self, prompts, params, use_tqdm=True):
         assert params.max_tokens == 1 and params.prompt_logprobs == 0
@@ -213,13 +215,14 @@ def test_decontamination_and_dedup_drop_and_report(sft_file, tmp_path):
     path = tmp_path / "train.jsonl"
     write_rows(path, rows[:5] + [planted] + rows[5:] + [duplicate])
     cfg = config(data=str(path), method="length", budget={"count": 100},
-                 decontaminate={"builtin": ["gsm8k", "mbpp"]}, dedup={})
+                 decontaminate={"tasks": ["gsm8k_8shot", {"name": "mbpp", "label": "mbpp_test"}]}, dedup={})
     kept, audit, summary = run(cfg, tmp_path / "out")
     by_id = {a["id"]: a for a in audit}
-    assert by_id["planted"]["filter"] == "decontaminate" and by_id["planted"]["eval_sets"] == ["gsm8k"]
+    assert by_id["planted"]["filter"] == "decontaminate" and by_id["planted"]["eval_sets"] == ["gsm8k_8shot"]
     assert by_id["copy"]["filter"] == "dedup" and by_id["copy"]["duplicate_of"] == 2
-    assert summary["decontamination"]["per_eval_set"]["gsm8k"]["matched_rows"] == 1
-    assert summary["decontamination"]["per_eval_set"]["mbpp"]["matched_rows"] == 0
+    per_set = summary["decontamination"]["per_eval_set"]
+    assert per_set["gsm8k_8shot"]["matched_rows"] == 1 and per_set["gsm8k_8shot"]["examples"] == ["planted"]
+    assert per_set["mbpp_test"]["matched_rows"] == 0 and per_set["mbpp_test"]["items"] == 974
     assert summary["dedup"]["dropped"] == 1 and summary["filtered_rows"] == 2
     assert [r["id"] for r in kept] == [r["id"] for r in rows]
 

@@ -3,7 +3,7 @@ import re
 import torch
 from transformers import AutoTokenizer
 
-from posttrain import tinyworld as tw
+from posttrain.worlds import tinyworld as tw
 
 ANSWER = re.compile(r"The answer is (-?\d+)\.")
 

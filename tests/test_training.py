@@ -7,8 +7,9 @@ import typing
 import pytest
 import torch
 
-from posttrain import hf, tinyworld
+from posttrain import hf
 from posttrain.formats import to_messages
+from posttrain.worlds import tinyworld
 from posttrain.schema import build
 from posttrain.stage import STAGES, Context
 from posttrain.stages.dpo import DPOLoss

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from posttrain import hf, tinyworld
+from posttrain import hf
+from posttrain.worlds import tinyworld
 from posttrain.data import DataError
 from posttrain.formats import to_messages, to_preference
 

@@ -68,7 +68,8 @@ def test_export_check_refuses_empty_or_misshapen_weights(tmp_path):
     import torch
     from safetensors.torch import load_file, save_file
 
-    from posttrain import hf, tinyworld
+    from posttrain import hf
+    from posttrain.worlds import tinyworld
 
     tok = tinyworld.build_tokenizer()
     model = tinyworld.build_model(tok, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

@@ -1,0 +1,1 @@
+"""Synthetic worlds: data generators with verifiable answers (imported as posttrain.worlds)."""
