@@ -13,6 +13,7 @@ from typing import Literal
 
 from posttrain import hf
 from posttrain.data import DataError, ReadStats, as_chat, convert_rows, first_rows_problem
+from posttrain.prepare import prepared_dataset
 from posttrain.stage import Context, Dataset, Model, Stage, register
 from posttrain.training import (Launcher, Lora, TrainArgs, check_launcher, check_lora, check_trl_args, load_trainable,
                                 peft_config, train_and_save, trl_config)
@@ -118,18 +119,9 @@ class DPO(Stage):
         return problems
 
     def run(self, cfg: DPOStageConfig, ctx: Context) -> dict:
-        from datasets import Dataset as HFDataset, load_from_disk
         from trl import DPOConfig, DPOTrainer
 
-        path = ctx.path(cfg.data)
-        stats = ReadStats()
-        rows = convert_rows(path, to_preference, cfg.on_bad_rows, stats)
-        # A copy on disk gives TRL's tokenisation and reference log-prob caches a home that survives a resume.
-        data_dir = ctx.out_dir / "dataset"
-        if not (data_dir / "dataset_info.json").exists():
-            HFDataset.from_list(rows).save_to_disk(str(data_dir))
-        dataset = load_from_disk(str(data_dir))
-
+        dataset, prepared = _dataset(cfg, ctx)
         model_path = ctx.path(cfg.model)
         tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
         args = trl_config(DPOConfig, cfg.train, ctx, cfg.launcher, **_dpo_args(cfg))
@@ -138,16 +130,27 @@ class DPO(Stage):
         # is loaded like the policy (same dtype), so at step 0 both give the same log-probs.
         reference = None if cfg.lora else load_trainable(ctx.path(cfg.reference) if cfg.reference else model_path,
                                                          tokenizer, cfg.train, cfg.launcher)
-        repeated = repeated_pairs_warning(len(rows), args)
+        repeated = repeated_pairs_warning(len(dataset), args)
         if repeated:
             ctx.warn(repeated)
         trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=peft_config(cfg.lora))
         metrics = train_and_save(trainer, tokenizer, ctx, merge_into=model_path if cfg.lora and cfg.lora.merge else None)
         last = next((h for h in reversed(trainer.state.log_history) if "rewards/margins" in h), {})
-        return {**metrics, "pairs": len(rows), "skipped_rows": stats.skipped,
+        return {**metrics, "pairs": len(dataset), "skipped_rows": prepared["skipped_rows"],
                 **{k: last[k] for k in ("rewards/margins", "rewards/accuracies") if k in last},
                 **({"warnings": [repeated]} if repeated else {})}
+
+
+def _dataset(cfg: DPOStageConfig, ctx: Context):
+    """The pairs in TRL's form, converted once (rank 0) into an Arrow copy in the stage folder: TRL's
+    tokenisation and reference log-prob caches live beside it and survive a resume."""
+    def build():
+        stats = ReadStats()
+        rows = convert_rows(ctx.path(cfg.data), to_preference, cfg.on_bad_rows, stats)
+        return rows, {"skipped_rows": stats.skipped}
+
+    return prepared_dataset(ctx.out_dir / "dataset", build)
 
 
 def repeated_pairs_warning(pairs: int, args) -> str | None:
