@@ -7,9 +7,13 @@ import os
 import socket
 import subprocess
 import sys
+from types import SimpleNamespace
+
+import pytest
 
 from conftest import write_mini_files
 from posttrain import tinyworld
+from posttrain.prepare import prepared_dataset
 from posttrain.stages.sft import _count_truncated
 
 RANK = r'''
@@ -47,6 +51,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # 15 s: two processes import torch, datasets and transformers; the cheap check is below
 def test_two_ranks_prepare_the_data_once_and_read_the_same_copy(tmp_path):
     sft_file, pref_file = write_mini_files(tmp_path)
     tinyworld.build_tokenizer().save_pretrained(tmp_path / "tok")
@@ -65,6 +70,29 @@ def test_two_ranks_prepare_the_data_once_and_read_the_same_copy(tmp_path):
         assert rank0[kind] == rank1[kind] and rank0[kind]["rows"] > 0
     assert rank0["sft"]["info"]["truncated"] > 0  # max_length 40 cuts some tiny-world chats
     assert not list(tmp_path.glob("*/*.partial"))  # the copy was renamed into place
+
+
+def test_a_rank_other_than_the_main_process_builds_nothing_and_reads_after_the_barrier(tmp_path, monkeypatch):
+    """In one process: rank 1 calls first; its barrier is where rank 0 builds and writes the copy."""
+    import accelerate
+
+    built, role = [], ["rank1"]
+
+    def build():
+        built.append(role[0])
+        return [{"x": 1}, {"x": 2}], {"skipped_rows": 0}
+
+    def rank0_finishes():
+        role[0] = "rank0"
+        monkeypatch.setattr(accelerate, "PartialState", lambda: SimpleNamespace(is_main_process=True,
+                                                                                wait_for_everyone=lambda: None))
+        prepared_dataset(tmp_path / "dataset", build)
+
+    monkeypatch.setattr(accelerate, "PartialState", lambda: SimpleNamespace(is_main_process=False,
+                                                                            wait_for_everyone=rank0_finishes))
+    dataset, info = prepared_dataset(tmp_path / "dataset", build)
+    assert built == ["rank0"] and dataset["x"] == [1, 2] and info == {"skipped_rows": 0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset"]  # renamed into place, no .partial left
 
 
 def test_the_truncation_count_is_tokenised_a_batch_at_a_time():
