@@ -28,6 +28,16 @@ CHAT_TEMPLATES = {
 END_OF_TURN = {"tulu": None, "chatml": "<|im_end|>"}
 
 
+def vllm_problem(key: str, value: str) -> list[tuple[str, str]]:
+    """A validation problem when `key` asks for vLLM and it is not installed (found without importing it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return []
+    return [(key, f"{value} needs vLLM, which is not installed here: pip install 'posttrain[vllm]' on a GPU machine, "
+                  "or use the HF path")]
+
+
 def device() -> str:
     import torch
 

@@ -4,6 +4,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from posttrain import hf
 from posttrain.data import write_json
 from posttrain.schema import suggest
 from posttrain.stage import Context, Model, Results, Stage, register
@@ -55,6 +56,8 @@ class Eval(Stage):
             problems.append(("models", "name at least one model to evaluate"))
         if not cfg.tasks:
             problems.append(("tasks", "name at least one task"))
+        if cfg.backend == "vllm":
+            problems += hf.vllm_problem("backend", "backend vllm")
         seen = set()
         for i, spec in enumerate(cfg.tasks):
             where = f"tasks[{i}]"

@@ -4,6 +4,7 @@ skipped and counted. Every sample and its score is kept in samples.jsonl for aud
 from dataclasses import dataclass, field
 from typing import Literal
 
+from posttrain import hf
 from posttrain.data import DataError, as_chat, read_rows, write_rows
 from posttrain.stage import Context, Dataset, Model, Stage, register
 
@@ -42,12 +43,13 @@ class Generate(Stage):
     def check(self, cfg: GenerateConfig) -> list[tuple[str, str]]:
         from posttrain.rewards import list_verifiers
 
+        problems = hf.vllm_problem("backend", "backend vllm") if cfg.backend == "vllm" else []
         if cfg.verifier is not None and cfg.verifier not in list_verifiers():
             from posttrain.schema import suggest
 
-            return [("verifier", f"unknown verifier '{cfg.verifier}'{suggest(cfg.verifier, list_verifiers())}; "
-                                 f"known: {', '.join(list_verifiers())}")]
-        return []
+            problems.append(("verifier", f"unknown verifier '{cfg.verifier}'{suggest(cfg.verifier, list_verifiers())}; "
+                                         f"known: {', '.join(list_verifiers())}"))
+        return problems
 
     def run(self, cfg: GenerateConfig, ctx: Context) -> dict:
         from posttrain.eval.generation import generate

@@ -146,11 +146,7 @@ class RLVR(Stage):
             problems.append(("train.save_steps", f"must be a multiple of steps_per_generation={_steps_per_generation(cfg)}: "
                              "a checkpoint inside a generation buffer does not resume exactly"))
         if cfg.vllm.mode != "none":
-            import importlib.util
-
-            if importlib.util.find_spec("vllm") is None:
-                problems.append(("vllm.mode", f"{cfg.vllm.mode} needs vLLM, which is not installed here: "
-                                              "pip install 'posttrain[vllm]' on a GPU machine, or set vllm.mode: none"))
+            problems += hf.vllm_problem("vllm.mode", cfg.vllm.mode)
         return problems
 
     def run(self, cfg: RLVRConfig, ctx: Context) -> dict:

@@ -143,3 +143,21 @@ def test_rlvr_server_mode_without_a_server_says_how_to_start_one(llama_like, grp
     message = str(error.value)
     assert f"no vLLM server answers at http://127.0.0.1:{port}" in message
     assert f"trl vllm-serve --model {llama_like} --max_model_len " in message and f"--port {port}" in message
+
+
+def test_a_vllm_backend_without_vllm_is_a_validation_problem_for_eval_generate_and_rlvr(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in tinyworld.rl_rows(2, 0)))
+    configs = {"eval": {"models": {"m": "x"}, "tasks": [{"name": "tinyworld"}], "backend": "vllm"},
+               "generate": {"model": "x", "prompts": str(rows), "backend": "vllm"},
+               "rlvr": {"model": "x", "data": str(rows), "num_generations": 2, "vllm": {"mode": "colocate"},
+                        "train": {"per_device_train_batch_size": 2}}}
+    for kind, raw in configs.items():
+        problems = []
+        cfg = build(STAGES[kind].Config, raw, kind, problems, None)
+        found = [p for p in STAGES[kind]().check(cfg) if "needs vLLM" in p[1]]
+        assert not problems and len(found) == 1, (kind, STAGES[kind]().check(cfg))
