@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
-BENCHES=(overhead cache resume rewards selection eval huge_row)
+BENCHES=(overhead cache resume rewards selection eval huge_row host_memory)
 declare -A WHAT=(
   [overhead]="posttrain's SFT / DPO / GRPO stage vs the same TRL trainer called directly (wall-time ratio)"
   [cache]="cached re-run of a tiny recipe vs start-up; validating 20 stages vs 1"
@@ -14,11 +14,13 @@ declare -A WHAT=(
   [selection]="GRAPE scoring, PASER clustering, MinHash dedup vs naive baselines"
   [eval]="batched generation vs one prompt at a time"
   [huge_row]="SFT / DPO stage on a file with one 5 MB row vs without it (time and peak RSS)"
+  [host_memory]="host memory per rank while loading a model: ZeRO-3 partitioned vs whole (two gloo ranks)"
 )
 # Extra arguments per script, e.g. SELECTION_ARGS="--sizes 10000 100000" on a small machine.
 declare -A ARGS=([overhead]="${OVERHEAD_ARGS:-}" [cache]="${CACHE_ARGS:-}" [resume]="${RESUME_ARGS:-}"
                  [rewards]="${REWARDS_ARGS:-}" [selection]="${SELECTION_ARGS:-}" [eval]="${EVAL_ARGS:-}"
-                 [huge_row]="${HUGE_ROW_ARGS:-}")
+                 [huge_row]="${HUGE_ROW_ARGS:-}"
+                 [host_memory]="${HOST_MEMORY_ARGS:-}")
 out=$(mktemp -d)
 
 for b in "${BENCHES[@]}"; do

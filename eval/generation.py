@@ -1,7 +1,8 @@
 """Batched generation for evaluation: HF `generate` on CPU/GPU (left padding, prompts sorted by length,
-results in input order), or vLLM when installed. Greedy when temperature == 0."""
+results in input order), or vLLM when installed. Both are given the same token ids and cut and decode the
+completions the same way. Greedy when temperature == 0."""
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -15,6 +16,17 @@ def load_model_and_tokenizer(path: str | Path, dtype: str = "auto"):
     """An HF folder (or hub id) ready for generation: float32 on CPU, bfloat16 on a GPU that has it
     (dtype="auto"), in eval mode, with a pad token and left padding."""
     return hf.load_for_inference(str(path), dtype=dtype, padding_side="left")
+
+
+def load_tokenizer(path: str | Path):
+    from transformers import AutoTokenizer
+
+    name, revision = hf.split_revision(str(path))
+    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
 
 
 def prompt_texts(tokenizer, prompts: list[Prompt], chat: bool) -> list[str]:
@@ -32,38 +44,43 @@ def prompt_texts(tokenizer, prompts: list[Prompt], chat: bool) -> list[str]:
     return list(prompts)
 
 
+def encode_prompts(tokenizer, prompts: list[Prompt], chat: bool) -> list[list[int]]:
+    """The token ids each prompt is generated from, by either backend. A chat template writes its own BOS, so
+    the tokenizer adds none (sending the text to vLLM would add a second one); plain text gets the tokenizer's
+    special tokens."""
+    return [tokenizer(t, add_special_tokens=not chat)["input_ids"] for t in prompt_texts(tokenizer, prompts, chat)]
+
+
 def generate(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: int, temperature: float = 0.0,
              top_p: float = 1.0, n: int = 1, seed: int = 0, batch_size: int = 32, chat: bool = True,
              backend: str = "hf") -> list[list[str]]:
     """n decoded completions per prompt (special tokens stripped, cut at the first end-of-turn token),
-    in input order. `model` is a loaded PreTrainedModel or a path; `tokenizer` may be None with a path."""
+    in input order. `model` is a loaded PreTrainedModel, a VLLMEngine, or a path (then an engine or model is
+    made for this call alone); `tokenizer` may be None with a path."""
+    if backend not in ("hf", "vllm"):
+        raise ValueError(f"unknown generation backend '{backend}' (use hf or vllm)")
+    if backend == "vllm" or isinstance(model, VLLMEngine):
+        if not isinstance(model, (str, Path, VLLMEngine)):
+            raise ValueError("backend='vllm' needs a model path or a VLLMEngine, not a loaded model")
+        return _generate_vllm(model, tokenizer, prompts, chat=chat, max_new_tokens=max_new_tokens,
+                              temperature=temperature, top_p=top_p, n=n, seed=seed)
     if isinstance(model, (str, Path)):
-        if backend == "vllm":
-            return _generate_vllm(str(model), prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                                  top_p=top_p, n=n, seed=seed, chat=chat)
         loaded, own_tokenizer = load_model_and_tokenizer(model)
         model, tokenizer = loaded, tokenizer or own_tokenizer
-    elif backend == "vllm":
-        raise ValueError("backend='vllm' needs a model path, not a loaded model")
-    if backend != "hf":
-        raise ValueError(f"unknown generation backend '{backend}' (use hf or vllm)")
-    texts = prompt_texts(tokenizer, prompts, chat)
-    return _generate_hf(model, tokenizer, texts, add_special_tokens=not chat, max_new_tokens=max_new_tokens,
+    return _generate_hf(model, tokenizer, encode_prompts(tokenizer, prompts, chat), max_new_tokens=max_new_tokens,
                         temperature=temperature, top_p=top_p, n=n, seed=seed, batch_size=batch_size)
 
 
-def _generate_hf(model, tokenizer, texts: list[str], *, add_special_tokens: bool, max_new_tokens: int,
+def _generate_hf(model, tokenizer, encoded: list[list[int]], *, max_new_tokens: int,
                  temperature: float, top_p: float, n: int, seed: int, batch_size: int) -> list[list[str]]:
-    # A chat template writes its own BOS; plain text gets the tokenizer's special tokens.
-    encoded = [tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"] for t in texts]
-    _check_context(model, encoded, max_new_tokens)
-    stop_ids = _stop_ids(model, tokenizer)
+    _check_context(model.config, needed_length(encoded, max_new_tokens))
+    stop_ids = _stop_ids(model.generation_config, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop_ids[0]
     greedy = temperature == 0
     sampling = {} if greedy else {"temperature": temperature, "top_p": top_p, "top_k": 0}
     per_call = 1 if greedy else n  # greedy samples are identical: decode once, repeat
-    order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))  # longest first: memory errors surface early
-    results: list[list[str]] = [[] for _ in texts]
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first: memory errors surface early
+    results: list[list[str]] = [[] for _ in encoded]
     device = next(model.parameters()).device
     for b, start in enumerate(range(0, len(order), batch_size)):
         idx = order[start:start + batch_size]
@@ -91,10 +108,10 @@ def _left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, to
     return ids, mask
 
 
-def _stop_ids(model, tokenizer) -> list[int]:
+def _stop_ids(generation_config, tokenizer) -> list[int]:
     """The tokenizer's end-of-turn ids plus whatever the model's generation_config calls eos."""
     ids = [i for i in hf.end_of_turn_ids(tokenizer) if i is not None]
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    configured = getattr(generation_config, "eos_token_id", None)
     for i in configured if isinstance(configured, list) else [configured]:
         if i is not None and i not in ids:
             ids.append(i)
@@ -108,25 +125,84 @@ def _decode_until_stop(tokenizer, tokens: list[int], stop_ids: list[int]) -> str
     return tokenizer.decode(tokens[:end], skip_special_tokens=True)
 
 
-def _check_context(model, encoded: list[list[int]], max_new_tokens: int) -> None:
-    limit = getattr(model.config, "max_position_embeddings", None)
-    longest = max((len(e) for e in encoded), default=0)
-    if limit and longest + max_new_tokens > limit:
-        raise ValueError(f"the longest prompt has {longest} tokens; with max_new_tokens={max_new_tokens} that exceeds "
-                         f"the model's context of {limit}: use fewer shots, a smaller max_new_tokens or skip this task")
+def _check_context(config, needed: int) -> None:
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and needed > limit:
+        raise ValueError(f"the longest prompt plus max_new_tokens is {needed} tokens, more than the model's context of "
+                         f"{limit}: use fewer shots, a smaller max_new_tokens or skip this task")
 
 
-def _generate_vllm(path: str, prompts: list[Prompt], *, max_new_tokens: int, temperature: float, top_p: float,
-                   n: int, seed: int, chat: bool) -> list[list[str]]:
-    try:
-        from vllm import LLM, SamplingParams
-    except ImportError:
-        raise RuntimeError("backend='vllm' but vLLM is not installed: `pip install vllm` on a GPU machine, "
-                           "or use backend: hf") from None
-    name, revision = hf.split_revision(path)
-    llm = LLM(model=name, revision=revision, seed=seed)
-    texts = prompt_texts(llm.get_tokenizer(), prompts, chat)
-    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed,
-                            skip_special_tokens=True)
-    outputs: list[Any] = llm.generate(texts, params)
-    return [[c.text for c in o.outputs] for o in outputs]
+def needed_length(encoded: list[list[int]], max_new_tokens: int) -> int:
+    """The context a generation call needs: its longest prompt plus the tokens to generate."""
+    return max((len(e) for e in encoded), default=0) + max_new_tokens
+
+
+class VLLMEngine:
+    """One vLLM engine for one model, sized for the work it is given: max_model_len is the longest prompt plus
+    the tokens to generate, not the model's whole context (Llama-3.1's 131,072 tokens need ~16 GiB of KV cache
+    for one sequence). Prompts go in as the HF path's token ids. Used as a context manager, it is freed on exit,
+    before the next one is built."""
+
+    def __init__(self, path: str | Path, max_model_len: int, seed: int = 0, gpu_memory_utilization: float = 0.9):
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise RuntimeError("backend='vllm' but vLLM is not installed: `pip install vllm` on a GPU machine, "
+                               "or use backend: hf") from None
+        from transformers import AutoConfig, GenerationConfig
+
+        self.path, self.max_model_len = str(path), max_model_len
+        name, revision = hf.split_revision(self.path)
+        _check_context(AutoConfig.from_pretrained(name, revision=revision), max_model_len)
+        try:
+            self.generation_config = GenerationConfig.from_pretrained(name, revision=revision)
+        except OSError:  # a checkpoint without generation_config.json: the tokenizer's stop ids alone
+            self.generation_config = None
+        self.llm = LLM(model=name, tokenizer=name, revision=revision, tokenizer_revision=revision, seed=seed,
+                       max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization)
+
+    def generate(self, encoded: list[list[int]], stop_ids: list[int], *, max_new_tokens: int, temperature: float,
+                 top_p: float, n: int, seed: int) -> list[list[list[int]]]:
+        """n completions' token ids per prompt, in input order."""
+        from vllm import SamplingParams
+
+        if needed_length(encoded, max_new_tokens) > self.max_model_len:
+            raise ValueError(f"this vLLM engine holds {self.max_model_len} tokens, the longest prompt plus max_new_tokens "
+                             f"is {needed_length(encoded, max_new_tokens)}: size the engine for every task it serves")
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed,
+                                stop_token_ids=stop_ids)
+        outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False)
+        return [[list(c.token_ids) for c in o.outputs] for o in outputs]
+
+    def close(self) -> None:
+        """Free the engine's GPU memory (its weights and KV cache) so that another can be built."""
+        import gc
+
+        # vLLM V1 runs the engine core in a child process that holds the GPU memory until it is shut down.
+        engine_core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        shutdown = getattr(self.llm, "shutdown", None) or getattr(engine_core, "shutdown", None)
+        if shutdown is not None:
+            shutdown()
+        self.llm = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _generate_vllm(model: "str | Path | VLLMEngine", tokenizer, prompts: list[Prompt], *, chat: bool,
+                   max_new_tokens: int, temperature: float, top_p: float, n: int, seed: int) -> list[list[str]]:
+    """With a path, an engine is built for this call alone, sized for it, and freed after it."""
+    tokenizer = tokenizer or load_tokenizer(model.path if isinstance(model, VLLMEngine) else model)
+    encoded = encode_prompts(tokenizer, prompts, chat)
+    own = not isinstance(model, VLLMEngine)
+    with VLLMEngine(model, needed_length(encoded, max_new_tokens), seed) if own else nullcontext(model) as engine:
+        stop_ids = _stop_ids(engine.generation_config, tokenizer)
+        tokens = engine.generate(encoded, stop_ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                                 top_p=top_p, n=n, seed=seed)
+    return [[_decode_until_stop(tokenizer, t, stop_ids) for t in group] for group in tokens]

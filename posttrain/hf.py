@@ -59,6 +59,16 @@ def hub_commit(model: str) -> str:
     return f"{name}@{revision}"
 
 
+def vllm_problem(key: str, value: str) -> list[tuple[str, str]]:
+    """A validation problem when `key` asks for vLLM and it is not installed (found without importing it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return []
+    return [(key, f"{value} needs vLLM, which is not installed here: pip install 'posttrain[vllm]' on a GPU machine, "
+                  "or use the HF path")]
+
+
 def device() -> str:
     import torch
 

@@ -125,19 +125,26 @@ def follow(follower, rank: int, echo=print) -> None:
         raise LaunchError(f"node 0 stopped: {message['end']}")
 
 
-def _worker(job_path: str) -> None:
+def process_group(timeout_minutes: int):
+    """The worker's distributed state, created first so that the recipe's timeout holds (not NCCL's 10
+    minutes): the trainer's Accelerator and DeepSpeed find the process group initialised and reuse it. On a
+    machine without CUDA, accelerate makes a process group (gloo) only when told `cpu`; without it every
+    rank would think itself the main process until the trainer starts."""
     from datetime import timedelta
 
+    import torch
     from accelerate import PartialState
 
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(minutes=timeout_minutes))
+
+
+def _worker(job_path: str) -> None:
     import posttrain.stages  # noqa: F401
     from posttrain.stage import STAGES
 
     with open(job_path, "rb") as f:
         job = pickle.load(f)
-    # First to create the process group, so the recipe's timeout holds (not NCCL's 10 minutes): the trainer's
-    # Accelerator and DeepSpeed find it initialised and reuse it.
-    state = PartialState(timeout=timedelta(minutes=job["timeout_minutes"]))
+    state = process_group(job["timeout_minutes"])
     metrics = STAGES[job["kind"]]().run(job["config"], job["ctx"])
     if state.is_main_process:
         write_json(Path(job_path).parent / ".result.json", {"metrics": metrics or {}, "distributed": _describe(state)})

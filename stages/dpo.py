@@ -12,6 +12,7 @@ from typing import Literal
 
 from posttrain import hf
 from posttrain.data import ReadStats, convert_rows, first_rows_problem
+from posttrain.prepare import prepared_dataset
 from posttrain.formats import clip_messages, content_budget, to_preference
 from posttrain.stage import Context, Dataset, Model, register
 from posttrain.training import TrainingStage
@@ -67,35 +68,37 @@ class DPO(TrainingStage):
         return problems
 
     def run(self, cfg: DPOStageConfig, ctx: Context) -> dict:
-        from datasets import Dataset as HFDataset, load_from_disk
         from trl import DPOConfig, DPOTrainer
 
         model_path = ctx.path(cfg.model)
         tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
-        stats = ReadStats()
-        rows = read_pairs(cfg, ctx, tokenizer, stats)
-        # A copy on disk gives TRL's tokenisation and reference log-prob caches a home that survives a resume.
-        data_dir = ctx.out_dir / "dataset"
-        if not (data_dir / "dataset_info.json").exists():
-            HFDataset.from_list(rows).save_to_disk(str(data_dir))
-        dataset = load_from_disk(str(data_dir))
-
+        dataset, prepared = _dataset(cfg, ctx, tokenizer)
         args = trl_config(DPOConfig, cfg.train, ctx, cfg.launcher, **_dpo_args(cfg))
         model = load_trainable(model_path, tokenizer, cfg.train, cfg.launcher, cfg.lora.quantize if cfg.lora else "none")
         # With LoRA, TRL's reference is the model with adapters disabled: the same saved checkpoint. Otherwise it
         # is loaded like the policy (same dtype), so at step 0 both give the same log-probs.
         reference = None if cfg.lora else load_trainable(ctx.path(cfg.reference) if cfg.reference else model_path,
                                                          tokenizer, cfg.train, cfg.launcher)
-        repeated = repeated_pairs_warning(len(rows), args)
+        repeated = repeated_pairs_warning(len(dataset), args)
         if repeated:
             ctx.warn(repeated)
         trainer = DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=peft_config(cfg.lora))
         metrics = train_and_save(trainer, tokenizer, ctx, merge_into=model_path if cfg.lora and cfg.lora.merge else None)
         last = next((h for h in reversed(trainer.state.log_history) if "rewards/margins" in h), {})
-        return {**metrics, "pairs": len(rows), "skipped_rows": stats.skipped,
+        return {**metrics, "pairs": len(dataset), "skipped_rows": prepared["skipped_rows"],
                 **{k: last[k] for k in ("rewards/margins", "rewards/accuracies") if k in last},
                 **({"warnings": [repeated]} if repeated else {})}
+
+
+def _dataset(cfg: DPOStageConfig, ctx: Context, tokenizer):
+    """The pairs in TRL's form, converted once (rank 0) into an Arrow copy in the stage folder: TRL's
+    tokenisation and reference log-prob caches live beside it and survive a resume."""
+    def build():
+        stats = ReadStats()
+        return read_pairs(cfg, ctx, tokenizer, stats), {"skipped_rows": stats.skipped}
+
+    return prepared_dataset(ctx.out_dir / "dataset", build)
 
 
 def read_pairs(cfg: DPOStageConfig, ctx: Context, tokenizer, stats: ReadStats) -> list[dict]:

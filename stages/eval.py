@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from posttrain import hf
 from posttrain.data import write_json
 from posttrain.eval.tasks import TaskSpec
 from posttrain.schema import suggest
@@ -44,6 +45,8 @@ class Eval(Stage):
             problems.append(("models", "name at least one model to evaluate"))
         if not cfg.tasks:
             problems.append(("tasks", "name at least one task"))
+        if cfg.backend == "vllm":
+            problems += hf.vllm_problem("backend", "backend vllm")
         seen = set()
         for i, spec in enumerate(cfg.tasks):
             where = f"tasks[{i}]"

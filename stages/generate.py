@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from posttrain import hf
 from posttrain.data import DataError, read_rows, write_rows
 from posttrain.formats import as_chat
 from posttrain.stage import Context, Dataset, Model, Stage, register
@@ -53,12 +54,13 @@ class Generate(Stage):
     def check(self, cfg: GenerateConfig) -> list[tuple[str, str]]:
         from posttrain.rewards import list_verifiers
 
+        problems = hf.vllm_problem("backend", "backend vllm") if cfg.backend == "vllm" else []
         if cfg.verifier is not None and cfg.verifier not in list_verifiers():
             from posttrain.schema import suggest
 
-            return [("verifier", f"unknown verifier '{cfg.verifier}'{suggest(cfg.verifier, list_verifiers())}; "
-                                 f"known: {', '.join(list_verifiers())}")]
-        return []
+            problems.append(("verifier", f"unknown verifier '{cfg.verifier}'{suggest(cfg.verifier, list_verifiers())}; "
+                                         f"known: {', '.join(list_verifiers())}"))
+        return problems
 
     def progress(self, cfg: GenerateConfig, out_dir: Path) -> str | None:
         done = len(list((out_dir / CHUNKS).glob("*.jsonl")))

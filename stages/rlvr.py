@@ -104,11 +104,14 @@ def _steps_per_generation(cfg: RLVRConfig) -> int:
     return cfg.steps_per_generation or cfg.train.gradient_accumulation_steps
 
 
-def _grpo_args(cfg: RLVRConfig, reward_weights: list[float] | None) -> dict:
-    """The GRPOConfig arguments this stage sets from its own keys (so train.trl_args may not)."""
+def _grpo_args(cfg: RLVRConfig, reward_weights: list[float] | None, max_model_length: int | None = None) -> dict:
+    """The GRPOConfig arguments this stage sets from its own keys (so train.trl_args may not). A colocated
+    engine holds max_model_length tokens (the longest prompt plus max_completion_length); without it vLLM
+    would size its KV cache for the model's whole context (131,072 tokens for Llama-3.1) and not start."""
     vllm = {} if cfg.vllm.mode == "none" else {
         "vllm_mode": cfg.vllm.mode, "vllm_server_host": cfg.vllm.server_host,
-        "vllm_server_port": cfg.vllm.server_port, "vllm_gpu_memory_utilization": cfg.vllm.gpu_memory_utilization}
+        "vllm_server_port": cfg.vllm.server_port, "vllm_gpu_memory_utilization": cfg.vllm.gpu_memory_utilization,
+        "vllm_max_model_length": max_model_length}
     return dict(loss_type=cfg.loss_type, beta=cfg.beta, num_generations=cfg.num_generations, temperature=cfg.temperature,
                 max_completion_length=cfg.max_completion_length, mask_truncated_completions=cfg.mask_truncated_completions,
                 steps_per_generation=_steps_per_generation(cfg), num_iterations=cfg.num_iterations, epsilon=cfg.epsilon,
@@ -144,11 +147,7 @@ class RLVR(TrainingStage):
             problems.append(("train.save_steps", f"must be a multiple of steps_per_generation={_steps_per_generation(cfg)}: "
                              "a checkpoint inside a generation buffer does not resume exactly"))
         if cfg.vllm.mode != "none":
-            import importlib.util
-
-            if importlib.util.find_spec("vllm") is None:
-                problems.append(("vllm.mode", f"{cfg.vllm.mode} needs vLLM, which is not installed here: "
-                                              "pip install 'posttrain[vllm]' on a GPU machine, or set vllm.mode: none"))
+            problems += hf.vllm_problem("vllm.mode", cfg.vllm.mode)
         return problems
 
     def run(self, cfg: RLVRConfig, ctx: Context) -> dict:
@@ -162,7 +161,14 @@ class RLVR(TrainingStage):
         tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
         tokenizer.padding_side = "left"
         funcs, weights = reward_functions(cfg, hf.end_of_turn_ids(tokenizer))
-        args = trl_config(GRPOConfig, cfg.train, ctx, cfg.launcher, **_grpo_args(cfg, weights))
+        from posttrain.eval.generation import encode_prompts, needed_length
+
+        length = None
+        if cfg.vllm.mode != "none":  # TRL's vLLM path generates from the same chat-template ids
+            length = needed_length(encode_prompts(tokenizer, dataset["prompt"], chat=True), cfg.max_completion_length)
+        if cfg.vllm.mode == "server":
+            check_server(cfg, model_path, length)
+        args = trl_config(GRPOConfig, cfg.train, ctx, cfg.launcher, **_grpo_args(cfg, weights, length))
         # Loaded after the TRL config on purpose: under ZeRO-3 it then loads partitioned (see load_trainable).
         model = load_trainable(model_path, tokenizer, cfg.train, cfg.launcher)
         trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
@@ -176,3 +182,25 @@ class RLVR(TrainingStage):
 
             metrics["code_sandbox"] = sandbox_kind()
         return metrics
+
+
+def check_server(cfg: RLVRConfig, model_path: str, length: int) -> None:
+    """Server mode generates on a `trl vllm-serve` started by hand for this stage's input model, on GPUs the
+    training leaves free. Nothing starts it (the model exists only mid-recipe): say how, before any model loads."""
+    import urllib.request
+
+    import torch
+
+    host, port, gpus = cfg.vllm.server_host, cfg.vllm.server_port, torch.cuda.device_count()
+    serve = (f"CUDA_VISIBLE_DEVICES={max(gpus - 1, 0)} trl vllm-serve --model {model_path} --max_model_len {length} "
+             f"--host {host} --port {port}")
+    if host in ("127.0.0.1", "localhost") and gpus and cfg.launcher.num_processes >= gpus:
+        raise DataError(f"vllm.mode server: training takes all {gpus} GPUs of this machine (launcher.num_processes="
+                        f"{cfg.launcher.num_processes}), so none is left for the vLLM server; set launcher.num_processes "
+                        f"to {gpus - 1} and start the server on the last GPU: {serve}")
+    try:
+        urllib.request.urlopen(f"http://{host}:{port}/health", timeout=5).close()
+    except OSError as e:
+        raise DataError(f"vllm.mode server: no vLLM server answers at http://{host}:{port} ({e}). Start one for this "
+                        f"stage's model on a GPU that training does not use (launcher.num_processes counts the others), "
+                        f"then run this stage again: {serve}; or set vllm.mode: colocate") from None

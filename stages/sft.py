@@ -11,6 +11,7 @@ from posttrain.data import DataError, ReadStats, convert_rows, first_rows_proble
 from posttrain.formats import SFTColumn, SFTFormat, clip_messages, columns_problem, content_budget, rename_columns, to_messages
 from posttrain.stage import Context, Dataset, Model, register
 from posttrain.training import TrainingStage
+from posttrain.prepare import prepared_dataset
 from posttrain.training import (Launcher, Lora, TrainArgs, check_launcher, check_lora, check_trl_args, load_trainable,
                                 peft_config, train_and_save, trl_config)
 
@@ -75,10 +76,24 @@ def _sources(cfg: SFTStageConfig) -> list[Source]:
     return [Source(path=cfg.data)] if isinstance(cfg.data, str) else cfg.data
 
 
-def _count_truncated(rows: list[dict], tokenizer, max_length: int) -> int:
-    texts = tokenizer.apply_chat_template([r["messages"] for r in rows], tokenize=False)
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    return sum(n > max_length for n in lengths)
+def _count_truncated(rows: list[dict], tokenizer, max_length: int, batch: int = 1000) -> int:
+    """How many rows the trainer will cut. Tokenised a batch at a time: the token lists of a 939k-row mixture
+    are never all held at once."""
+    count = 0
+    for start in range(0, len(rows), batch):
+        texts = tokenizer.apply_chat_template([r["messages"] for r in rows[start:start + batch]], tokenize=False)
+        count += sum(len(ids) > max_length for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+    return count
+
+
+def _dataset(cfg: SFTStageConfig, ctx: Context, tokenizer):
+    """The resolved mixture, built and counted once (rank 0) into an Arrow copy in the stage folder; the other
+    ranks memory-map it, and TRL's tokenisation cache lives beside it."""
+    def build():
+        rows, mixture = _clipped_mix(cfg, ctx, tokenizer)
+        return rows, {"mixture": mixture, "truncated": _count_truncated(rows, tokenizer, cfg.max_length)}
+
+    return prepared_dataset(ctx.out_dir / "dataset", build)
 
 
 @register
@@ -101,19 +116,17 @@ class SFT(TrainingStage):
         return problems
 
     def run(self, cfg: SFTStageConfig, ctx: Context) -> dict:
-        from datasets import Dataset as HFDataset
-
         tokenizer = hf.load_tokenizer(ctx.path(cfg.model), cfg.chat_template)
-        rows, mixture = _clipped_mix(cfg, ctx, tokenizer)
-        truncated = _count_truncated(rows, tokenizer, cfg.max_length)
+        dataset, prepared = _dataset(cfg, ctx, tokenizer)
+        mixture, truncated = prepared["mixture"], prepared["truncated"]
         if truncated:
-            ctx.info(f"{truncated} of {len(rows)} examples are longer than max_length={cfg.max_length} and will be truncated")
-        trainer = _trainer(cfg, ctx, tokenizer, HFDataset.from_list(rows))
+            ctx.info(f"{truncated} of {len(dataset)} examples are longer than max_length={cfg.max_length} and will be truncated")
+        trainer = _trainer(cfg, ctx, tokenizer, dataset)
         merge_into = ctx.path(cfg.model) if cfg.lora and cfg.lora.merge else None
         metrics = train_and_save(trainer, tokenizer, ctx, merge_into=merge_into)
         if trainer.is_world_process_zero():  # one writer per run folder, however many ranks and nodes
             write_json(ctx.out_dir / "mixture.json", mixture)
-        return {**metrics, "rows": len(rows), "truncated": truncated, "loss_reduction": cfg.loss_reduction,
+        return {**metrics, "rows": len(dataset), "truncated": truncated, "loss_reduction": cfg.loss_reduction,
                 "skipped_rows": mixture["skipped_rows"]}
 
 
