@@ -76,7 +76,22 @@ class _Tail(threading.Thread):
                 if chunk:  # keep the last known values where the new chunk has none
                     new = parse_progress(chunk)
                     self.state = (*(new[:2] if new[1] else self.state[:2]), new[2] if new[2] is not None else self.state[2])
-                    self.status.update(progress_text(self.name, *self.state))
+                    self.status.update(_spinner(progress_text(self.name, *self.state)))
+
+
+def _spinner(text: str):
+    from rich.spinner import Spinner
+    from rich.text import Text
+
+    return Spinner("dots", Text(text))  # Text: "[sft]" is not markup
+
+
+def _live_line(console, text: str):
+    """A transient spinner line. Live must not redirect sys.stdout/stderr: the stage's output goes to its log."""
+    from rich.live import Live
+
+    return Live(_spinner(text), console=console, transient=True, refresh_per_second=4,
+                redirect_stdout=False, redirect_stderr=False)
 
 
 @contextmanager
@@ -89,7 +104,7 @@ def stage_output(name: str, stage_dir: Path, console):
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
     os.dup2(fd, 1), os.dup2(fd, 2)
     os.close(fd)
-    live = console.status(progress_text(name, None, None, None)) if console.is_terminal else None
+    live = _live_line(console, progress_text(name, None, None, None)) if console.is_terminal else None
     tail = _Tail(log, name, live) if live else None
     try:
         if live:
