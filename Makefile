@@ -25,6 +25,7 @@ endef
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
+	@echo "installing $(TORCH_REQ), then the $$(grep -c '^[A-Za-z]' $(LOCK)) packages of $(LOCK) (minutes, the first time)"
 	$(call install_torch,$(PY))
 	grep -v '^torch==' $(LOCK) > $(VENV)/lock-without-torch.txt
 	$(PY) -m pip install -q -r $(VENV)/lock-without-torch.txt
