@@ -55,3 +55,14 @@ def test_a_fresh_demo_reproduces_the_readme_table(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     check = script(run_dir, "--check", REPO / "README.md")
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_demo_seeds_tabulates_runs_and_fails_when_the_shape_breaks(tmp_path):
+    fake_run(tmp_path / "tiny-seed0", {"base": 0.15, "sft": 0.79, "dpo": 0.805, "rlvr": 0.81}, seed=0)
+    fake_run(tmp_path / "tiny-seed1", {"base": 0.03, "sft": 0.48, "dpo": 0.47, "rlvr": 0.55}, seed=1)
+    cmd = [sys.executable, REPO / "bench" / "demo_seeds.py", "--no-run", "--runs-dir", tmp_path, "--seeds"]
+    proc = subprocess.run([*cmd, "0", "1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "| 0 | 15.0 | 79.0 | 80.5 | 81.0 | +64.0 | +1.5 | +0.5 | holds |" in proc.stdout, proc.stdout
+    assert "| 1 | 3.0 | 48.0 | 47.0 | 55.0 | +45.0 | -1.0 | +8.0 | BROKEN |" in proc.stdout, proc.stdout
+    assert subprocess.run([*cmd, "0"], capture_output=True, timeout=60).returncode == 0
