@@ -1,17 +1,36 @@
-# One command for the demo, one for the tests. Both create .venv and install what they need.
+# One command for the demo, one for the tests. Both create .venv and install the exact versions in $(LOCK).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all bench test-min
+# Where torch comes from. The CPU build by default, so a machine without CUDA downloads no CUDA libraries.
+# With an NVIDIA GPU pass the index for your CUDA, e.g. make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# When the index can't be reached, torch comes from pip's own sources (its config, then PyPI).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# Exact versions of everything for the demo and CI (Linux x86-64, CPython 3.11); `make lock` regenerates it.
+LOCK ?= requirements/cpu.lock
 
-$(VENV)/.installed: pyproject.toml
+.PHONY: setup demo test test-all bench test-min test-latest lock
+
+# $(1): a venv's python, $(2): pip options. torch at the lock's version, from TORCH_INDEX: the index decides the
+# build (+cpu, +cu128) and with it which libraries torch needs; the lock then sets the versions of those it names.
+TORCH_REQ := $(shell sed -n -E 's/^(torch==[^+ ]+).*/\1/p' $(LOCK))
+TORCH_INDEX_UP = $(shell python3 -c "import sys, urllib.request as u; u.urlopen(sys.argv[1].rstrip('/') + '/torch/', timeout=15)" '$(TORCH_INDEX)' 2>/dev/null && echo yes)
+define install_torch
+	@if [ "$(TORCH_INDEX_UP)" ]; then $(1) -m pip install -q $(2) --index-url '$(TORCH_INDEX)' '$(TORCH_REQ)'; \
+	else echo "note: $(TORCH_INDEX) is unreachable; $(TORCH_REQ) comes from pip's own sources (on Linux PyPI's build is CUDA's)"; \
+	     $(1) -m pip install -q $(2) '$(TORCH_REQ)'; fi
+endef
+
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# The CPU build of torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	@echo "installing $(TORCH_REQ), then the $$(grep -c '^[A-Za-z]' $(LOCK)) packages of $(LOCK) (minutes, the first time)"
+	$(call install_torch,$(PY))
+	grep -v '^torch==' $(LOCK) > $(VENV)/lock-without-torch.txt
+	$(PY) -m pip install -q -r $(VENV)/lock-without-torch.txt
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) bench/lock_drift.py $(LOCK) --check
 	touch $@
 
 setup: $(VENV)/.installed
@@ -38,9 +57,28 @@ MIN_VENV ?= .venv-min
 MIN_PKGS := transformers trl accelerate peft datasets deepspeed
 test-min:
 	python3 -m venv $(MIN_VENV)
-	$(MIN_VENV)/bin/python -m pip install -q --upgrade pip
-	$(MIN_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(call install_torch,$(MIN_VENV)/bin/python)
 	$(MIN_VENV)/bin/python -m pip install -q -e '.[dev]' $$($(MIN_VENV)/bin/python bench/lowest_versions.py $(MIN_PKGS))
 	$(MIN_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^($(shell echo $(MIN_PKGS) | tr ' ' '|')) '
 	$(MIN_VENV)/bin/python -m pytest -q -m "" tests/test_runs.py::test_manifest_records_what_the_issue_asks \
 		tests/test_launch.py tests/test_zero3.py tests/test_precision.py
+
+# The newest versions pyproject.toml allows (torch stays at the lock's version), in their own venv:
+# what drifted from the lock, then the fast suite.
+LATEST_VENV ?= .venv-latest
+test-latest:
+	rm -rf $(LATEST_VENV) && python3 -m venv $(LATEST_VENV)
+	$(call install_torch,$(LATEST_VENV)/bin/python,--no-deps)
+	$(LATEST_VENV)/bin/python -m pip install -q -e '.[dev]' -c requirements/cpu.in
+	$(LATEST_VENV)/bin/python bench/lock_drift.py $(LOCK)
+	$(LATEST_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# Re-resolve the lock from pyproject.toml + requirements/cpu.in with uv. Pins still allowed are kept;
+# `make lock UPGRADE=--upgrade` moves everything to the newest allowed. torch is resolved as the CPU build
+# (from TORCH_INDEX, or pip's find-links where a machine keeps wheels on disk), so no CUDA library is locked.
+lock: setup
+	$(VENV)/bin/uv pip compile -q pyproject.toml requirements/cpu.in --extra dev $(UPGRADE) \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" \
+		$(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) \
+		$(if $(TORCH_INDEX_UP),--extra-index-url $(TORCH_INDEX) --index-strategy unsafe-best-match) \
+		-o $(LOCK)

@@ -5,6 +5,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from posttrain import hf
 from posttrain.formats import as_chat
@@ -82,7 +83,8 @@ def _generate_hf(model, tokenizer, encoded: list[list[int]], *, max_new_tokens: 
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))  # longest first: memory errors surface early
     results: list[list[str]] = [[] for _ in encoded]
     device = next(model.parameters()).device
-    for b, start in enumerate(range(0, len(order), batch_size)):
+    # A bar on stderr: quiet `posttrain run` reads it from the stage's log for its live progress line.
+    for b, start in enumerate(tqdm(range(0, len(order), batch_size), desc="generate", unit="batch", mininterval=2)):
         idx = order[start:start + batch_size]
         input_ids, attention_mask = _left_pad([encoded[i] for i in idx], pad_id)
         torch.manual_seed(seed + b)  # per batch, so a batch's samples don't depend on earlier batches' lengths

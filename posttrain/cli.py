@@ -16,10 +16,10 @@ class UsageError(Exception):
     """A bad command line: exit code 2, like a bad recipe."""
 
 
-def _console():
+def _console(file=None):
     from rich.console import Console
 
-    return Console(highlight=False)
+    return Console(file=file, highlight=False)
 
 
 def _load(args):
@@ -90,14 +90,22 @@ def _print_drift(console, warnings: dict[str, str]) -> None:
 
 
 def cmd_run(args) -> int:
+    from contextlib import nullcontext
+
+    from rich.markup import escape
+
+    from posttrain.progress import console_stream, stage_output
     from posttrain.runner import run
 
     recipe = _load(args)
     run_dir = _run_dir(args, recipe)
-    console = _console()
-    from rich.markup import escape
-
-    steps = run(recipe, run_dir, args.only, args.start, args.force, args.resume, echo=lambda m: console.print(escape(m)))
+    # Quiet unless --verbose: each stage's own output goes to its stage.log, the console keeps a line per stage.
+    stream = None if args.verbose else console_stream()
+    console = _console(stream)
+    capture = (lambda name, stage_dir: stage_output(name, stage_dir, console)) if stream else \
+        (lambda name, stage_dir: nullcontext())
+    steps = run(recipe, run_dir, args.only, args.start, args.force, args.resume,
+                echo=lambda m: console.print(escape(m), soft_wrap=True), capture=capture)
     done = [s.name for s in steps if s.action == "cached"]
     if done and len(done) == len([s for s in steps if s.action != "skip"]):
         console.print(f"[green]nothing to do[/]: all {len(done)} stages cached in {run_dir}")
@@ -106,28 +114,48 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return f"{seconds:.1f}s" if seconds < 60 else f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
 def cmd_status(args) -> int:
+    from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
+    from posttrain.progress import headline
     from posttrain.store import RunStore, version_drift
 
     run_dir = _require_run_dir(args.run_dir)
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     names = info.get("stages") or sorted(p.name for p in run_dir.iterdir() if (p / "manifest.json").exists())
     store = RunStore(run_dir)
-    table = Table(title=f"{info.get('recipe', run_dir.name)} ({run_dir})")
-    for col in ("stage", "kind", "status", "fingerprint", "wall s", "metrics"):
-        table.add_column(col)
+    # One line per stage at any width: the headline is cut with an ellipsis, never wrapped (the manifest has it all).
+    rows = []
     for name in names:
         m = store.manifest(name)
         if m is None:
-            table.add_row(name, "-", "[dim]not run[/]", "-", "-", "")
+            rows.append((name, "-", "not run", "-", "-", ""))
             continue
-        status = {"complete": "[green]complete[/]", "failed": "[red]failed[/]"}.get(m["status"], f"[yellow]{m['status']}[/]")
-        metrics = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(m["metrics"].items())[:5])
-        table.add_row(name, m["kind"], status, m["fingerprint"], f"{m['wall_time_s'] or 0:.1f}",
-                      metrics or (m.get("error") or "")[:80])
+        rows.append((name, m["kind"], m["status"], _duration(m["wall_time_s"]), m["fingerprint"][:8],
+                     headline(m["metrics"]) or (m.get("error") or "")))
     console = _console()
+    table = Table(title=f"{info.get('recipe', run_dir.name)} ({run_dir})", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0),
+                  show_edge=False)
+    columns = ("stage", "kind", "status", "time", "fingerprint")
+    widths = [max(len(col), *(len(r[i]) for r in rows)) for i, col in enumerate(columns)]
+    for col, width in zip(columns, widths):
+        table.add_column(col, no_wrap=True, min_width=width)
+    table.add_column("headline", no_wrap=True)
+    # The headline gets what is left (2 characters between columns), cut with an ellipsis, never wrapped.
+    room = max(10, console.width - sum(widths) - 2 * len(widths) - 1)
+    colors = {"complete": "green", "failed": "red", "not run": "dim"}
+    for name, kind, status, time_, fingerprint, text in rows:
+        text = text if len(text) <= room else text[:room - 1] + "…"
+        table.add_row(*map(escape, (name, kind)), f"[{colors.get(status, 'yellow')}]{status}[/]",
+                      *map(escape, (time_, fingerprint, text)))
     console.print(table)
     _print_drift(console, {name: version_drift(store.manifest(name)) for name in names})
     return 0

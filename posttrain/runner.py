@@ -3,6 +3,7 @@ only ever consumes upstream stages that finished."""
 import shutil
 import time
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from posttrain.recipe import Recipe, StageSpec, canonical_hash, resolved_stage_c
 from posttrain.stage import Context, output_path
 from posttrain.data import atomic_open, follow_umask, remove_stale_temp_files, write_json
 from posttrain.launch import follow, run_launched
+from posttrain.progress import headline
 
 
 class PlanError(Exception):
@@ -93,7 +95,8 @@ def run_fingerprint(recipe: Recipe, hashes: st.HashCache) -> str:
 
 
 def run(recipe: Recipe, run_dir: Path, only: str | None = None, start: str | None = None, force: bool = False,
-        resume: str = "auto", echo=print) -> list[Step]:
+        resume: str = "auto", echo=print, capture=lambda name, stage_dir: nullcontext()) -> list[Step]:
+    """`capture(name, stage_dir)`: a context around each stage's work (the CLI's quiet mode sends its output to a log)."""
     nodes, rank = cluster.nodes_needed(recipe), cluster.node_rank()
     cluster.check_environment(nodes)
     if rank != 0:
@@ -119,7 +122,8 @@ def run(recipe: Recipe, run_dir: Path, only: str | None = None, start: str | Non
                 continue
             echo(f"[{step.name}] {step.action}: {step.reason}")
             error = f"stage '{step.name}' failed"
-            _execute(recipe.stages[step.name], step, run_store, resume, echo, coordinator, recipe.upstream(step.name))
+            _execute(recipe.stages[step.name], step, run_store, resume, echo, coordinator, recipe.upstream(step.name),
+                     capture)
         error = None
         return steps
     finally:
@@ -144,7 +148,7 @@ def _follow(recipe: Recipe, run_dir: Path, nodes: int, rank: int, echo) -> None:
 
 
 def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, echo, coordinator=None,
-             lineage: list[str] = ()) -> None:
+             lineage: list[str] = (), capture=lambda name, stage_dir: nullcontext()) -> None:
     stage_dir = run_store.stage_dir(spec.name)
     previous = run_store.manifest(spec.name)
     if step.action == "run" and stage_dir.exists() and (previous is None or previous.get("fingerprint") != step.fingerprint
@@ -167,11 +171,12 @@ def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, e
     run_store.write_manifest(spec.name, manifest)
     t0 = time.time()
     try:
-        launcher = getattr(spec.config, "launcher", None)
-        if launcher is not None and launcher.type != "none":
-            metrics, manifest["distributed"] = run_launched(spec.stage, spec.config, ctx, step.fingerprint, coordinator)
-        else:
-            metrics = spec.stage.run(spec.config, ctx) or {}
+        with capture(spec.name, stage_dir):
+            launcher = getattr(spec.config, "launcher", None)
+            if launcher is not None and launcher.type != "none":
+                metrics, manifest["distributed"] = run_launched(spec.stage, spec.config, ctx, step.fingerprint, coordinator)
+            else:
+                metrics = spec.stage.run(spec.config, ctx) or {}
         missing = [o for o in outputs if not output_path(stage_dir, o, outputs[o]).exists()]
         if missing:
             raise StageFailed(f"stage '{spec.name}' finished without writing its declared output(s): {', '.join(missing)}")
@@ -193,5 +198,4 @@ def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, e
                     artifact_hashes={o: run_store.hashes.tree(run_store.run_dir / p) for o, p in artifacts.items()})
     run_store.hashes.save()
     run_store.write_manifest(spec.name, manifest)  # last: a manifest that says complete means the artifacts are there
-    echo(f"[{spec.name}] complete in {manifest['wall_time_s']:.1f}s " + " ".join(
-        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(metrics.items())[:6]))
+    echo(f"[{spec.name}] complete in {manifest['wall_time_s']:.1f}s {headline(metrics)}")

@@ -74,6 +74,19 @@ def test_rerun_is_fully_cached(finished_run, capsys):
     assert {s: manifest(run_dir, s)["ended"] for s in before} == before
 
 
+def test_run_is_quiet_and_each_stage_keeps_its_output_in_its_log(finished_run, tmp_path):
+    recipe, run_dir = finished_run
+    shutil.copytree(run_dir, tmp_path / "run")
+    proc = posttrain_cli("run", recipe, "--out", tmp_path / "run", "--only", "dpo", "--force", check=True)
+    lines = proc.stdout.splitlines()
+    # cached data, base, sft; dpo's start and result; cached rlvr; done. No bars, no log dicts, on either stream.
+    assert len(lines) == 7 and lines[3].startswith("[dpo] run: forced"), proc.stdout
+    assert lines[4].startswith("[dpo] complete in") and " steps loss 0.69" in lines[4], proc.stdout
+    assert "'loss'" not in proc.stdout + proc.stderr and "%|" not in proc.stderr, proc.stderr[-2000:]
+    log = (tmp_path / "run" / "dpo" / "stage.log").read_text()
+    assert "'loss'" in log and "/8 [" in log  # TRL's detail and its progress bar are kept
+
+
 def test_formatting_does_not_change_fingerprints(finished_run, tmp_path):
     recipe, run_dir = finished_run
     text = recipe.read_text().replace("    max_length: 96\n", "    max_length: 96   # a comment\n")
