@@ -40,6 +40,7 @@ FILE_SIZE_LIMIT = 16 << 20
 SANDBOX_BYTES = 64 << 20
 _CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 _DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
+SANDBOX_PYTHON = "/usr/bin/python3"  # the system interpreter: its standard library is under /usr
 
 # Runs first in the child: the limits, and (fallback only) the network namespace and the user drop.
 _LIMITS = """
@@ -83,7 +84,7 @@ def _bwrap_argv() -> list[str]:
     for key, value in {**_CLEAN_ENV, "HOME": "/sandbox", "TMPDIR": "/sandbox"}.items():
         argv += ["--setenv", key, value]
     return argv + ["--proc", "/proc", "--size", str(SANDBOX_BYTES), "--tmpfs", "/sandbox", "--remount-ro", "/",
-                   "--chdir", "/sandbox", "/usr/bin/python3"]
+                   "--chdir", "/sandbox", SANDBOX_PYTHON]
 
 
 def _probe(argv: list[str], **kwargs) -> bool:
@@ -102,7 +103,7 @@ def _as_nobody() -> dict:
 @functools.lru_cache(maxsize=1)
 def sandbox_kind() -> str:
     """"bubblewrap", or "rlimit" (the weaker fallback) when bwrap is missing or cannot create namespaces."""
-    if shutil.which("bwrap") and os.path.exists("/usr/bin/python3") and _probe(_bwrap_argv(), **_as_nobody()):
+    if shutil.which("bwrap") and os.path.exists(SANDBOX_PYTHON) and _probe(_bwrap_argv(), **_as_nobody()):
         return "bubblewrap"
     log.warning("sandbox: bubblewrap is not usable here (apt-get install bubblewrap); untrusted code runs in "
                 "the weaker rlimit-only sandbox")
