@@ -38,6 +38,7 @@ WALL_FACTOR, WALL_SLACK_S = 3.0, 1.0  # the wall-clock backstop of a call with a
 CHUNKS_PER_WORKER = 8  # a batch is cut into this many chunks per worker: few round trips, balanced ends
 FLUSH_S = 0.02  # a worker sends the outcomes it has at least this often (and at the end of a chunk)
 _CONTEXT = multiprocessing.get_context("fork")
+_start_lock = threading.Lock()
 _in_worker = False
 
 
@@ -164,11 +165,14 @@ class Worker:
         _all_workers.append(self)
 
     def _start(self) -> None:
-        parent_conn, child_conn = _CONTEXT.Pipe()
-        self._proc = _CONTEXT.Process(target=_serve, args=(child_conn, parent_conn), daemon=True,
-                                      name="posttrain-rewards-worker")
-        self._proc.start()
-        child_conn.close()
+        # One start at a time: a worker forked while another's pipe is new would inherit that pipe's child
+        # end (and process sentinel), and the parent would never see the other worker die.
+        with _start_lock:
+            parent_conn, child_conn = _CONTEXT.Pipe()
+            self._proc = _CONTEXT.Process(target=_serve, args=(child_conn, parent_conn), daemon=True,
+                                          name="posttrain-rewards-worker")
+            self._proc.start()
+            child_conn.close()
         self._conn = parent_conn
 
     def stop(self) -> None:
@@ -205,8 +209,8 @@ class Worker:
         try:
             while len(got) < len(limits):
                 wait = backstop_s(max(limits[len(got):])) + FLUSH_S
-                # The process's sentinel too: a sibling forked while this pipe was new may hold its other
-                # end, and then a dead worker's pipe never reports EOF.
+                # The process's sentinel too: should anything else in this process fork while a worker
+                # starts, the child would hold the pipe's other end, which then never reports EOF.
                 ready = multiprocessing.connection.wait([self._conn, self._proc.sentinel], wait)
                 if not ready:
                     self.stop()
@@ -285,13 +289,14 @@ def shared_pool() -> WorkerPool:
 def _forget_inherited_workers() -> None:
     """In a forked child, the workers and their pipes belong to the parent: close the child's copies of
     the pipe ends and start afresh, so the child forks workers of its own when it needs them."""
-    global _shared_worker, _pool, _shared_lock
+    global _shared_worker, _pool, _shared_lock, _start_lock
     for worker in _all_workers:
         if worker._conn is not None:
             worker._conn.close()
     _all_workers.clear()
     _shared_worker = _pool = None
     _shared_lock = threading.Lock()  # another thread may have held it at the fork
+    _start_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_inherited_workers)
