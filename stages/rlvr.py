@@ -55,7 +55,7 @@ class RLVRConfig:
     epsilon: float = field(default=0.2, metadata={"gt": 0})
     scale_rewards: Literal["group", "batch", "none"] = "group"
     chat_template: str = "model"
-    reward_timeout_s: float = field(default=5.0, metadata={"gt": 0})
+    reward_timeout_s: float = field(default=5.0, metadata={"gt": 0, "help": "CPU seconds per completion (or the verifier's own, if longer); wall-clock backstop 3x + 1 s"})
     max_reward_failure_fraction: float = field(default=0.5, metadata={"ge": 0, "le": 1})
     vllm: VLLM = field(default_factory=VLLM)
     train: TrainArgs = field(default_factory=TrainArgs)
