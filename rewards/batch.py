@@ -2,8 +2,6 @@
 processes with per-row limits."""
 from __future__ import annotations
 
-from typing import Any
-
 from posttrain.rewards.core import FAILURES, Verdict, Verifier, failed, log
 from posttrain.rewards.guard import shared_pool
 from posttrain.rewards.registry import get_verifier, list_verifiers
