@@ -15,18 +15,25 @@ PANELS = [
     ("DPO reward margin", "chosen - rejected", re.compile(r"^rewards/margins$")),
     ("DPO preference accuracy", "accuracy", re.compile(r"^rewards/accuracies$")),
     ("reward per verifier", "mean reward", re.compile(r"^reward$|^rewards/[^/]+/mean$")),
+    # logged by RLVR (rewards.failure_shares): where reward hacking shows first, so next to the reward
+    ("verifier failures", "share of completions", re.compile(r"^failures/[^/]+/(timeout|crash|sandbox_limit)$")),
     ("KL to reference", "KL", re.compile(r"^kl$")),
     ("completion length", "tokens", re.compile(r"^completions/mean_length$")),
 ]
 DPI = 110
 
 
+def curve_panels(rows: list[dict]) -> list[tuple[str, str, list[str]]]:
+    """(title, y label, logged keys) of each panel in PANELS that the rows have a number for."""
+    keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float))})
+    panels = [(title, ylabel, [k for k in keys if rx.match(k)]) for title, ylabel, rx in PANELS]
+    return [p for p in panels if p[2]]
+
+
 def training_curves(stage: str, rows: list[dict], out: Path) -> Path | None:
     """One figure for a stage: a row of panels, each a line per matching logged key against step."""
     rows = [r for r in rows if "step" in r]
-    keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float))})
-    panels = [(title, ylabel, [k for k in keys if rx.match(k)]) for title, ylabel, rx in PANELS]
-    panels = [p for p in panels if p[2]]
+    panels = curve_panels(rows)
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 2.8), squeeze=False)
@@ -46,8 +53,8 @@ def training_curves(stage: str, rows: list[dict], out: Path) -> Path | None:
 
 
 def _series_name(key: str) -> str:
-    match = re.match(r"^rewards/([^/]+)/mean$", key)
-    return match.group(1) if match else key
+    match = re.match(r"^rewards/([^/]+)/mean$|^failures/([^/]+/[^/]+)$", key)
+    return next(g for g in match.groups() if g) if match else key
 
 
 def bar_chart(title: str, labels: list[str], series: dict[str, list[float]], ylabel: str, out: Path) -> Path:

@@ -21,15 +21,17 @@ or by name, `get_verifier("weighted", weights={...}, options={...})`, gives a ve
 sum(weight * term score) / sum(weights) (so it stays in [0, 1]) and whose reason lists every term.
 
 Every verifier accepts a str or a chat message list (TRL's conversational format), refuses completions
-over `max_chars` (50,000) with score 0, and runs under a hard wall-clock limit (`time_limit_s`) in a
-forked worker process (guard.py). A verifier never raises for bad model output; it raises RowError
-(a ValueError) for a row that lacks the fields it needs. `register_verifier(name, factory)` adds one.
+over `max_chars` (50,000) with score 0, and runs under a CPU-time limit (`time_limit_s`, with a wall-clock
+backstop) in a forked worker process (guard.py). A verifier never raises for bad model output; it raises
+RowError (a ValueError) for a row that lacks the fields it needs. A Verdict that is no verdict (a timeout,
+a crashed verifier, a program stopped by a sandbox limit) says so in `failure`; `failure_shares` gives their
+share per verifier, which RLVR logs. `register_verifier(name, factory)` adds one.
 """
 from posttrain.rewards import code_exec, ifeval, math_answer, numeric, shaping  # noqa: F401 - they register
-from posttrain.rewards.batch import VerifierFailure, score_rows
+from posttrain.rewards.batch import VerifierFailure, failure_shares, score_rows
 from posttrain.rewards.core import RowError, Verdict, Verifier
 from posttrain.rewards.ifeval import ifeval_details
 from posttrain.rewards.registry import combine, get_verifier, list_verifiers, register_verifier
 
-__all__ = ["Verdict", "Verifier", "RowError", "VerifierFailure", "get_verifier", "list_verifiers", "score_rows",
+__all__ = ["Verdict", "Verifier", "RowError", "VerifierFailure", "get_verifier", "list_verifiers", "score_rows", "failure_shares",
            "combine", "register_verifier", "ifeval_details"]

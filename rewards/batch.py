@@ -2,9 +2,7 @@
 processes with per-row limits."""
 from __future__ import annotations
 
-from typing import Any
-
-from posttrain.rewards.core import Verdict, Verifier, log
+from posttrain.rewards.core import FAILURES, Verdict, Verifier, failed, log
 from posttrain.rewards.guard import shared_pool
 from posttrain.rewards.registry import get_verifier, list_verifiers
 
@@ -48,9 +46,9 @@ def score_rows(completions: list, rows: list[dict], verifier: str | None = None,
     shaping term such as `length` must never be replaced by the row's correctness verifier). With
     `verifier=None`, each row goes to the verifier its `verifier` column names (mixed data such as
     Tülu 3's), and a row without one is a ValueError. A row whose check raises,
-    overruns its limit or kills its worker scores 0 with the reason, and is logged with its row id. The
-    limit is `timeout_s`, or the verifier's own `time_limit_s` when that is longer (the code verifier's
-    is its sandbox timeout + 2 s).
+    overruns its limit or kills its worker scores 0 with the reason and `failure` set, and is logged with its
+    row id. The limit is `timeout_s` CPU seconds, or the verifier's own `time_limit_s` when that is longer,
+    with guard.py's wall-clock backstop; rows go to the workers in chunks (one round trip for many rows).
     When more than `max_failure_fraction` of the batch failed that way, raises VerifierFailure.
     `options`: keyword arguments for the `verifier` argument's verifier, or a dict keyed by verifier
     name ({"numeric": {...}, "code": {"timeout_s": 2}}).
@@ -67,12 +65,24 @@ def score_rows(completions: list, rows: list[dict], verifier: str | None = None,
         if outcome.ok:
             verdicts.append(outcome.value)
             continue
-        why = f"{v.name} {outcome.status}: {outcome.message}"
-        log.warning("row %d (id=%r): %s", index, row.get("id"), why)
-        failures.append(f"row {index} (id={row.get('id')!r}): {why}")
-        verdicts.append(Verdict(0.0, why))
+        verdict = failed(outcome.status, outcome.message, outcome.row_error, who=v.name)
+        log.warning("row %d (id=%r): %s", index, row.get("id"), verdict.reason)
+        failures.append(f"row {index} (id={row.get('id')!r}): {verdict.reason}")
+        verdicts.append(verdict)
     if len(failures) > max_failure_fraction * len(rows):
         raise VerifierFailure(
             f"{len(failures)} of {len(rows)} rows could not be verified (more than max_failure_fraction="
             f"{max_failure_fraction:g}); refusing to score this batch. First failures: " + "; ".join(failures[:3]))
     return verdicts
+
+
+def failure_shares(verdicts: list[Verdict], names: list[str]) -> dict[str, float]:
+    """{"failures/<verifier>/<kind>": share of that verifier's completions} for each verifier in `names` (the
+    verifier of each verdict) and each kind in core.FAILURES, zeros included, so a step without failures
+    reads 0 rather than a gap. What RLVR logs to see reward hacking as it happens."""
+    shares = {}
+    for name in sorted(set(names)):
+        mine = [v for v, n in zip(verdicts, names) if n == name]
+        for kind in FAILURES:
+            shares[f"failures/{name}/{kind}"] = sum(v.failure == kind for v in mine) / len(mine)
+    return shares

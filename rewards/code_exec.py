@@ -47,6 +47,7 @@ import time
 from typing import Any
 
 from posttrain.rewards.core import RowError, Verdict, Verifier, row_label
+from posttrain.rewards.guard import CpuTimeout
 from posttrain.rewards.registry import register_verifier
 from posttrain.rewards.remote import SERVER, Session, encode
 from posttrain.rewards.sandbox import describe_exit, sandboxed
@@ -130,9 +131,14 @@ def _exec_trusted(code: str, namespace: dict) -> dict:
     return namespace
 
 
+SESSION_LIMITS = ("timed out", "an answer over")  # how remote.Session names its wall backstop and size limit
+EXIT_LIMITS = ("CPU time limit exceeded", "file size limit exceeded", "killed by SIGKILL")  # sandbox.describe_exit's
+
+
 def run_tests(program: str, setup: str, trusted: dict, names: list[str], tests: str, *, cpu_s: float,
-              wall_s: float, memory_mb: int) -> tuple[bool, str, str]:
-    """(passed, reason, how the session ended) for the tests against the program served from the sandbox."""
+              wall_s: float, memory_mb: int) -> tuple[bool, str, bool]:
+    """(passed, reason, whether the program hit a sandbox limit) for the tests against the program served
+    from the sandbox. The limits: CPU time, the wall-clock backstop, memory, file size, answer size."""
     to_server, server_in = os.pipe()
     server_out, from_server = os.pipe()
     with tempfile.TemporaryFile() as stderr, \
@@ -148,15 +154,19 @@ def run_tests(program: str, setup: str, trusted: dict, names: list[str], tests: 
             for name in names:
                 trusted[name] = session.request(("get", name))
             exec(compile(tests, "<tests>", "exec"), trusted)
-            passed, reason = session.failure is None and session.calls > 0, "tests passed"
+            passed, reason, limit = session.failure is None and session.calls > 0, "tests passed", False
+        except CpuTimeout:
+            raise  # this verifier's own time limit (guard.py): a timeout, not a verdict
         except BaseException as e:  # noqa: BLE001 - whatever the program made the tests raise is a failure
-            passed, reason = False, f"{type(e).__name__}: {str(e)[:200]}"
+            passed, reason, limit = False, f"{type(e).__name__}: {str(e)[:200]}", isinstance(e, MemoryError)
         finally:
             for fd in (server_in, server_out):
                 os.close(fd)
         if session.failure:
-            reason = f"{session.failure} ({_exit_status(proc, stderr)})"
-    return passed and session.failure is None, reason, session.failure or ""
+            status = _exit_status(proc, stderr)
+            reason = f"{session.failure} ({status})"
+            limit = session.failure.startswith(SESSION_LIMITS) or status in EXIT_LIMITS
+    return passed and session.failure is None, reason, limit
 
 
 def _exit_status(proc, stderr) -> str:
@@ -176,9 +186,11 @@ class CodeVerifier(Verifier):
         self.timeout_s, self.wall_s, self.memory_mb = timeout_s, timeout_s * wall_factor, memory_mb
 
     def check(self, text: str, row: dict) -> Verdict:
-        passed, reason, _ = run_tests(*split_row(text, row), cpu_s=self.timeout_s, wall_s=self.wall_s,
-                                      memory_mb=self.memory_mb)
-        return Verdict(1.0, reason) if passed else Verdict(0.0, f"tests failed: {reason}")
+        passed, reason, limit = run_tests(*split_row(text, row), cpu_s=self.timeout_s, wall_s=self.wall_s,
+                                          memory_mb=self.memory_mb)
+        if passed:
+            return Verdict(1.0, reason)
+        return Verdict(0.0, f"tests failed: {reason}", "sandbox_limit" if limit else "")
 
 
 register_verifier("code", CodeVerifier)

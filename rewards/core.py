@@ -2,7 +2,7 @@
 
 A verifier's `check(text, row)` holds the task logic. `Verifier.__call__` adds what every verifier
 needs around it: accepting a string or a chat message list, rejecting absurdly long input before any
-parsing, and running the check under a hard wall-clock limit in a guarded worker process.
+parsing, and running the check under a CPU-time limit (with a wall-clock backstop) in a guarded worker process.
 """
 from __future__ import annotations
 
@@ -16,10 +16,23 @@ log = logging.getLogger("posttrain.rewards")
 DEFAULT_MAX_CHARS = 50_000
 
 
+FAILURES = ("timeout", "crash", "sandbox_limit")  # what RLVR logs the share of, per verifier
+
+
 @dataclass(frozen=True)
 class Verdict:
     score: float  # in [0, 1]; 1 = verified correct (shaping terms may give fractions)
     reason: str  # short, for logging
+    # "" when the check reached a verdict. Else why not: "timeout" (over its CPU limit or wall backstop),
+    # "crash" (the verifier raised or its worker died), "sandbox_limit" (the program hit a sandbox limit),
+    # "bad_row" (the row's own data is unusable). The score is then 0.
+    failure: str = ""
+
+
+def failed(status: str, message: str, row_error: bool = False, who: str = "") -> Verdict:
+    """The zero Verdict of a guarded call that did not finish ("timeout" | "crashed" | "error")."""
+    kind = "bad_row" if row_error else "timeout" if status == "timeout" else "crash"
+    return Verdict(0.0, f"{who} {status}: {message}".lstrip(), kind)
 
 
 class RowError(ValueError):
@@ -77,7 +90,7 @@ def completion_text(completion: Any, max_chars: int) -> tuple[str | None, str]:
 class Verifier:
     """Base class. Subclasses set `name` and implement `check(text, row) -> Verdict`.
 
-    Options every verifier takes: `time_limit_s` (hard wall-clock limit of one call) and
+    Options every verifier takes: `time_limit_s` (CPU-time limit of one call; guard.py adds a wall backstop) and
     `max_chars` (longer completions score 0 without being parsed)."""
 
     name = "verifier"
@@ -108,7 +121,7 @@ class Verifier:
         if outcome.row_error:
             raise RowError(outcome.message)
         log.warning("%s: verifier %s %s: %s", row_label(row), self.name, outcome.status, outcome.message)
-        return Verdict(0.0, f"{outcome.status}: {outcome.message}")
+        return failed(outcome.status, outcome.message)
 
     def __repr__(self) -> str:
         return f"<verifier {self.name}>"

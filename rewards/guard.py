@@ -1,11 +1,13 @@
-"""Hard wall-clock limits for verifier calls: persistent forked worker processes.
+"""CPU-time limits and hard wall-clock backstops for verifier calls: persistent forked worker processes.
 
-A worker runs `fn(*args)` and sends back an `Outcome`. When it overruns its limit it is killed and a
-fresh one is forked for the next call, so a pathological completion (a sympy expression that never
-simplifies, a regex that backtracks forever, a C-level big-integer power) costs one time limit and
-nothing more. Signals cannot give that guarantee: math-verify's own `signal.alarm` timeouts only work in
-a main thread, and no signal interrupts a long C call. Each worker also gets an address-space limit so a
-memory bomb raises MemoryError in the worker instead of taking the trainer down.
+A worker takes a chunk of calls `fn(*args)` (one round trip for many rows) and sends back their `Outcome`s in
+groups, at least every FLUSH_S. Each call runs under its own CPU-time limit, counted by a SIGPROF interval timer
+(ITIMER_PROF: this process's user + system time), so a busy machine does not change a verdict. A call stuck
+where no signal can interrupt it (a long C call such as a huge big-integer power) or blocked without using
+CPU is caught by the parent's wall-clock backstop (WALL_FACTOR x its limit + WALL_SLACK_S): the worker is
+killed, that call times out, and the rest of its chunk goes to a fresh worker. A worker that dies (a crash,
+`os._exit` in a verifier) costs the call it was running and nothing else (Worker.run says how). Each worker also gets an
+address-space limit so a memory bomb raises MemoryError in the worker instead of taking the trainer down.
 
 Workers are forked (not spawned) so they start in milliseconds with the caller's modules already
 imported; they run only verifier code, never torch.
@@ -13,12 +15,17 @@ imported; they run only verifier code, never torch.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import math
 import multiprocessing
+import multiprocessing.connection
 import os
+import pickle
 import queue
 import resource
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -27,7 +34,11 @@ from posttrain.rewards.core import RowError
 
 MEMORY_HEADROOM_BYTES = 2 << 30  # address space a worker may add on top of what it inherits
 POOL_WORKERS = min(2, os.cpu_count() or 1)
+WALL_FACTOR, WALL_SLACK_S = 3.0, 1.0  # the wall-clock backstop of a call with a CPU limit of L seconds: 3 L + 1
+CHUNKS_PER_WORKER = 8  # a batch is cut into this many chunks per worker: few round trips, balanced ends
+FLUSH_S = 0.02  # a worker sends the outcomes it has at least this often (and at the end of a chunk)
 _CONTEXT = multiprocessing.get_context("fork")
+_start_lock = threading.Lock()
 _in_worker = False
 
 
@@ -43,9 +54,43 @@ class Outcome:
         return self.status == "ok"
 
 
-def _call(fn: Callable, args: Sequence) -> Outcome:
+class CpuTimeout(BaseException):
+    """A call used up its CPU seconds. A BaseException, so the `except Exception` of the libraries it
+    interrupts (math-verify, sympy) does not swallow it."""
+
+
+def _on_sigprof(signum, frame):
+    raise CpuTimeout("CPU time limit reached")
+
+
+@contextlib.contextmanager
+def cpu_limit(seconds: float):
+    """Raise CpuTimeout(...) in this block once it has used `seconds` of this process's CPU time. Works in a
+    worker's main thread (where SIGPROF is ours); elsewhere it does nothing and the enclosing guard's
+    limit holds. Limits nest: an inner one is cut to what the outer has left, and the outer resumes after."""
+    if signal.getsignal(signal.SIGPROF) is not _on_sigprof or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    outer_left = signal.getitimer(signal.ITIMER_PROF)[0]
+    if outer_left and outer_left <= seconds:
+        yield  # the outer limit comes first
+        return
+    start = time.process_time()
+    signal.setitimer(signal.ITIMER_PROF, seconds)
     try:
-        return Outcome("ok", fn(*args))
+        yield
+    finally:
+        left = outer_left - (time.process_time() - start) if outer_left else 0.0
+        signal.setitimer(signal.ITIMER_PROF, max(left, 1e-3) if outer_left else 0.0)
+
+
+def _call(fn: Callable, args: Sequence, cpu_s: float | None = None) -> Outcome:
+    try:
+        with cpu_limit(cpu_s) if cpu_s else contextlib.nullcontext():
+            value = fn(*args)
+        return Outcome("ok", value)
+    except CpuTimeout:
+        return Outcome("timeout", message=f"over {cpu_s:g}s of CPU time")
     except RowError as e:
         return Outcome("error", message=str(e)[:500], row_error=True)
     except BaseException as e:  # noqa: BLE001 - math-verify's TimeoutException is a BaseException
@@ -67,6 +112,7 @@ def _serve(conn, parent_end) -> None:
     parent_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGPROF, _on_sigprof)
     try:
         limit = _vm_size_bytes() + MEMORY_HEADROOM_BYTES
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -80,18 +126,38 @@ def _serve(conn, parent_end) -> None:
             while not conn.poll(1.0):
                 if os.getppid() != parent:
                     return
-            fn, args = conn.recv()
+            fn, calls = conn.recv()
         except (EOFError, OSError):
             return  # the parent is gone
-        outcome = _call(fn, args)
-        try:
-            conn.send(outcome)
-        except Exception as e:  # noqa: BLE001 - an unpicklable result must not kill the worker
-            conn.send(Outcome("error", message=f"result could not be sent back: {type(e).__name__}: {e}"))
+        done, sent_at = [], time.monotonic()
+        for index, (args, cpu_s) in enumerate(calls):
+            done.append(_call(fn, args, cpu_s))
+            if index == len(calls) - 1 or time.monotonic() - sent_at >= FLUSH_S:
+                _send_outcomes(conn, done)
+                done, sent_at = [], time.monotonic()
+
+
+def _send_outcomes(conn, outcomes: list[Outcome]) -> None:
+    try:
+        conn.send(outcomes)
+    except Exception:  # noqa: BLE001 - an unpicklable result must not kill the worker, nor cost the others
+        conn.send([_sendable(o) for o in outcomes])
+
+
+def _sendable(outcome: Outcome) -> Outcome:
+    try:
+        pickle.dumps(outcome)
+        return outcome
+    except Exception as e:  # noqa: BLE001
+        return Outcome("error", message=f"result could not be sent back: {type(e).__name__}: {e}")
+
+
+def backstop_s(cpu_s: float) -> float:
+    return cpu_s * WALL_FACTOR + WALL_SLACK_S
 
 
 class Worker:
-    """One forked worker process, restarted after a timeout or crash."""
+    """One forked worker process, restarted after a wall-clock timeout or a crash."""
 
     def __init__(self) -> None:
         self._proc = None
@@ -99,11 +165,14 @@ class Worker:
         _all_workers.append(self)
 
     def _start(self) -> None:
-        parent_conn, child_conn = _CONTEXT.Pipe()
-        self._proc = _CONTEXT.Process(target=_serve, args=(child_conn, parent_conn), daemon=True,
-                                      name="posttrain-rewards-worker")
-        self._proc.start()
-        child_conn.close()
+        # One start at a time: a worker forked while another's pipe is new would inherit that pipe's child
+        # end (and process sentinel), and the parent would never see the other worker die.
+        with _start_lock:
+            parent_conn, child_conn = _CONTEXT.Pipe()
+            self._proc = _CONTEXT.Process(target=_serve, args=(child_conn, parent_conn), daemon=True,
+                                          name="posttrain-rewards-worker")
+            self._proc.start()
+            child_conn.close()
         self._conn = parent_conn
 
     def stop(self) -> None:
@@ -113,25 +182,49 @@ class Worker:
             self._conn.close()
         self._proc = self._conn = None
 
-    def run(self, fn: Callable, args: Sequence, timeout_s: float) -> Outcome:
+    def run(self, fn: Callable, calls: Sequence[tuple[Sequence, float]]) -> list[Outcome]:
+        """One Outcome per (args, CPU seconds) in `calls`, in order. When a call breaks the worker (past its
+        wall-clock backstop, or the process died) and more than one call was unanswered, which one did it is
+        not known (answers come in groups), so those calls go again, one per round trip, to a fresh worker."""
         if self._proc is None or not self._proc.is_alive():
             self.stop()
             self._start()
         try:
-            self._conn.send((fn, args))
-        except Exception as e:  # noqa: BLE001 - e.g. an unpicklable argument
-            return Outcome("error", message=f"could not send the call to the worker: {type(e).__name__}: {e}")
+            self._conn.send((fn, list(calls)))
+        except Exception as e:  # noqa: BLE001 - e.g. an unpicklable argument: find which, keep the rest
+            if len(calls) == 1:
+                return [Outcome("error", message=f"could not send the call to the worker: {type(e).__name__}: {e}")]
+            return [o for call in calls for o in self.run(fn, [call])]
+        got, broken = self._receive([cpu_s for _, cpu_s in calls])
+        unanswered = calls[len(got):]
+        if broken is None:
+            return got
+        if len(unanswered) == 1:
+            return got + [broken]
+        return got + [o for call in unanswered for o in self.run(fn, [call])]
+
+    def _receive(self, limits: list[float]) -> tuple[list[Outcome], Outcome | None]:
+        """(outcomes as they come, None), or (those that came, the outcome that broke the worker)."""
+        got: list[Outcome] = []
         try:
-            if not self._conn.poll(timeout_s):
-                self.stop()
-                return Outcome("timeout", message=f"no result within {timeout_s:g}s (worker killed)")
-            return self._conn.recv()
+            while len(got) < len(limits):
+                wait = backstop_s(max(limits[len(got):])) + FLUSH_S
+                # The process's sentinel too: should anything else in this process fork while a worker
+                # starts, the child would hold the pipe's other end, which then never reports EOF.
+                ready = multiprocessing.connection.wait([self._conn, self._proc.sentinel], wait)
+                if not ready:
+                    self.stop()
+                    return got, Outcome("timeout", message=f"no result within {wait:g}s of wall-clock time (worker killed)")
+                if self._conn not in ready and not self._conn.poll(0):
+                    raise EOFError
+                got += self._conn.recv()
+            return got, None
         except (EOFError, OSError):
             code = self._proc.exitcode if self._proc is not None else None
             self.stop()
-            return Outcome("crashed", message=f"worker process died (exit code {code})")
+            return got, Outcome("crashed", message=f"worker process died (exit code {code})")
         except BaseException:
-            self.stop()  # interrupted mid-call: its late answer must never be read as the next one's
+            self.stop()  # interrupted mid-batch: its late answers must never be read as the next batch's
             raise
 
 
@@ -141,20 +234,25 @@ _shared_lock = threading.Lock()
 _pool: "WorkerPool | None" = None
 
 
+def _inline() -> bool:
+    """Inside a worker (or a daemon process, which may not fork children) calls run inline: the enclosing
+    worker's limits apply."""
+    return _in_worker or multiprocessing.current_process().daemon
+
+
 def run_guarded(fn: Callable, args: Sequence, timeout_s: float) -> Outcome:
-    """`fn(*args)` under a hard time limit. Inside a worker (or a daemon process, which may not fork
-    children) it runs inline: the enclosing worker's limit applies."""
+    """`fn(*args)` under a CPU-time limit of `timeout_s` and its wall-clock backstop."""
     global _shared_worker
-    if _in_worker or multiprocessing.current_process().daemon:
-        return _call(fn, args)
+    if _inline():
+        return _call(fn, args, timeout_s)
     with _shared_lock:
         if _shared_worker is None:
             _shared_worker = Worker()
-        return _shared_worker.run(fn, args, timeout_s)
+        return _shared_worker.run(fn, [(args, timeout_s)])[0]
 
 
 class WorkerPool:
-    """`size` workers fed by as many threads; `map` keeps input order."""
+    """`size` workers fed by as many threads; `map` sends them chunks of calls and keeps input order."""
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -162,19 +260,22 @@ class WorkerPool:
         for _ in range(size):
             self._idle.put(Worker())
 
-    def _run_one(self, fn: Callable, args: Sequence, timeout_s: float) -> Outcome:
+    def _run_chunk(self, fn: Callable, calls: list) -> list[Outcome]:
         worker = self._idle.get()
         try:
-            return worker.run(fn, args, timeout_s)
+            return worker.run(fn, calls)
         finally:
             self._idle.put(worker)
 
     def map(self, fn: Callable, arg_tuples: Sequence[Sequence], timeouts_s: Sequence[float]) -> list[Outcome]:
-        """fn(*args) for each args, the i-th under timeouts_s[i]."""
-        if _in_worker or multiprocessing.current_process().daemon:
-            return [_call(fn, args) for args in arg_tuples]
+        """fn(*args) for each args, the i-th under a CPU-time limit of timeouts_s[i]."""
+        calls = list(zip(arg_tuples, timeouts_s))
+        if _inline():
+            return [_call(fn, args, cpu_s) for args, cpu_s in calls]
+        size = max(1, math.ceil(len(calls) / (self.size * CHUNKS_PER_WORKER)))
+        chunks = [calls[i:i + size] for i in range(0, len(calls), size)]
         with ThreadPoolExecutor(self.size) as threads:
-            return list(threads.map(lambda args, limit: self._run_one(fn, args, limit), arg_tuples, timeouts_s))
+            return [o for done in threads.map(lambda chunk: self._run_chunk(fn, chunk), chunks) for o in done]
 
 
 def shared_pool() -> WorkerPool:
@@ -188,13 +289,14 @@ def shared_pool() -> WorkerPool:
 def _forget_inherited_workers() -> None:
     """In a forked child, the workers and their pipes belong to the parent: close the child's copies of
     the pipe ends and start afresh, so the child forks workers of its own when it needs them."""
-    global _shared_worker, _pool, _shared_lock
+    global _shared_worker, _pool, _shared_lock, _start_lock
     for worker in _all_workers:
         if worker._conn is not None:
             worker._conn.close()
     _all_workers.clear()
     _shared_worker = _pool = None
     _shared_lock = threading.Lock()  # another thread may have held it at the fork
+    _start_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_inherited_workers)

@@ -56,7 +56,7 @@ class RLVRConfig:
     epsilon: float = field(default=0.2, metadata={"gt": 0})
     scale_rewards: Literal["group", "batch", "none"] = "group"
     chat_template: str = "model"
-    reward_timeout_s: float = field(default=5.0, metadata={"gt": 0})
+    reward_timeout_s: float = field(default=5.0, metadata={"gt": 0, "help": "CPU seconds per completion (or the verifier's own, if longer); wall-clock backstop 3x + 1 s"})
     max_reward_failure_fraction: float = field(default=0.5, metadata={"ge": 0, "le": 1})
     vllm: VLLM = field(default_factory=VLLM)
     train: TrainArgs = field(default_factory=TrainArgs)
@@ -64,16 +64,21 @@ class RLVRConfig:
 
 
 def reward_functions(cfg: RLVRConfig, stop_ids: list[int]) -> tuple[list, list[float]]:
-    """One TRL reward function per term (named after it, so TRL logs rewards/<name>/mean), plus the EOS term."""
-    from posttrain.rewards import score_rows
+    """One TRL reward function per term (named after it, so TRL logs rewards/<name>/mean), plus the EOS term.
+    Each also logs, per verifier, the share of completions that timed out, crashed the verifier or hit a
+    sandbox limit (failures/<verifier>/<kind>, through TRL's log_metric), where reward hacking shows first."""
+    from posttrain.rewards import failure_shares, score_rows
 
     def term_fn(term: RewardTerm):
         verifier = None if term.name == ROUTE_BY_ROW else term.name
 
-        def reward(prompts, completions, row_json, **_):
+        def reward(prompts, completions, row_json, log_metric=None, **_):
             rows = [json.loads(r) for r in row_json]
             verdicts = score_rows(completions, rows, verifier, timeout_s=cfg.reward_timeout_s,
                                   max_failure_fraction=cfg.max_reward_failure_fraction, options=term.options)
+            if log_metric is not None:
+                for key, share in failure_shares(verdicts, [verifier or r["verifier"] for r in rows]).items():
+                    log_metric(key, share)
             return [v.score * cfg.verified_reward for v in verdicts]
 
         reward.__name__ = term.name

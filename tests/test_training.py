@@ -244,7 +244,9 @@ def test_grpo_with_a_verifier_raises_reward(tiny_model_dir, tmp_path):
         "model": str(sft_ctx.output("model")), "data": str(rl_data), "num_generations": 8, "temperature": 1.0,
         "max_completion_length": 24, "train": {"learning_rate": 5e-3, "max_steps": 12, "per_device_train_batch_size": 32,
                                                "logging_steps": 1, "lr_scheduler_type": "constant"}}, tmp_path / "rl")
-    rewards = [r["rewards/verifier/mean"] for r in map(json.loads, (ctx.out_dir / "metrics.jsonl").read_text().splitlines())
-               if "rewards/verifier/mean" in r]
+    logged = [r for r in map(json.loads, (ctx.out_dir / "metrics.jsonl").read_text().splitlines()) if "rewards/verifier/mean" in r]
+    rewards = [r["rewards/verifier/mean"] for r in logged]
     assert len(rewards) == 12
+    # beside the reward, each step: the share of completions the verifier could not judge (none here)
+    assert all(r[f"failures/numeric/{kind}"] == 0.0 for r in logged for kind in ("timeout", "crash", "sandbox_limit"))
     assert sum(rewards[-3:]) / 3 > sum(rewards[:3]) / 3 + 0.2, rewards
