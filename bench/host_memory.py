@@ -54,7 +54,8 @@ def main() -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from posttrain import hf, tinyworld
+    from posttrain import hf
+    from posttrain.worlds import tinyworld
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import write_mini_files
-from posttrain import tinyworld
+from posttrain.worlds import tinyworld
 from posttrain.prepare import prepared_dataset
 from posttrain.stages.sft import _count_truncated
 

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from conftest import REPO, posttrain_cli
-from posttrain import hf, tinyworld
+from posttrain import hf
+from posttrain.worlds import tinyworld
 
 pytestmark = pytest.mark.slow  # about a minute per recipe on 2 cores
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 import posttrain.stages  # noqa: F401  (registers the stage kinds)
-from posttrain import hf, tinyworld
+from posttrain import hf
+from posttrain.worlds import tinyworld
 from posttrain.data import DataError
 from posttrain.eval.generation import generate
 from posttrain.eval.suite import TaskRun, evaluate_model
