@@ -148,6 +148,18 @@ def _worker(job_path: str) -> None:
     metrics = STAGES[job["kind"]]().run(job["config"], job["ctx"])
     if state.is_main_process:
         write_json(Path(job_path).parent / ".result.json", {"metrics": metrics or {}, "distributed": _describe(state)})
+    _leave_process_group(state)
+
+
+def _leave_process_group(state) -> None:
+    """Every rank finishes together, then the group is destroyed: a rank that exits while another still holds
+    the gloo connection dies with SIGABRT ("terminate called without an active exception"), and its node's
+    launcher then fails a stage that succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        state.wait_for_everyone()
+        dist.destroy_process_group()
 
 
 def _describe(state) -> dict:
