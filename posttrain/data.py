@@ -79,7 +79,7 @@ def _iter_jsonl(path: Path, stats: ReadStats, on_bad_rows: str) -> Iterator[tupl
 
 def located_rows(path: str | Path, on_bad_rows: str = "error", stats: ReadStats | None = None) -> Iterator[tuple[str, dict]]:
     """Stream (where, row) from jsonl / json / parquet (optionally .gz), or a hub id
-    `hf:org/name[:config][:split]`; `where` names the row's file and line, for errors about its fields."""
+    `hf:org/name[@revision][:config][:split]`; `where` names the row's file and line, for errors about its fields."""
     stats = stats if stats is not None else ReadStats()
     spec = str(path)
     if spec.startswith("hf:"):
@@ -137,13 +137,14 @@ def _iter_parquet(path: Path, stats: ReadStats) -> Iterator[tuple[str, dict]]:
 
 
 def _iter_hub(spec: str, stats: ReadStats) -> Iterator[tuple[str, dict]]:
-    """`org/name[:config]:split`, e.g. openai/gsm8k:main:test."""
+    """`org/name[@revision][:config]:split`, e.g. openai/gsm8k@main:main:test."""
     import datasets
 
-    parts = spec.split(":")
-    name, config, split = parts[0], (parts[1] if len(parts) == 3 else None), (parts[-1] if len(parts) > 1 else "train")
+    from posttrain import hf
+
+    name, revision, config, split = hf.hub_dataset(spec)
     try:
-        ds = datasets.load_dataset(name, config, split=split, streaming=True)
+        ds = datasets.load_dataset(name, config, split=split, revision=revision, streaming=True)
     except Exception as e:  # no network here: say what to do instead
         raise DataError(f"hf:{spec}: could not load from the hub ({type(e).__name__}: {str(e)[:200]}); "
                         "download it where a network exists and point the recipe at the local file") from None

@@ -16,6 +16,7 @@ from posttrain.data import DataError
 SFTFormat = Literal["auto", "messages", "prompt_completion", "alpaca"]
 # The names a `columns` mapping may rename a column to: the fields of the SFT formats.
 SFTColumn = Literal["messages", "prompt", "completion", "instruction", "input", "output"]
+PreferenceColumn = Literal["prompt", "chosen", "rejected"]
 HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
 
 

@@ -41,7 +41,14 @@ def split_revision(model: str) -> tuple[str, str | None]:
     return name, revision
 
 
-def hub_commit(model: str) -> str:
+def hub_dataset(spec: str) -> tuple[str, str | None, str | None, str]:
+    """`org/name[@rev][:config][:split]` (after `hf:`) -> (name, revision, config, split); split default train."""
+    parts = spec.split(":")
+    name, revision = split_revision(parts[0])
+    return name, revision, (parts[1] if len(parts) == 3 else None), (parts[-1] if len(parts) > 1 else "train")
+
+
+def hub_commit(model: str, kind: str = "models") -> str:
     """`org/name@commit` for a hub model: the commit its revision (default main) resolves to in the local
     hub cache, so the fingerprint changes when the branch moves; `org/name@revision` as given when the cache
     does not have it (offline, nothing downloaded yet)."""
@@ -51,7 +58,7 @@ def hub_commit(model: str) -> str:
     revision = revision or "main"
     if not COMMIT.fullmatch(revision):
         cache = Path(os.environ.get("HF_HUB_CACHE") or constants.HF_HUB_CACHE)
-        ref = cache / f"models--{name.replace('/', '--')}" / "refs" / revision
+        ref = cache / f"{kind}--{name.replace('/', '--')}" / "refs" / revision
         try:
             revision = ref.read_text().strip() or revision
         except OSError:

@@ -207,6 +207,9 @@ def _check_artifact(tp, value, path: str, problems: list[Problem], ref_types: Re
             problems.append((path, f"{what} not found: {given:.200}{read_as}"))
     elif tp is Model and "@" in value and not all(value.rpartition("@")[::2]):
         problems.append((path, f"{value:.200}: a hub model with a revision is org/name@revision (a branch, tag or commit)"))
+    elif tp is Dataset and value.startswith("hf:") and "@" in value.split(":")[1] \
+            and not all(value.split(":")[1].rpartition("@")[::2]):
+        problems.append((path, f"{value:.200}: a hub dataset with a revision is hf:org/name@revision[:config][:split]"))
     return tp(value)
 
 

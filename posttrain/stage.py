@@ -30,7 +30,7 @@ class Model(str):
 
 
 class Dataset(str):
-    """A dataset input: a local file (jsonl, json, parquet, .gz), a hub id `hf:org/name[:config][:split]`,
+    """A dataset input: a local file (jsonl, json, parquet, .gz), a hub id `hf:org/name[@revision][:config][:split]`,
     or a reference to an upstream stage's dataset."""
 
 

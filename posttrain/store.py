@@ -98,11 +98,14 @@ class HashCache:
 def inputs(config: Any, files: list[Path], hashes: HashCache) -> dict[str, str]:
     """What a stage reads, identified for its fingerprint: every Config value typed as an input (not stage
     references, which the upstream fingerprints cover), plus the stage's own `files`. Local files and
-    folders by content; a hub model by id and the commit its revision resolves to; a hub dataset by its spec
-    (already in the config)."""
+    folders by content; a hub model by id and the commit its revision resolves to; a hub dataset likewise,
+    with its config and split."""
     found: dict[str, str] = {}
     for value in _typed_inputs(config):
-        if isinstance(value, Dataset) and value.startswith(DATASET_SCHEMES):
+        if isinstance(value, Dataset) and value.startswith("hf:"):
+            name, _, rest = value[3:].partition(":")
+            found[value] = f"hub:{hf.hub_commit(name, 'datasets')}" + (f":{rest}" if rest else "")
+        elif isinstance(value, Dataset) and value.startswith(DATASET_SCHEMES):
             continue
         if Path(value).exists():
             found[str(Path(value))] = hashes.tree(Path(value))

@@ -13,7 +13,7 @@ from typing import Literal
 from posttrain import hf
 from posttrain.data import ReadStats, convert_rows, first_rows_problem
 from posttrain.prepare import prepared_dataset
-from posttrain.formats import clip_messages, content_budget, to_preference
+from posttrain.formats import PreferenceColumn, clip_messages, columns_problem, content_budget, rename_columns, to_preference
 from posttrain.stage import Context, Dataset, Model, register
 from posttrain.training import TrainingStage
 from posttrain.training import (Launcher, Lora, TrainArgs, check_launcher, check_lora, check_trl_args, load_trainable,
@@ -27,6 +27,8 @@ DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "
 class DPOStageConfig:
     model: Model
     data: Dataset = field(metadata={"help": "prompt/chosen/rejected rows (chat or plain), or HH-RLHF transcripts"})
+    columns: dict[str, PreferenceColumn] | None = field(default=None, metadata={
+        "help": "rename columns before reading the rows, e.g. {question: prompt, good: chosen, bad: rejected}"})
     reference: Model | None = field(default=None, metadata={"help": "default: the `model` input's saved checkpoint"})
     loss_type: list[DPOLoss] = field(default_factory=lambda: ["sigmoid"])
     loss_weights: list[float] | None = None
@@ -56,8 +58,9 @@ class DPO(TrainingStage):
 
     def check(self, cfg: DPOStageConfig) -> list[tuple[str, str]]:
         problems = check_launcher(cfg.launcher) + check_lora(cfg.lora) + check_trl_args("DPOConfig", cfg.train, _dpo_args(cfg))
-        bad = cfg.on_bad_rows == "error" and first_rows_problem(cfg.data, to_preference)
-        if bad:
+        if columns_problem(cfg.columns):
+            problems.append(("columns", columns_problem(cfg.columns)))
+        elif bad := cfg.on_bad_rows == "error" and first_rows_problem(cfg.data, lambda r, w: _pair(cfg, r, w)):
             problems.append(("data", bad))
         if cfg.loss_weights is not None and len(cfg.loss_weights) != len(cfg.loss_type):
             problems.append(("loss_weights", f"{len(cfg.loss_weights)} weights for {len(cfg.loss_type)} loss types"))
@@ -106,8 +109,12 @@ def read_pairs(cfg: DPOStageConfig, ctx: Context, tokenizer, stats: ReadStats) -
     tokens, so a huge row costs what max_length costs (see formats.content_budget)."""
     budget = content_budget(tokenizer, cfg.max_length)
     return convert_rows(ctx.path(cfg.data), lambda row, where: {k: clip_messages(v, budget) for k, v in
-                                                                to_preference(row, where).items()},
+                                                                _pair(cfg, row, where).items()},
                         cfg.on_bad_rows, stats)
+
+
+def _pair(cfg: DPOStageConfig, row: dict, where: str) -> dict:
+    return to_preference(rename_columns(row, cfg.columns, where), where)
 
 
 def repeated_pairs_warning(pairs: int, args) -> str | None:

@@ -10,7 +10,7 @@ import pytest
 from conftest import posttrain_cli, write_recipe
 from posttrain import hf, schema
 from posttrain import store as st
-from posttrain.data import write_json, write_rows
+from posttrain.data import iter_rows, write_json, write_rows
 from posttrain.recipe import load
 from posttrain.runner import plan, run
 from posttrain.stages.select import SelectConfig
@@ -117,6 +117,50 @@ def test_a_hub_model_is_fingerprinted_by_the_commit_its_revision_names(tmp_path,
     after = fingerprints()
     assert after["select"][0] != before["select"][0] and after["pinned"][0] == before["pinned"][0]
     assert fingerprints("stages.pinned.model=org/tiny@v2")["pinned"][0] != before["pinned"][0]
+
+
+def test_a_hub_dataset_is_fingerprinted_by_the_commit_its_revision_names(tmp_path, monkeypatch):
+    refs = tmp_path / "hub" / "datasets--org--set" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    path = write_recipe(tmp_path, """
+        name: hubdata
+        stages:
+          latest: {kind: select, method: random, data: "hf:org/set:main:test", budget: {count: 2}}
+          pinned: {kind: select, method: random, data: "hf:org/set@v1", budget: {count: 2}}
+        """)
+
+    def fingerprints(*overrides):
+        return {s.name: (s.fingerprint, s.inputs) for s in plan(load(path, list(overrides)), st.RunStore(tmp_path / "r"))}
+    before = fingerprints()
+    assert before["latest"][1] == {"hf:org/set:main:test": f"hub:org/set@{'a' * 40}:main:test"}
+    assert before["pinned"][1] == {"hf:org/set@v1": "hub:org/set@v1"}  # not in the cache: as given
+    (refs / "main").write_text("b" * 40)  # the dataset's main branch moved on the hub
+    after = fingerprints()
+    assert after["latest"][0] != before["latest"][0] and after["pinned"][0] == before["pinned"][0]
+    assert fingerprints("stages.pinned.data=hf:org/set@v2")["pinned"][0] != before["pinned"][0]
+    bad = write_recipe(tmp_path, """
+        name: bad
+        stages:
+          s: {kind: select, method: random, data: "hf:org/set@:main", budget: {count: 2}}
+        """)
+    result = posttrain_cli("validate", str(bad))
+    assert result.returncode == 2 and "hf:org/name@revision" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_hub_datasets_pass_the_revision_to_load_dataset(monkeypatch):
+    import datasets
+
+    asked = []
+
+    def fake(name, config=None, **kwargs):
+        asked.append((name, config, kwargs.get("split"), kwargs.get("revision")))
+        return [{"prompt": "p", "completion": "c"}]
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    assert list(iter_rows("hf:org/set@v2:main:test")) == [{"prompt": "p", "completion": "c"}]
+    list(iter_rows("hf:org/set"))
+    assert asked == [("org/set", "main", "test", "v2"), ("org/set", None, "train", None)]
 
 
 def test_loaders_pass_the_revision_to_the_hub(monkeypatch):

@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from conftest import MINI_RECIPE, write_mini_files
+from conftest import MINI_RECIPE, write_mini_files, write_recipe
 from posttrain.worlds import tinyworld
-from posttrain.data import DataError, read_rows
+from posttrain.data import DataError, ReadStats, read_rows
 from posttrain.formats import clip_messages, content_budget, rename_columns, to_messages
 from posttrain.recipe import RecipeError, load
 from posttrain.stage import Context
@@ -182,3 +182,39 @@ def test_a_huge_preference_row_is_cut_the_same_way(tmp_path):
                          Context("dpo", tmp_path, tmp_path, {}), tokenizer, ReadStats())
     assert [len(m["content"]) for k in ("prompt", "chosen", "rejected") for m in pair[k]] == \
         [4, content_budget(tokenizer, 64), 1]
+
+
+def _prefs(tmp_path):
+    data = tmp_path / "prefs.jsonl"
+    data.write_text(json.dumps({"question": "2+2?", "good": "4", "bad": "5", "id": 7}) + "\n")
+    return data
+
+
+def _dpo_recipe(tmp_path, columns: str):
+    return write_recipe(tmp_path, f"""
+        name: dpo
+        stages:
+          dpo: {{kind: dpo, model: org/tiny, data: {_prefs(tmp_path)}, columns: {columns}}}
+        """)
+
+
+def test_a_dpo_column_mapping_reads_question_good_bad_as_a_pair(tmp_path):
+    from posttrain.stages.dpo import DPOStageConfig, read_pairs
+
+    cfg = DPOStageConfig(model="unused", data=str(_prefs(tmp_path)),
+                         columns={"question": "prompt", "good": "chosen", "bad": "rejected"})
+    pairs = read_pairs(cfg, Context("dpo", tmp_path, tmp_path, {}), tinyworld.build_tokenizer(), ReadStats())
+    assert [(p["prompt"][0]["content"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs] \
+        == [("2+2?", "4", "5")]
+
+
+@pytest.mark.parametrize("columns,says", [
+    ("{question: prompt, good: chosen}", "prefs.jsonl:1: "),
+    ("{questoin: prompt, good: chosen, bad: rejected}", "prefs.jsonl:1: column 'questoin' named in `columns` is not in the row"),
+    ("{question: prompt, good: chosen, bad: chosen}", "two columns are renamed to 'chosen'"),
+    ("{question: prompt, good: chosen, bad: rejectd}", "did you mean 'rejected'"),
+])
+def test_a_bad_dpo_column_mapping_fails_validation_with_the_line(tmp_path, columns, says):
+    with pytest.raises(RecipeError) as info:
+        load(_dpo_recipe(tmp_path, columns))
+    assert says in str(info.value) and f"{tmp_path / 'recipe.yaml'}:" in str(info.value)
