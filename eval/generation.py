@@ -20,14 +20,8 @@ def load_model_and_tokenizer(path: str | Path, dtype: str = "auto"):
 
 
 def load_tokenizer(path: str | Path):
-    from transformers import AutoTokenizer
-
-    name, revision = hf.split_revision(str(path))
-    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
-    return tokenizer
+    """The tokenizer generation pads with: on the left, so every prompt ends where generation starts."""
+    return hf.inference_tokenizer(str(path), padding_side="left")
 
 
 def prompt_texts(tokenizer, prompts: list[Prompt], chat: bool) -> list[str]:

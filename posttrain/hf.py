@@ -131,6 +131,12 @@ def load_model(path: str, dtype: str = "auto", quantize: str = "none"):
 def load_for_inference(path: str, dtype: str = "auto", padding_side: str = "right"):
     """(model, tokenizer) to score or generate with, the one loader of selection, pruning and eval: in eval
     mode on the accelerator when there is one, with a pad token. dtype as in load_model."""
+    tokenizer = inference_tokenizer(path, padding_side)
+    return load_model(path, dtype=dtype).to(device()).eval(), tokenizer
+
+
+def inference_tokenizer(path: str, padding_side: str = "right"):
+    """The checkpoint's tokenizer as it is, with a pad token (its eos when it has none) and the padding side."""
     from transformers import AutoTokenizer
 
     name, revision = split_revision(path)
@@ -138,7 +144,7 @@ def load_for_inference(path: str, dtype: str = "auto", padding_side: str = "righ
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = padding_side
-    return load_model(path, dtype=dtype).to(device()).eval(), tokenizer
+    return tokenizer
 
 
 def bnb_config(quantize: str, compute_dtype):
