@@ -5,6 +5,10 @@ Row fields, as in ../shared/data/ifeval/input_data.jsonl:
 - `kwargs`: a list parallel to it, one dict of arguments per instruction ({} for none; None values and
   other falsy values are ignored, as the reference does).
 
+Or, as in the IFEval rows of Tülu 3's RLVR mixture, `ground_truth`: open-instruct's JSON
+`{"func_name": ..., <arguments>}`, scored by open-instruct's semantics (ifeval_functions.py), one instruction
+per row, on the text after the thinking section.
+
 The Verdict is prompt-level (1 when every instruction is followed, else 0). `ifeval_details` gives the
 per-instruction booleans, from which instruction-level accuracy is the fraction of True.
 
@@ -14,11 +18,13 @@ line, without its last line, without both, and each of those with every "*" remo
 """
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 from posttrain.rewards.core import RowError, Verdict, Verifier, completion_text, require_field, row_label
 from posttrain.rewards.guard import run_guarded
 from posttrain.rewards.ifeval_checks import CHECKERS
+from posttrain.rewards.ifeval_functions import constraint, is_function_row, remove_thinking_section
 from posttrain.rewards.registry import register_verifier
 
 
@@ -28,7 +34,10 @@ def loose_variants(response: str) -> list[str]:
     return trimmed + [t.replace("*", "") for t in trimmed]
 
 
-def instructions(row: dict) -> list[tuple[str, dict]]:
+def instructions(row: dict) -> list[tuple[str, Callable[[str], bool]]]:
+    """(name, check(text)) per instruction of the row, in order."""
+    if is_function_row(row):
+        return [constraint(row)]
     ids = require_field(row, "instruction_id_list")
     kwargs = row.get("kwargs") or [{}] * len(ids)
     if len(kwargs) != len(ids):
@@ -36,12 +45,15 @@ def instructions(row: dict) -> list[tuple[str, dict]]:
     unknown = [i for i in ids if i not in CHECKERS]
     if unknown:
         raise RowError(f"{row_label(row)}: unknown IFEval instruction ids {unknown}")
-    return [(i, kw or {}) for i, kw in zip(ids, kwargs)]
+    return [(i, functools.partial(CHECKERS[i], kwargs=kw or {})) for i, kw in zip(ids, kwargs)]
 
 
 def instruction_results(text: str, row: dict, loose: bool) -> list[bool]:
+    if is_function_row(row):
+        text = remove_thinking_section(text)
     candidates = loose_variants(text) if loose else [text]
-    return [any(c.strip() and CHECKERS[i](c, kw) for c in candidates) for i, kw in instructions(row)]
+    # An empty answer follows nothing (open-instruct would pass it for e.g. validate_lowercase).
+    return [any(c.strip() and check(c) for c in candidates) for _, check in instructions(row)]
 
 
 class IfevalVerifier(Verifier):

@@ -19,6 +19,7 @@ from pathlib import Path
 from posttrain.data import DataError
 from posttrain.formats import Example
 from posttrain.hf import split_revision
+from posttrain.selection import ranks
 
 PAPER_TEMPLATE = "Question: {instruction} \n Answer: {response}"  # GRAPE paper's plain format
 
@@ -259,7 +260,8 @@ def formatter(cfg, tokenizer) -> Formatter:
 
 
 def log_prob_scorer(cfg, ctx) -> tuple[Formatter, Callable[[list[Encoded]], list[float]]]:
-    """The formatter and the mean response log-prob scorer of the stage's `model` on scoring.backend."""
+    """The formatter and the mean response log-prob scorer of the stage's `model` on scoring.backend; with
+    transformers, split across the ranks of a launched stage (ranks.py)."""
     from posttrain import hf
 
     path = ctx.path(cfg.model)
@@ -270,7 +272,8 @@ def log_prob_scorer(cfg, ctx) -> tuple[Formatter, Callable[[list[Encoded]], list
         return formatter(cfg, AutoTokenizer.from_pretrained(name, revision=revision)), vllm_log_prob_scorer(path)
     model, tokenizer = hf.load_for_inference(path, dtype="float32")
     pad = pad_id(tokenizer)
-    return formatter(cfg, tokenizer), lambda encoded: mean_log_probs(model, encoded, cfg.scoring.batch_size, pad)
+    score = ranks.shared(lambda encoded: mean_log_probs(model, encoded, cfg.scoring.batch_size, pad))
+    return formatter(cfg, tokenizer), score
 
 
 SCORE_LOG = "scores.jsonl"  # the select stage's progress: what a killed run had scored

@@ -5,9 +5,10 @@ own `verifier` column says; only the term named `verifier` routes each row to th
 names (Tülu 3's mixed GSM8K/MATH/IFEval data). So a `length` or `format` term beside a routed correctness
 term is its own series in the logs (rewards/<term>/mean), never the row's verifier counted twice. Tülu 3's shaping is
 `verified_reward: 10` (the value of a verified answer) and `eos_penalty` (subtracted when a completion
-ends without an end-of-turn token). Checkpoints fall on generation-buffer boundaries, so resume is exact.
+ends without an end-of-turn token). Checkpoints must fall on generation-buffer boundaries (validated), so resume is exact.
 """
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -109,6 +110,21 @@ def _steps_per_generation(cfg: RLVRConfig) -> int:
     return cfg.steps_per_generation or cfg.train.gradient_accumulation_steps
 
 
+def _save_steps_problem(cfg: RLVRConfig) -> list[tuple[str, str]]:
+    """TRL generates once per steps_per_generation x num_iterations micro-batches and reuses that buffer until
+    then; a resumed trainer starts with an empty buffer and generates afresh. So a checkpoint is exact only at
+    a buffer boundary: global step s (s x gradient_accumulation_steps micro-batches) must be a multiple of it."""
+    buffer = _steps_per_generation(cfg) * cfg.num_iterations  # micro-batches per generation
+    every = buffer // math.gcd(buffer, cfg.train.gradient_accumulation_steps)  # optimizer steps per boundary
+    if cfg.train.save_steps % every == 0:
+        return []
+    allowed = ", ".join(str(every * k) for k in range(1, 4))
+    return [("train.save_steps", f"{cfg.train.save_steps} puts checkpoints inside a generation buffer, which do not "
+             f"resume exactly: TRL generates every steps_per_generation ({_steps_per_generation(cfg)}) x num_iterations "
+             f"({cfg.num_iterations}) micro-batches = every {every} optimizer step(s) at gradient_accumulation_steps "
+             f"{cfg.train.gradient_accumulation_steps}; use a multiple of {every} ({allowed}, ...)")]
+
+
 def _grpo_args(cfg: RLVRConfig, reward_weights: list[float] | None, max_model_length: int | None = None) -> dict:
     """The GRPOConfig arguments this stage sets from its own keys (so train.trl_args may not). A colocated
     engine holds max_model_length tokens (the longest prompt plus max_completion_length); without it vLLM
@@ -148,9 +164,7 @@ class RLVR(TrainingStage):
             problems.append(("train.per_device_train_batch_size", f"counts completions: "
                              f"{cfg.train.per_device_train_batch_size} x {world} process(es) must be divisible by "
                              f"num_generations={cfg.num_generations}"))
-        if cfg.train.save_steps % _steps_per_generation(cfg):
-            problems.append(("train.save_steps", f"must be a multiple of steps_per_generation={_steps_per_generation(cfg)}: "
-                             "a checkpoint inside a generation buffer does not resume exactly"))
+        problems += _save_steps_problem(cfg)
         if cfg.vllm.mode != "none":
             problems += hf.vllm_problem("vllm.mode", cfg.vllm.mode)
         return problems

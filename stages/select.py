@@ -22,6 +22,9 @@ Outputs:
     sources (candidate methods): {source: {candidates, kept}};
     paser (paser): {k, k_chosen_by, eigenvalues, clusters: [{cluster, size, degradation, budget, selected}],
                     ccg_rejected, budget_shortfall}.
+Launcher (`launcher: {type: torchrun, num_processes: 8}`, as training stages declare it; default: none, one
+process): the model scoring of grape, grape_reverse, perplexity and ifd is split across the ranks
+(posttrain.selection.ranks); rank 0 alone reads, logs and writes, and selects exactly as one process would.
 Resume: model scores are appended to scores.jsonl in row order as they are computed; a killed run
 continues from it (`progress` below).
 """
@@ -33,15 +36,16 @@ from pathlib import Path
 from typing import Literal
 
 from posttrain.data import ReadStats, atomic_open, iter_rows, write_json
-from posttrain.selection import filters
+from posttrain.selection import filters, ranks
 from posttrain.selection.filters import DecontaminateOptions
 from posttrain.selection.grape import run_candidates
 from posttrain.selection.options import (Budget, DedupOptions, DsirOptions, GrapeOptions, PaserOptions,
                                          QuratingOptions, ScoringOptions)
 from posttrain.selection.pool import DEFAULT_RANK, Outputs, Pool
-from posttrain.selection.scoring import SCORE_LOG
+from posttrain.selection.scoring import SCORE_LOG, log_prob_scorer
 from posttrain.selection.subset import run_subset
 from posttrain.stage import Context, Dataset, Model, Stage, Summary, is_ref, register
+from posttrain.training import Launcher, check_launcher
 
 Method = Literal["grape", "grape_reverse", "random_response", "single_source", "paser", "random", "length",
                  "perplexity", "ifd", "dsir", "qurating"]
@@ -66,6 +70,8 @@ class SelectConfig:
     dedup: DedupOptions | None = None
     decontaminate: DecontaminateOptions | None = None
     on_bad_rows: Literal["error", "skip"] = "error"
+    launcher: Launcher = field(default_factory=Launcher, metadata={
+        "help": "split the model scoring of grape, grape_reverse, perplexity and ifd across processes/machines"})
 
 
 @register
@@ -109,7 +115,7 @@ class Select(Stage):
             if None not in sizes and sizes[0] != sizes[1]:
                 problems.append(("paser.reference_model", f"vocabulary size {sizes[1]} differs from model's {sizes[0]}: "
                                  "the JSD needs both models to share one vocabulary"))
-        return problems + (filters.check_tasks(cfg.decontaminate) if cfg.decontaminate else [])
+        return problems + _launcher_problems(cfg) + (filters.check_tasks(cfg.decontaminate) if cfg.decontaminate else [])
 
     def files(self, cfg: SelectConfig) -> list[Path]:
         return filters.files(cfg.decontaminate) if cfg.decontaminate else []
@@ -120,6 +126,9 @@ class Select(Stage):
         return f"{rows} rows scored" if rows else None
 
     def run(self, cfg: SelectConfig, ctx: Context) -> dict:
+        if ranks.is_follower():  # a launched rank other than 0: it scores the shares rank 0 sends, nothing else
+            ranks.follow(log_prob_scorer(cfg, ctx)[1])
+            return {}
         path = ctx.path(cfg.data)
         bad = ReadStats()  # one counting pass: the methods below stream the file again, skipping the same rows
         for _ in iter_rows(path, cfg.on_bad_rows, bad):
@@ -137,8 +146,21 @@ class Select(Stage):
                    "skipped_bad_rows": bad.skipped, **filter_summary}
         write_json(ctx.output("summary"), summary)
         ctx.info(f"{cfg.method}: kept {summary['kept_rows']} rows from {summary['input_rows']}")
+        per_rank = ranks.release()  # after success only: on an error rank 0 exits and the launcher stops the others
         return {"rows/input": summary["input_rows"], "rows/kept": summary["kept_rows"],
-                "rows/filtered": summary["filtered_rows"], "skipped_rows": bad.skipped}
+                "rows/filtered": summary["filtered_rows"], "skipped_rows": bad.skipped,
+                **({"scored_per_rank": per_rank} if per_rank else {})}
+
+
+def _launcher_problems(cfg: SelectConfig) -> list[tuple[str, str]]:
+    if cfg.launcher.type == "none":
+        return check_launcher(cfg.launcher)
+    if cfg.launcher.deepspeed:
+        return [("launcher.deepspeed", "the select stage trains nothing: remove deepspeed")]
+    if cfg.method not in LOG_PROB_METHODS or cfg.scoring.backend != "hf":
+        return [("launcher.type", f"only the transformers scoring of {', '.join(LOG_PROB_METHODS)} is split across "
+                                  f"processes (method {cfg.method}, scoring.backend {cfg.scoring.backend}): set launcher.type: none")]
+    return []
 
 
 def _resolved(opts: DecontaminateOptions | None, ctx: Context) -> DecontaminateOptions | None:

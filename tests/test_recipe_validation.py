@@ -154,6 +154,26 @@ def test_cli_validate_exit_codes(tmp_path, sft_file):
     assert bad.returncode == 2 and "sft_rowz" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.parametrize("overrides, every", [
+    (["num_iterations=2"], 2),  # each buffer of 1 generation is trained on twice: steps 1, 3, 5 are mid-buffer
+    (["steps_per_generation=8", "train.gradient_accumulation_steps=2"], 4),  # 8 micro-batches = 4 optimizer steps
+    (["steps_per_generation=3", "num_iterations=2", "train.gradient_accumulation_steps=4"], 3),  # lcm(6, 4) = 12 = 3 steps
+])
+def test_rlvr_save_steps_must_fall_on_generation_buffer_boundaries(tmp_path, overrides, every, capsys):
+    from conftest import write_mini_chain
+    from posttrain.cli import main
+
+    recipe = write_mini_chain(tmp_path)
+    rlvr = [f"stages.rlvr.{o}" for o in overrides]
+    [p] = problems_of(tmp_path, recipe.read_text(), rlvr + [f"stages.rlvr.train.save_steps={every + 1}"])
+    assert "stages.rlvr.train.save_steps" in p and "generation buffer" in p
+    assert f"use a multiple of {every} ({every}, {2 * every}, {3 * every}, ...)" in p
+    # A multiple resumes exactly and is valid (TRL's own batch checks only run when training starts).
+    load(recipe, rlvr + [f"stages.rlvr.train.save_steps={2 * every}"])
+    assert main(["validate", str(recipe), *rlvr, f"stages.rlvr.train.save_steps={every + 1}"]) == 2
+    assert "save_steps" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("recipe", sorted((REPO / "recipes").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
 def test_every_shipped_recipe_validates(recipe: Path):
     load(recipe)

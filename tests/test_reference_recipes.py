@@ -2,10 +2,9 @@
 with the tiny model as its base, the Tülu 3 schema fixtures (tests/fixtures) as its data, no launcher, and
 a few steps per stage, all given as overrides. Every stage must complete and export a model.
 
-The RLVR fixture holds the GSM8K and MATH rows of allenai/RLVR-GSM-MATH-IF-Mixed-Constraints' schema
-(messages, ground_truth, dataset, constraint_type, constraint). Its IFEval rows are left out: their
-ground_truth is open-instruct's {"func_name": ..., ...} JSON, which posttrain's `ifeval` verifier (it reads
-instruction_id_list/kwargs) does not understand yet."""
+The RLVR fixture holds GSM8K, MATH and IFEval rows of allenai/RLVR-GSM-MATH-IF-Mixed-Constraints' schema
+(messages, ground_truth, dataset, constraint_type, constraint); the IFEval rows' ground_truth is open-instruct's
+{"func_name": ..., ...} JSON, which the `ifeval` verifier scores (tests/test_rewards_ifeval_functions.py)."""
 import json
 
 import pytest

@@ -100,6 +100,17 @@ def test_check_vllm_backend(sft_file, candidate_file, base_model):
                        paser={"reference_model": base_model}, scoring={"backend": "vllm"}) == ["scoring.backend"]
 
 
+def test_check_launcher_splits_only_transformers_log_prob_scoring(sft_file, candidate_file, base_model):
+    two = {"type": "torchrun", "num_processes": 2}
+    assert problems_of(data=candidate_file, method="grape", model=base_model, launcher=two) == []
+    assert problems_of(data=sft_file, method="paser", model=base_model, budget={"count": 3},
+                       paser={"reference_model": base_model}, launcher=two) == ["launcher.type"]
+    assert problems_of(data=candidate_file, method="grape", model=base_model, launcher={**two, "deepspeed": "zero3"}) \
+        == ["launcher.deepspeed"]
+    assert problems_of(data=candidate_file, method="grape", model=base_model, launcher={"num_processes": 2}) \
+        == ["launcher.type"]
+
+
 # ---------- GRAPE family ----------
 
 def test_grape_keeps_the_best_scored_candidate_and_resumes(candidate_file, base_model, tmp_path, monkeypatch):
