@@ -66,5 +66,6 @@ def _tensorboard(trainer, log_dir: Path, resumed_step: int | None) -> str:
             old.unlink()
     # purge_step: events of a killed attempt from this step on are hidden, as the resumed run logs them again
     callback.logging_dir = str(log_dir)
-    callback.tb_writer = callback._SummaryWriter(log_dir=str(log_dir), purge_step=None if resumed_step is None else resumed_step + 1)
+    purge = None if resumed_step is None else resumed_step + 1
+    callback.tb_writer = callback._SummaryWriter(log_dir=str(log_dir), purge_step=purge)
     return f"tensorboard: {log_dir}"

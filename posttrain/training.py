@@ -157,7 +157,8 @@ def trl_config(config_cls, train: TrainArgs, ctx: Context, launcher: "Launcher |
               if f.name not in ("precision", "trl_args", "warmup_ratio", "gradient_checkpointing", "report_to")}
     precision = resolved_precision(train)
     return config_cls(
-        output_dir=str(ctx.checkpoints_dir), report_to=tracking.report_to(train.report_to), save_strategy="steps", logging_strategy="steps",
+        output_dir=str(ctx.checkpoints_dir), report_to=tracking.report_to(train.report_to),
+        save_strategy="steps", logging_strategy="steps",
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=hf.device() == "cpu", data_seed=train.seed,
         warmup_steps=train.warmup_ratio, logging_first_step=True,
         deepspeed=deepspeed_config(launcher.deepspeed) if launcher else None,

@@ -155,7 +155,8 @@ class RLVR(TrainingStage):
             problems.append(("train.save_steps", f"must be a multiple of steps_per_generation={_steps_per_generation(cfg)}: "
                              "a checkpoint inside a generation buffer does not resume exactly"))
         if cfg.vllm.mode != "none":
-            problems += hf.vllm_problem("vllm.mode", cfg.vllm.mode) + vllm_correction.check(cfg.vllm.importance_sampling, cfg.loss_type)
+            problems += hf.vllm_problem("vllm.mode", cfg.vllm.mode)
+            problems += vllm_correction.check(cfg.vllm.importance_sampling, cfg.loss_type)
         problems += dynamic_sampling.check(cfg.dynamic_sampling, cfg.train.per_device_train_batch_size,
                                            _steps_per_generation(cfg), cfg.num_generations)
         return problems
