@@ -140,6 +140,7 @@ def test_rlvr_with_vllm_corrects_the_logprob_mismatch_by_default_and_the_recipe_
     args, _ = _rlvr(llama_like, tmp_path, {"mode": "colocate"}, monkeypatch)
     assert (args.vllm_importance_sampling_correction, args.vllm_importance_sampling_mode,
             args.vllm_importance_sampling_clip_max, args.vllm_importance_sampling_clip_min) == (True, "sequence_mask", 3.0, None)
+    (tmp_path / "tuned").mkdir(), (tmp_path / "off").mkdir()
     tuned = {"enabled": True, "mode": "token_truncate", "clip_max": 2.0, "clip_min": 0.5}
     args, _ = _rlvr(llama_like, tmp_path / "tuned", {"mode": "colocate", "importance_sampling": tuned}, monkeypatch)
     assert (args.vllm_importance_sampling_mode, args.vllm_importance_sampling_clip_max,
