@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class DynamicSampling:
-    enabled: bool = False
+    enabled: bool = field(default=False, metadata={"help": "drop groups whose rewards are all equal; refill from further prompts"})
     max_refill_batches: int = field(default=4, metadata={
         "ge": 0, "help": "extra generation batches per step at most, to replace groups whose rewards are all equal"})
 
