@@ -346,6 +346,10 @@ def provenance_section(run: Run) -> list[Block]:
                                 f"run folder {run.dir}."),
                            Table(["stage", "kind", "status", "fingerprint", "upstream", "hardware", "wall time", "ended"],
                                  rows, "Stages in run order", numeric={6})]
+    tracked = [f"{s.name}: {s.manifest['metrics']['tracking']}" for s in run.stages
+               if "tracking" in s.manifest.get("metrics", {})]
+    if tracked:  # where each stage's experiment tracker run is (train.report_to)
+        blocks.append(Para("Tracked runs: " + "; ".join(tracked) + "."))
     blocks.append(versions_table(run))
     return blocks
 

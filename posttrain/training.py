@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from posttrain import hf
+from posttrain import hf, tracking
 from posttrain.data import read_rows, write_rows
 from posttrain.stage import Context, Stage
 
@@ -34,6 +34,8 @@ class TrainArgs:
     precision: Literal["auto", "bf16", "fp16", "fp32"] = field(
         default="auto", metadata={"help": "auto: bf16 where the hardware supports it, else fp32"})
     gradient_checkpointing: bool = False
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = field(default="none", metadata={
+        "help": "experiment tracker; a resumed stage continues its tracked run (posttrain.tracking)"})
     trl_args: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "any other argument of the stage's TRL config, checked against it by name"})
 
@@ -103,7 +105,7 @@ def check_trl_args(config_name: str, train: TrainArgs, stage_args: dict[str, Any
     """Problems with the `train` block: scheduler and optimizer names as transformers knows them, and
     `train.trl_args` against the fields of TRL's `config_name` (e.g. "SFTConfig") and the arguments set
     elsewhere: by trl_config itself, by a TrainArgs key, or by the stage (`stage_args`, the dict it passes)."""
-    problems = _check_names(train)
+    problems = _check_names(train) + tracking.check(train.report_to)
     if not train.trl_args:
         return problems  # TRL is imported only when there is something to check: validation stays fast
     import trl
@@ -152,10 +154,11 @@ def trl_config(config_cls, train: TrainArgs, ctx: Context, launcher: "Launcher |
     from posttrain.launch import deepspeed_config
 
     common = {f.name: getattr(train, f.name) for f in dataclasses.fields(TrainArgs)
-              if f.name not in ("precision", "trl_args", "warmup_ratio", "gradient_checkpointing")}
+              if f.name not in ("precision", "trl_args", "warmup_ratio", "gradient_checkpointing", "report_to")}
     precision = resolved_precision(train)
     return config_cls(
-        output_dir=str(ctx.checkpoints_dir), report_to=[], save_strategy="steps", logging_strategy="steps",
+        output_dir=str(ctx.checkpoints_dir), report_to=tracking.report_to(train.report_to),
+        save_strategy="steps", logging_strategy="steps",
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=hf.device() == "cpu", data_seed=train.seed,
         warmup_steps=train.warmup_ratio, logging_first_step=True,
         deepspeed=deepspeed_config(launcher.deepspeed) if launcher else None,
@@ -274,10 +277,11 @@ def metrics_to_run_store(ctx: Context, trainer):
 def train_and_save(trainer, tokenizer, ctx: Context, merge_into: str | None = None) -> dict[str, Any]:
     """Train (resuming where the checkpoints allow), save the final model, return headline metrics.
     merge_into: the base checkpoint a LoRA adapter is merged into for export (None: save the adapter)."""
-    checkpoint = resume_point(ctx)
+    checkpoint, resumed_step = resume_point(ctx), None
     if checkpoint is not None:
         ctx.info(f"resuming from {checkpoint}")
         state = json.loads((checkpoint / "trainer_state.json").read_text())
+        resumed_step = state.get("global_step", 0)
         if state.get("global_step", 0) >= state.get("max_steps", float("inf")) > 0:
             # Resuming a finished checkpoint would train one extra step: load its weights instead.
             _load_weights(trainer.model, checkpoint)
@@ -286,8 +290,9 @@ def train_and_save(trainer, tokenizer, ctx: Context, merge_into: str | None = No
             trainer.state.global_step = state["global_step"]
             return _finish(trainer, tokenizer, ctx, merge_into)
     trainer.add_callback(metrics_to_run_store(ctx, trainer))
+    tracked = tracking.start(trainer, ctx.out_dir, resumed_step)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    return _finish(trainer, tokenizer, ctx, merge_into)
+    return _finish(trainer, tokenizer, ctx, merge_into) | ({"tracking": tracked} if tracked else {})
 
 
 def _load_weights(model, checkpoint: Path) -> None:

@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from posttrain import hf
+from posttrain import dynamic_sampling, hf, vllm_correction
+from posttrain.dynamic_sampling import DynamicSampling
 from posttrain.data import DataError, located_rows
 from posttrain.formats import as_chat
 from posttrain.stage import Context, Dataset, Model, register
@@ -34,6 +35,7 @@ class VLLM:
     server_host: str = "127.0.0.1"
     server_port: int = 8000
     gpu_memory_utilization: float = field(default=0.3, metadata={"gt": 0, "le": 1})
+    importance_sampling: vllm_correction.ImportanceSampling = field(default_factory=vllm_correction.ImportanceSampling)
 
 
 @dataclass
@@ -60,6 +62,7 @@ class RLVRConfig:
     reward_timeout_s: float = field(default=5.0, metadata={"gt": 0, "help": "CPU seconds per completion (or the verifier's own, if longer); wall-clock backstop 3x + 1 s"})
     max_reward_failure_fraction: float = field(default=0.5, metadata={"ge": 0, "le": 1})
     vllm: VLLM = field(default_factory=VLLM)
+    dynamic_sampling: DynamicSampling = field(default_factory=DynamicSampling)
     train: TrainArgs = field(default_factory=TrainArgs)
     launcher: Launcher = field(default_factory=Launcher)
 
@@ -132,7 +135,7 @@ def _grpo_args(cfg: RLVRConfig, reward_weights: list[float] | None, max_model_le
     vllm = {} if cfg.vllm.mode == "none" else {
         "vllm_mode": cfg.vllm.mode, "vllm_server_host": cfg.vllm.server_host,
         "vllm_server_port": cfg.vllm.server_port, "vllm_gpu_memory_utilization": cfg.vllm.gpu_memory_utilization,
-        "vllm_max_model_length": max_model_length}
+        "vllm_max_model_length": max_model_length, **vllm_correction.grpo_args(cfg.vllm.mode, cfg.vllm.importance_sampling)}
     return dict(loss_type=cfg.loss_type, beta=cfg.beta, num_generations=cfg.num_generations, temperature=cfg.temperature,
                 max_completion_length=cfg.max_completion_length, mask_truncated_completions=cfg.mask_truncated_completions,
                 steps_per_generation=_steps_per_generation(cfg), num_iterations=cfg.num_iterations, epsilon=cfg.epsilon,
@@ -167,6 +170,9 @@ class RLVR(TrainingStage):
         problems += _save_steps_problem(cfg)
         if cfg.vllm.mode != "none":
             problems += hf.vllm_problem("vllm.mode", cfg.vllm.mode)
+            problems += vllm_correction.check(cfg.vllm.importance_sampling, cfg.loss_type)
+        problems += dynamic_sampling.check(cfg.dynamic_sampling, cfg.train.per_device_train_batch_size,
+                                           _steps_per_generation(cfg), cfg.num_generations)
         return problems
 
     def run(self, cfg: RLVRConfig, ctx: Context) -> dict:
@@ -190,8 +196,8 @@ class RLVR(TrainingStage):
         args = trl_config(GRPOConfig, cfg.train, ctx, cfg.launcher, **_grpo_args(cfg, weights, length))
         # Loaded after the TRL config on purpose: under ZeRO-3 it then loads partitioned (see load_trainable).
         model = load_trainable(model_path, tokenizer, cfg.train, cfg.launcher)
-        trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
-                              processing_class=tokenizer)
+        trainer_cls = dynamic_sampling.trainer_class(GRPOTrainer, cfg.dynamic_sampling)
+        trainer = trainer_cls(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tokenizer)
         metrics = train_and_save(trainer, tokenizer, ctx)
         rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
         if rewards:

@@ -135,6 +135,38 @@ def test_rlvr_colocate_sizes_the_engine_from_its_prompts_and_completion_length(l
     assert (args.vllm_mode, args.vllm_gpu_memory_utilization, args.vllm_max_model_length) == ("colocate", 0.25, longest + 24)
 
 
+def test_rlvr_with_vllm_corrects_the_logprob_mismatch_by_default_and_the_recipe_can_tune_it(llama_like, grpo, fake_vllm,
+                                                                                           tmp_path, monkeypatch):
+    args, _ = _rlvr(llama_like, tmp_path, {"mode": "colocate"}, monkeypatch)
+    assert (args.vllm_importance_sampling_correction, args.vllm_importance_sampling_mode,
+            args.vllm_importance_sampling_clip_max, args.vllm_importance_sampling_clip_min) == (True, "sequence_mask", 3.0, None)
+    (tmp_path / "tuned").mkdir(), (tmp_path / "off").mkdir()
+    tuned = {"enabled": True, "mode": "token_truncate", "clip_max": 2.0, "clip_min": 0.5}
+    args, _ = _rlvr(llama_like, tmp_path / "tuned", {"mode": "colocate", "importance_sampling": tuned}, monkeypatch)
+    assert (args.vllm_importance_sampling_mode, args.vllm_importance_sampling_clip_max,
+            args.vllm_importance_sampling_clip_min) == ("token_truncate", 2.0, 0.5)
+    args, _ = _rlvr(llama_like, tmp_path / "off", {"mode": "colocate", "importance_sampling": {"enabled": False}}, monkeypatch)
+    assert args.vllm_importance_sampling_correction is False
+
+
+def test_importance_sampling_settings_trl_would_reject_are_validation_problems(fake_vllm, tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in tinyworld.rl_rows(2, 0)))
+    raw = {"model": "x", "data": str(rows), "num_generations": 2, "train": {"per_device_train_batch_size": 2}}
+
+    def problems(importance_sampling: dict, **extra) -> list:
+        found = []
+        cfg = build(STAGES["rlvr"].Config, {**raw, **extra, "vllm": {"mode": "colocate", "importance_sampling": importance_sampling}},
+                    "rlvr", found, None)
+        return [p[0] for p in found or STAGES["rlvr"]().check(cfg)]
+
+    assert problems({"mode": "token_mask", "clip_max": None}) == []
+    assert problems({"mode": "token_truncate", "clip_max": None}) == ["vllm.importance_sampling.clip_max"]
+    assert problems({"clip_min": 3.0, "clip_max": 2.0}) == ["vllm.importance_sampling.clip_min"]
+    assert problems({}, loss_type="vespo") == ["vllm.importance_sampling.mode"]
+    assert problems({"mode": "sequence"}) == ["rlvr.vllm.importance_sampling.mode"]
+
+
 def test_rlvr_server_mode_without_a_server_says_how_to_start_one(llama_like, grpo, fake_vllm, tmp_path, monkeypatch):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
