@@ -20,6 +20,7 @@ Outputs:
     decontamination: null | {ngram, dropped, unchecked_tasks,
                              per_eval_set: {name: {items, short_items_unchecked, matched_rows, examples}}};
     sources (candidate methods): {source: {candidates, kept}};
+    candidates (candidate methods): {total, kept, discarded: {reason: responses}} (counted per response);
     paser (paser): {k, k_chosen_by, eigenvalues, clusters: [{cluster, size, degradation, budget, selected}],
                     ccg_rejected, budget_shortfall}.
 Resume: model scores are appended to scores.jsonl in row order as they are computed; a killed run
