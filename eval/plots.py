@@ -8,53 +8,97 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from posttrain.stages.rlvr import ROUTE_BY_ROW  # noqa: E402
+
 # Panels a training stage may have: (title, y label, matcher over logged keys). A stage gets the
 # panels for which it logged something.
 PANELS = [
     ("loss", "loss", re.compile(r"^(train/)?loss$")),
     ("DPO reward margin", "chosen - rejected", re.compile(r"^rewards/margins$")),
     ("DPO preference accuracy", "accuracy", re.compile(r"^rewards/accuracies$")),
-    ("reward per verifier", "mean reward", re.compile(r"^reward$|^rewards/[^/]+/mean$")),
+    # the total and each reward term (TRL: rewards/<term>/mean)
+    ("reward", "mean reward", re.compile(r"^reward$|^rewards/[^/]+/mean$")),
+    # logged by RLVR's routed term: each verifier's own mean reward, which the term's mean mixes
+    ("reward per verifier", "mean reward", re.compile(r"^verifier_reward/[^/]+$")),
     # logged by RLVR (rewards.failure_shares): where reward hacking shows first, so next to the reward
-    ("verifier failures", "share of completions", re.compile(r"^failures/[^/]+/(timeout|crash|sandbox_limit)$")),
+    ("verifier failures", "share timed out, crashed or\nhit a sandbox limit", re.compile(r"^failures/[^/]+$")),
     ("KL to reference", "KL", re.compile(r"^kl$")),
     ("completion length", "tokens", re.compile(r"^completions/mean_length$")),
 ]
 DPI = 110
+WIDTH_IN, PANEL_HEIGHT_IN, COLUMNS = 10.8, 2.9, 3  # every curves figure is as wide as the page's text
+
+
+def failure_totals(rows: list[dict]) -> list[dict]:
+    """Each row with failures/<verifier> added: the sum of that verifier's failure kinds (one line per verifier)."""
+    out = []
+    for r in rows:
+        totals: dict[str, float] = {}
+        for key, value in r.items():
+            m = re.match(r"^failures/([^/]+)/[^/]+$", key)
+            if m and isinstance(value, (int, float)):
+                totals[f"failures/{m.group(1)}"] = totals.get(f"failures/{m.group(1)}", 0.0) + value
+        out.append({**r, **totals})
+    return out
 
 
 def curve_panels(rows: list[dict]) -> list[tuple[str, str, list[str]]]:
     """(title, y label, logged keys) of each panel in PANELS that the rows have a number for."""
-    keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float))})
+    keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float))}, key=lambda k: (k != "reward", k))
     panels = [(title, ylabel, [k for k in keys if rx.match(k)]) for title, ylabel, rx in PANELS]
     return [p for p in panels if p[2]]
 
 
+def panel_series(rows: list[dict], keys: list[str]) -> list[tuple[str, list[tuple]]]:
+    """(legend label, points) per key; a series identical to an earlier one is named in its label ("a = b")
+    instead of drawn underneath it, where it would hide."""
+    series: list[tuple[str, list[tuple]]] = []
+    for key in keys:
+        points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+        same = next((i for i, (_, p) in enumerate(series) if p == points), None)
+        if same is None:
+            series.append((series_name(key), points))
+        else:
+            series[same] = (f"{series[same][0]} = {series_name(key)}", points)
+    return series
+
+
 def training_curves(stage: str, rows: list[dict], out: Path) -> Path | None:
-    """One figure for a stage: a row of panels, each a line per matching logged key against step."""
-    rows = [r for r in rows if "step" in r]
+    """One figure for a stage, the page's width: panels in rows of up to three, a line per matching key."""
+    rows = failure_totals([r for r in rows if "step" in r])
     panels = curve_panels(rows)
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 2.8), squeeze=False)
-    for ax, (title, ylabel, series) in zip(axes[0], panels):
-        for key in series:
-            points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
-            ax.plot(*zip(*points), marker="." if len(points) < 30 else None, label=_series_name(key))
+    columns = min(len(panels), COLUMNS)
+    lines = -(-len(panels) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(WIDTH_IN, PANEL_HEIGHT_IN * lines + 0.3), squeeze=False)
+    for ax, (title, ylabel, keys) in zip(axes.flat, panels):
+        series = panel_series(rows, keys)
+        for label, points in series:
+            ax.plot(*zip(*points), marker="." if len(points) < 30 else None, label=label)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step", fontsize=9)
         ax.set_ylabel(ylabel, fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
-        if len(series) > 1:
+        if len(series) > 1 or series[0][0] != keys[0]:  # a legend where the line needs a name
             ax.legend(fontsize=7)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
     fig.suptitle(stage, fontsize=11, x=0.01, ha="left")
     return _save(fig, out)
 
 
-def _series_name(key: str) -> str:
-    match = re.match(r"^rewards/([^/]+)/mean$|^failures/([^/]+/[^/]+)$", key)
-    return next(g for g in match.groups() if g) if match else key
+def series_name(key: str) -> str:
+    """The legend label of a logged key: a reward term, a verifier, or the key itself."""
+    if key == "reward":
+        return "total"
+    if m := re.match(r"^rewards/([^/]+)/mean$", key):
+        # the routed term is named after the row column it routes by, not after a verifier
+        return "each row's verifier" if m.group(1) == ROUTE_BY_ROW else f"term {m.group(1)}"
+    if m := re.match(r"^verifier_reward/([^/]+)$|^failures/([^/]+)$", key):
+        return next(g for g in m.groups() if g)
+    return key
 
 
 def bar_chart(title: str, labels: list[str], series: dict[str, list[float]], ylabel: str, out: Path) -> Path:

@@ -11,6 +11,7 @@ class Cell:
     text: str
     note: str = ""        # a smaller second line, e.g. "n=500, CI 68.1-76.3"
     best: bool = False    # marked as the best in its row
+    href: str = ""        # a link, relative to the report file (e.g. to per-example outputs)
 
 
 @dataclass
@@ -76,6 +77,7 @@ def _md_table(t: Table) -> list[str]:
 
 def _md_cell(c: Cell) -> str:
     text = f"**{_md_escape(c.text)}**" if c.best else _md_escape(c.text)
+    text = f"[{text}]({c.href})" if c.href else text
     return f"{text} <sub>{_md_escape(c.note)}</sub>" if c.note else text
 
 
@@ -89,10 +91,11 @@ body { font-family: "Latin Modern Roman", "Computer Modern", Georgia, "Times New
        max-width: 1180px; margin: 2em auto; padding: 0 1.5em; line-height: 1.45; font-size: 16px; }
 h1 { font-size: 1.7em; margin-bottom: 0.2em; } h2 { font-size: 1.3em; margin-top: 1.8em; border-bottom: 1px solid #ccc; }
 h3 { font-size: 1.1em; margin-top: 1.3em; }
-table { border-collapse: collapse; margin: 0.8em 0 1.4em; border-top: 2px solid #111; border-bottom: 2px solid #111;
+p, .caption, figcaption { max-width: 60em; overflow-wrap: anywhere; }
+.scroll { overflow-x: auto; margin: 0 0 1.4em; }
+table { border-collapse: collapse; border-top: 2px solid #111; border-bottom: 2px solid #111;
         font-variant-numeric: tabular-nums; }
-.caption { font-style: italic; margin: 1.2em 0 0.4em; max-width: 60em; }
-table { margin-top: 0; }
+.caption { font-style: italic; margin: 1.2em 0 0.4em; }
 th { border-bottom: 1px solid #111; padding: 0.35em 0.9em; text-align: left; font-weight: 600; }
 td { padding: 0.25em 0.9em; text-align: left; vertical-align: top; }
 th.num, td.num { text-align: right; }
@@ -100,9 +103,11 @@ td .note { display: block; font-size: 0.76em; font-weight: 400; color: #555; whi
 td.best { font-weight: 700; } td.best .main::after { content: " \\25B2"; font-size: 0.7em; color: #2a6; }
 tr.group td { font-style: italic; font-weight: 600; padding-top: 0.7em; color: #333; text-align: left; }
 tr.rule td { border-top: 1px solid #111; }
-figure { margin: 1em 0 1.6em; } figure img { max-width: 100%; border: 1px solid #eee; }
+figure { margin: 1em 0 1.6em; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.9em; color: #444; font-style: italic; }
-p { max-width: 60em; } code { font-size: 0.9em; }
+code { font-size: 0.9em; } a { color: #14a; }
+@media (max-width: 900px) { body { margin: 1em auto; padding: 0 0.7em; font-size: 15px; }
+                            th, td { padding: 0.25em 0.5em; } }
 """
 
 
@@ -124,7 +129,8 @@ def to_html(title: str, blocks: list[Block]) -> str:
 
 
 def _html_table(t: Table) -> str:
-    parts = [f'<div class="caption">{html.escape(t.caption)}</div>' if t.caption else "", "<table>"]
+    # the table scrolls sideways in its own box, so a wide one never widens the page
+    parts = [f'<div class="caption">{html.escape(t.caption)}</div>' if t.caption else "", '<div class="scroll"><table>']
     parts.append("<thead><tr>" + "".join(f"<th{_num(t, i)}>{html.escape(h)}</th>" for i, h in enumerate(t.headers))
                  + "</tr></thead><tbody>")
     for i, row in enumerate(t.rows):
@@ -133,7 +139,7 @@ def _html_table(t: Table) -> str:
             continue
         cls = ' class="rule"' if i in t.rule_before else ""
         parts.append(f"<tr{cls}>" + "".join(_html_cell(_cell(c), i in t.numeric) for i, c in enumerate(row)) + "</tr>")
-    parts.append("</tbody></table>")
+    parts.append("</tbody></table></div>")
     return "".join(parts)
 
 
@@ -145,4 +151,6 @@ def _html_cell(c: Cell, numeric: bool) -> str:
     note = f'<span class="note">{html.escape(c.note)}</span>' if c.note else ""
     classes = " ".join(name for name, on in (("num", numeric), ("best", c.best)) if on)
     cls = f' class="{classes}"' if classes else ""
-    return f'<td{cls}><span class="main">{html.escape(c.text)}</span>{note}</td>'
+    text = html.escape(c.text)
+    main = f'<a href="{html.escape(c.href)}">{text}</a>' if c.href else text
+    return f'<td{cls}><span class="main">{main}</span>{note}</td>'

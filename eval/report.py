@@ -1,22 +1,26 @@
 """The Tülu-style report of a run folder: report.md and a self-contained report.html.
 
-Sections: the main table (benchmarks grouped by skill x evaluated models, each cell the score with n
-and 95% CI, the best per row marked, an average row, optionally a reference column with deltas), the
-evaluation settings, training curves per stage, the data section (selection, dedup, decontamination)
-and provenance (recipe hash, fingerprints, versions, hardware, wall time). Everything is read from the
-report's inputs (eval/report_inputs.py: the results and selection summaries it was given, and the
-manifests and metrics logs of the stages upstream of them); nothing is recomputed.
+Sections, in order: the main table (benchmarks grouped by skill x evaluated models, each cell the score
+with n and 95% CI, the best per row marked, an average row, optionally a reference column with deltas),
+the evaluation settings and links to the per-example outputs, the hyperparameters and training curves
+per stage (eval/report_training.py), the data section (eval/report_data.py: selection and pairs
+accounting, dedup, decontamination) and provenance (recipe hash, fingerprints, versions, hardware, wall
+time). A section is a function returning blocks (eval/render.py); build_report lists them. Everything
+is read from the report's inputs (eval/report_inputs.py: the results and selection summaries it was
+given, and the manifests, configs and metrics logs of the stages upstream of them); nothing is recomputed.
 """
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from posttrain.data import atomic_open, read_rows
-from posttrain.eval import plots
+from posttrain.data import atomic_open
+from posttrain.eval.render import Block, Cell, Heading, Para, Table, to_html, to_markdown
+from posttrain.eval.report_data import data_section
 from posttrain.eval.report_inputs import ReportInputs, inputs_of_run
-from posttrain.eval.render import Block, Cell, Figure, Heading, Para, Table, to_html, to_markdown
+from posttrain.eval.report_training import curves_section, hyperparameter_section
 
 SKILL_ORDER = ["math", "instruction following", "code", "knowledge", "reasoning", "tiny world", "lm-eval"]
 
@@ -45,6 +49,7 @@ class Scores:
     columns: list[str] = field(default_factory=list)
     tasks: dict[str, dict[str, dict]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    samples: dict[str, Path] = field(default_factory=dict)  # column -> its per-example outputs' folder
 
 
 def build_report(run_dir: Path, out_dir: Path, reference: str | None = None, inputs: ReportInputs | None = None) -> Path:
@@ -60,8 +65,10 @@ def build_report(run_dir: Path, out_dir: Path, reference: str | None = None, inp
     ref = load_reference(reference) if reference else None
     blocks: list[Block] = [Para(_summary_line(run))]
     blocks += results_section(scores, ref)
-    blocks += curves_section(run, out_dir / "plots")
-    blocks += data_section(inputs, out_dir / "plots")
+    blocks += samples_section(scores, out_dir)
+    blocks += hyperparameter_section(run.stages)
+    blocks += curves_section(run.stages, out_dir / "plots")
+    blocks += data_section(inputs.summaries, run.stages, out_dir / "plots")
     blocks += provenance_section(run)
     title = f"Report: {run.info.get('recipe', run_dir.name)}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -102,10 +109,11 @@ def collect_scores(inputs: ReportInputs) -> Scores:
             raise FileNotFoundError(f"{folder / 'results.json'}: missing, though '{name}' is complete; rerun it with --force")
         loaded.append((name, results))
     labels = [label for _, results in loaded for label in results["models"]]
-    for stage_name, results in loaded:
+    for (stage_name, results), (_, folder) in zip(loaded, inputs.results):
         for label, model in results["models"].items():
             column = f"{stage_name}/{label}" if labels.count(label) > 1 else label
             scores.columns.append(column)
+            scores.samples[column] = folder / "samples" / label
             for task, entry in model["tasks"].items():
                 scores.tasks.setdefault(task, {})[column] = entry
     return scores
@@ -170,10 +178,11 @@ def main_table(scores: Scores, ref: dict | None) -> Table:
         if ref:
             cells += _reference_cells(ref["scores"].get(label), by_column.get(scores.columns[-1]))
         rows.append(cells)
+    caption = "Scores in % (95% CI and n below each). ▲ / bold: best in the row."
     rule = len(rows)
-    rows.append(average_row(scores, ref))
-    caption = ("Scores in % (95% CI and n below each). ▲ / bold: best in the row. "
-               "Average: mean of the benchmarks' headline scores, over models that have them all.")
+    if len(scores.tasks) > 1:  # the average of one benchmark would only repeat it
+        rows.append(average_row(scores, ref))
+        caption += " Average: mean of the benchmarks' headline scores, over models that have them all."
     return Table(headers, rows, caption, numeric=set(range(2, len(headers))), group_rows=groups, rule_before={rule})
 
 
@@ -195,7 +204,7 @@ def average_row(scores: Scores, ref: dict | None) -> list[Cell]:
     averages = {c: sum(t[c]["score"] for t in headline) / len(headline)
                 for c in scores.columns if all(c in t for t in headline)}
     best = _best(list(averages.values()))
-    cells = [Cell("Average"), Cell(f"{len(headline)} benchmarks")]
+    cells = [Cell("Average"), Cell(f"mean of {len(headline)} benchmarks")]
     cells += [Cell(pct(averages[c]), best=averages[c] == best) if c in averages else Cell("–") for c in scores.columns]
     if ref:
         known = [ref["scores"].get(t) for t in scores.tasks]
@@ -232,102 +241,25 @@ def settings_table(scores: Scores) -> Table:
                      "chat template" if o.get("chat") else "plain text", str(o.get("max_new_tokens", "–")),
                      f"{sampling}, {o.get('samples', 1)} per prompt", str(o.get("limit") or "all")])
     return Table(["Benchmark", "what", "shots", "prompt", "max new tokens", "decoding", "limit"], rows, numeric={2, 4, 6},
-                 caption="Evaluation settings (per-example outputs: samples/<model>/<benchmark>.jsonl in the eval stage)")
+                 caption="Evaluation settings")
 
 
-# ---------- training curves ----------
-def curves_section(run: Run, plots_dir: Path) -> list[Block]:
-    figures = []
-    for stage in run.stages:
-        path = stage.dir / "metrics.jsonl"
-        if stage.manifest.get("kind") == "eval" or not path.exists():
-            continue
-        png = plots.training_curves(f"{stage.name} ({stage.manifest.get('kind')})",
-                                    read_rows(path, on_bad_rows="skip"), plots_dir / f"curves_{stage.name}.png")
-        if png:
-            figures.append(Figure(png, f"Training curves of stage '{stage.name}' from its metrics.jsonl"))
-    return [Heading("Training curves")] + (figures or [Para("No stage logged training metrics.")])
-
-
-# ---------- data ----------
-# The select stage's `summary` output (its schema: stages/select.py).
-def data_section(inputs: ReportInputs, plots_dir: Path) -> list[Block]:
-    blocks: list[Block] = []
-    for name, path in inputs.summaries:
-        summary = _read_json(path)
-        if summary is None:
-            raise FileNotFoundError(f"{path}: missing, though stage '{name}' is complete; rerun it with --force")
-        blocks += selection_blocks(name, summary, plots_dir)
-    return [Heading("Data")] + (blocks or [Para("No selection summary was given to this report.")])
-
-
-def selection_blocks(stage: str, s: dict, plots_dir: Path) -> list[Block]:
-    blocks: list[Block] = [Heading(f"Selection: {stage} ({s.get('method', '?')})", 3),
-                           Table(["", "rows"], overview_rows(s), "Selection summary", numeric={1})]
-    clusters = (s.get("paser") or {}).get("clusters")
-    if clusters:
-        blocks += paser_blocks(stage, s["paser"], plots_dir)
-    if s.get("sources"):
-        blocks += source_blocks(stage, s["sources"], plots_dir)
-    if s.get("dedup"):
-        d = s["dedup"]
-        blocks.append(Para(f"Deduplication (MinHash, {d.get('shingle')}-gram shingles, {d.get('num_perm')} permutations, "
-                           f"Jaccard threshold {d.get('threshold')}): {d.get('dropped')} near-duplicate rows dropped."))
-    if s.get("decontamination"):
-        blocks.append(decontamination_table(s["decontamination"]))
-    return blocks
-
-
-def overview_rows(s: dict) -> list[list[str]]:
-    rows = [[key.replace("_", " "), _fmt(s[key])] for key in
-            ("input_rows", "filtered_rows", "pool_rows", "kept_rows", "dropped_rows") if key in s]
-    budget = s.get("budget") or {}
-    if budget:
-        asked = f"{budget['fraction']:.0%} of the pool" if budget.get("fraction") else f"{budget.get('count')} rows"
-        rows.append([f"budget ({asked})", _fmt(budget.get("resolved"))])
-    rows += [[f"reason: {reason}", _fmt(n)] for reason, n in (s.get("reasons") or {}).items()]
-    return rows
-
-
-def paser_blocks(stage: str, p: dict, plots_dir: Path) -> list[Block]:
-    """PASER's clusters: size, capability degradation (mean JSD), the budget it earned and rows selected."""
-    clusters = p["clusters"]
-    labels = [str(c["cluster"]) for c in clusters]
-    png = plots.bar_chart(f"{stage}: PASER budget per cluster", labels,
-                          {key: [c.get(key, 0) for c in clusters] for key in ("size", "budget", "selected")},
-                          "rows", plots_dir / f"paser_{stage}.png")
-    rows = [[str(c["cluster"]), _fmt(c.get("size")), _fmt(c.get("degradation")), _fmt(c.get("budget")),
-             _fmt(c.get("selected"))] for c in clusters]
-    caption = (f"PASER clusters: k={p.get('k')} chosen by {p.get('k_chosen_by', '?')}; "
-               f"CCG rejected {p.get('ccg_rejected', 0)}; budget shortfall {p.get('budget_shortfall', 0)}")
-    return [Table(["cluster", "size", "degradation (JSD)", "budget", "selected"], rows, caption, numeric={1, 2, 3, 4}),
-            Figure(png, f"PASER: cluster sizes, the budget each cluster earned, and rows selected ({stage})")]
-
-
-def source_blocks(stage: str, sources: dict, plots_dir: Path) -> list[Block]:
-    """GRAPE-style selection: per source (teacher), its candidates and how many were chosen."""
-    names = list(sources)
-    png = plots.bar_chart(f"{stage}: responses chosen per source", names,
-                          {key: [sources[n].get(key, 0) for n in names] for key in ("candidates", "kept")},
-                          "responses", plots_dir / f"sources_{stage}.png")
-    rows = [[n, _fmt(sources[n].get("candidates")), _fmt(sources[n].get("kept"))] for n in names]
-    return [Table(["source", "candidates", "kept"], rows, "Responses per source", numeric={1, 2}),
-            Figure(png, f"Source histogram of the chosen responses ({stage})")]
-
-
-def decontamination_table(d: dict) -> Table:
-    """Per eval set: training rows that share an n-gram with it (and were dropped), with example ids."""
-    rows = [[name, _fmt(v.get("items")), _fmt(v.get("matched_rows")), ", ".join(v.get("examples", [])) or "–"]
-            for name, v in (d.get("per_eval_set") or {}).items()]
-    return Table(["eval set", "eval items", "training rows matched", "example training rows"], rows,
-                 f"Decontamination: {d.get('ngram')}-gram overlap with each eval set; {d.get('dropped', 0)} "
-                 "training rows dropped", numeric={1, 2})
-
-
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "–" if v is None else str(v)
+def samples_section(scores: Scores, out_dir: Path) -> list[Block]:
+    """Links to each model's per-example outputs per benchmark (the eval stage's samples/<model>/<task>.jsonl),
+    relative to the report file, so they open from report.md and report.html alike."""
+    if not scores.columns:
+        return []
+    rows = []
+    for task, by_column in scores.tasks.items():
+        cells = [Cell(task)]
+        for column in scores.columns:
+            path = scores.samples[column] / f"{task}.jsonl"
+            found = column in by_column and path.exists()
+            cells.append(Cell(f"{by_column[column]['n']} items", href=Path(os.path.relpath(path, out_dir)).as_posix())
+                         if found else Cell("–"))
+        rows.append(cells)
+    return [Table(["Benchmark"] + scores.columns, rows, "Per-example outputs (prompt, completions, scores) per model",
+                  numeric=set(range(1, len(scores.columns) + 1)))]
 
 
 # ---------- provenance ----------

@@ -172,7 +172,8 @@ def apply(path: str, on_bad_rows: str, dedup_opts: DedupOptions | None,
 
     for i, (where, row) in enumerate(located_rows(path, on_bad_rows)):
         text = row_text(row, locate(where, row))
-        sets = index.matches(text, str(row.get("id", i))) if index else []
+        # a row without an id (or with a null one) is named by its index, as in the audit
+        sets = index.matches(text, str(row["id"]) if row.get("id") is not None else f"row {i}") if index else []
         if sets:
             hits[i] = {"filter": "decontaminate", "reason": "contaminated", "eval_sets": sets}
         elif dedup:

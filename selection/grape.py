@@ -21,6 +21,8 @@ from posttrain.selection import scoring
 from posttrain.formats import candidate_examples, candidates, locate, sft_row
 
 SCORE_DECIMALS = 6
+NOT_CHOSEN = {"grape": "lower base-model log-prob than the kept", "grape_reverse": "higher base-model log-prob than the kept",
+              "random_response": "not drawn", "single_source": "from another source"}  # why a candidate was discarded
 
 
 def choose(method: str, scores: list[float] | None, sources: list[str], top_k: int, source: str | None,
@@ -39,13 +41,14 @@ def choose(method: str, scores: list[float] | None, sources: list[str], top_k: i
 
 def run_candidates(cfg, ctx, path: str, hits: dict[int, dict], out) -> dict:
     """The candidate methods, streamed: scores are computed a chunk ahead of the row being decided; each row
-    is written once decided. Returns the summary's `budget` and `sources`."""
+    is written once decided. Returns the summary's `budget`, `sources` and `candidates` (counted per
+    candidate response: total, kept, discarded by reason)."""
     def rows() -> Iterator[tuple[int, dict, str]]:
         for index, (where, row) in enumerate(located_rows(path, cfg.on_bad_rows)):
             yield index, row, locate(where, row)
 
     scored = _candidate_scores(cfg, ctx, (r for r in rows() if r[0] not in hits))
-    offered, kept = Counter(), Counter()
+    offered, kept, discarded = Counter(), Counter(), Counter()
     for i, row, where in rows():
         cands = candidates(row, where)
         sources = [c["source"] for c in cands]
@@ -53,16 +56,19 @@ def run_candidates(cfg, ctx, path: str, hits: dict[int, dict], out) -> dict:
         record = {"index": i, "id": row.get("id"), "sources": sources, "filter": None}
         if i in hits:
             out.record({**record, "kept": False, **hits[i]})
+            discarded[hits[i]["reason"]] += len(cands)
             continue
         scores = next(scored)["scores"] if scored else None
         chosen = choose(cfg.method, scores, sources, cfg.grape.top_k, cfg.grape.source, cfg.seed, i)
         reason = "selected" if chosen else f"no candidate from source {cfg.grape.source}"
         out.record({**record, "kept": bool(chosen), "reason": reason, "scores": scores, "chosen": chosen})
+        discarded[NOT_CHOSEN[cfg.method]] += len(cands) - len(chosen)
         row_id = str(row.get("id", i))
         for r, j in enumerate(chosen):
             kept[sources[j]] += 1
             out.keep(sft_row(row, cands[j], row_id if cfg.grape.top_k == 1 else f"{row_id}-{r}"))
-    return {"budget": None, "sources": {s: {"candidates": offered[s], "kept": kept[s]} for s in sorted(offered)}}
+    return {"budget": None, "sources": {s: {"candidates": offered[s], "kept": kept[s]} for s in sorted(offered)},
+            "candidates": {"total": sum(offered.values()), "kept": sum(kept.values()), "discarded": dict(discarded)}}
 
 
 def _candidate_scores(cfg, ctx, pool: Iterable[tuple[int, dict, str]]) -> Iterator[dict] | None:

@@ -44,6 +44,23 @@ def best_and_worst(scores: list[float]) -> tuple[int, int] | None:
     return None if scores[best] == scores[worst] else (best, worst)
 
 
+def make_pairs(rows: list[dict], audit: list[dict]) -> tuple[list[dict], dict[str, int]]:
+    """The (best, worst) pair of each prompt whose samples differ, and the prompts skipped by why: all samples
+    verified (score 1: nothing to reject), none verified (score 0: nothing to prefer), or tied in between."""
+    pairs, skipped = [], {"all_verified": 0, "none_verified": 0, "tied_partial": 0}
+    for i, (row, record) in enumerate(zip(rows, audit)):
+        group, scores = record["samples"], record["scores"]
+        picked = best_and_worst(scores)
+        if picked is None:
+            skipped["all_verified" if scores[0] >= 1 else "none_verified" if scores[0] <= 0 else "tied_partial"] += 1
+            continue
+        pairs.append({"id": row.get("id", i), "prompt": as_chat(row["prompt"]),
+                      "chosen": [{"role": "assistant", "content": group[picked[0]]}],
+                      "rejected": [{"role": "assistant", "content": group[picked[1]]}],
+                      "chosen_score": scores[picked[0]], "rejected_score": scores[picked[1]]})
+    return pairs, skipped
+
+
 @register
 class Generate(Stage):
     kind = "generate"
@@ -77,17 +94,7 @@ class Generate(Stage):
                 seed = cfg.seed + c * math.ceil(size / cfg.batch_size)
                 write_rows(saved, _sample_and_score(cfg, model, rows[start:start + size], start, seed))
             audit += read_rows(saved)
-        pairs, tied = [], 0
-        for i, (row, record) in enumerate(zip(rows, audit)):
-            group, scores = record["samples"], record["scores"]
-            picked = best_and_worst(scores)
-            if picked is None:
-                tied += 1
-                continue
-            pairs.append({"id": row.get("id", i), "prompt": as_chat(row["prompt"]),
-                          "chosen": [{"role": "assistant", "content": group[picked[0]]}],
-                          "rejected": [{"role": "assistant", "content": group[picked[1]]}],
-                          "chosen_score": scores[picked[0]], "rejected_score": scores[picked[1]]})
+        pairs, skipped = make_pairs(rows, audit)
         write_rows(ctx.out_dir / "samples.jsonl", audit)
         all_scores = [s for record in audit for s in record["scores"]]
         mean_score = sum(all_scores) / max(len(all_scores), 1)
@@ -96,7 +103,8 @@ class Generate(Stage):
                             f"the same (mean score {mean_score:.3f}); raise num_samples or temperature, or start from a "
                             f"stronger model (samples: {ctx.out_dir / 'samples.jsonl'})")
         write_rows(ctx.output("pairs"), pairs)
-        return {"prompts": len(rows), "pairs": len(pairs), "skipped_all_equal": tied, "mean_sample_score": mean_score}
+        return {"prompts": len(rows), "samples": len(all_scores), "pairs": len(pairs), "mean_sample_score": mean_score,
+                "skipped_all_equal": sum(skipped.values()), **{f"skipped_{why}": n for why, n in skipped.items()}}
 
 
 class _Model:

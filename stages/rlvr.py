@@ -70,7 +70,8 @@ class RLVRConfig:
 def reward_functions(cfg: RLVRConfig, stop_ids: list[int]) -> tuple[list, list[float]]:
     """One TRL reward function per term (named after it, so TRL logs rewards/<name>/mean), plus the EOS term.
     Each also logs, per verifier, the share of completions that timed out, crashed the verifier or hit a
-    sandbox limit (failures/<verifier>/<kind>, through TRL's log_metric), where reward hacking shows first."""
+    sandbox limit (failures/<verifier>/<kind>, through TRL's log_metric), where reward hacking shows first;
+    the routed term also logs each verifier's mean reward (verifier_reward/<verifier>)."""
     from posttrain.rewards import failure_shares, score_rows
 
     def term_fn(term: RewardTerm):
@@ -80,10 +81,16 @@ def reward_functions(cfg: RLVRConfig, stop_ids: list[int]) -> tuple[list, list[f
             rows = [json.loads(r) for r in row_json]
             verdicts = score_rows(completions, rows, verifier, timeout_s=cfg.reward_timeout_s,
                                   max_failure_fraction=cfg.max_reward_failure_fraction, options=term.options)
+            scores = [v.score * cfg.verified_reward for v in verdicts]
             if log_metric is not None:
-                for key, share in failure_shares(verdicts, [verifier or r["verifier"] for r in rows]).items():
+                names = [verifier or r["verifier"] for r in rows]
+                for key, share in failure_shares(verdicts, names).items():
                     log_metric(key, share)
-            return [v.score * cfg.verified_reward for v in verdicts]
+                if verifier is None:  # routed: each verifier's own mean reward, which this term's mean mixes
+                    for name in sorted(set(names)):
+                        mine = [s for s, n in zip(scores, names) if n == name]
+                        log_metric(f"verifier_reward/{name}", sum(mine) / len(mine))
+            return scores
 
         reward.__name__ = term.name
         return reward

@@ -20,6 +20,7 @@ Outputs:
     decontamination: null | {ngram, dropped, unchecked_tasks,
                              per_eval_set: {name: {items, short_items_unchecked, matched_rows, examples}}};
     sources (candidate methods): {source: {candidates, kept}};
+    candidates (candidate methods): {total, kept, discarded: {reason: responses}} (counted per response);
     paser (paser): {k, k_chosen_by, eigenvalues, clusters: [{cluster, size, degradation, budget, selected}],
                     ccg_rejected, budget_shortfall}.
 Launcher (`launcher: {type: torchrun, num_processes: 8}`, as training stages declare it; default: none, one

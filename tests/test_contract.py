@@ -89,10 +89,13 @@ def test_the_report_opens_only_its_inputs(recipe_path, tmp_path, monkeypatch):
     inside = {p.resolve().relative_to(run_dir.resolve()).as_posix() for p in opened
               if p.resolve().is_relative_to(run_dir.resolve())}
     assert "select/summary.json" in inside  # it did read its input
-    allowed = {"run.json", "select/summary.json", "select/manifest.json", "select/metrics.jsonl"}
+    # the upstream stage's resolved config (its hyperparameters) is what its fingerprint hashes
+    allowed = {"run.json", "select/summary.json", "select/manifest.json", "select/metrics.jsonl", "select/config.resolved.yaml"}
     assert {p for p in inside if not p.startswith("report/report/")} <= allowed, inside
     md = (run_dir / "report" / "report" / "report.md").read_text()
     assert "Selection: select (length)" in md and "decoy" not in md and "other" not in md
+    # the report counts the stages it reports on, not itself (it is still running while it writes)
+    assert md.splitlines()[2].startswith("1 of 1 stages complete (select)") and "running" not in md
 
 
 def test_a_hub_model_is_fingerprinted_by_the_commit_its_revision_names(tmp_path, monkeypatch, sft_file):

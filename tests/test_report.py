@@ -8,10 +8,13 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
+from conftest import REPO
 from posttrain.data import read_rows, write_json, write_rows
 from posttrain.eval.report import build_report
 from posttrain.eval.tasks import summarize_records
+from posttrain.recipe import load, resolved_stage_config
 
 MODELS = ["base", "sft", "dpo"]
 TASKS = {"gsm8k_8shot": ("math", "exact match", 0.2), "math500": ("math", "math-verify equivalence", 0.1),
@@ -24,7 +27,7 @@ def manifest(stage: str, kind: str, run_dir: Path, metrics: dict | None = None, 
             "inputs": {}, "versions": {"python": "3.11.2", "torch": "2.13.0", "trl": "1.16.0"},
             "hardware": {"host": "testhost", "cpus": 2, "platform": "Linux"},
             "started": "2025-01-01T00:00:00+00:00", "ended": "2025-01-01T00:01:00+00:00", "wall_time_s": 60.0,
-            "metrics": metrics or {}, "artifacts": artifacts or {}, "error": None}
+            "metrics": metrics or {}, "artifacts": artifacts or {}, "error": None, "config": "config.resolved.yaml"}
 
 
 def write_eval_stage(run_dir: Path, rng: random.Random) -> None:
@@ -46,17 +49,30 @@ def write_eval_stage(run_dir: Path, rng: random.Random) -> None:
     write_json(run_dir / "eval" / "manifest.json", manifest("eval", "eval", run_dir, metrics, {"results": "eval/results"}))
 
 
+PAIRS_METRICS = {"prompts": 1800, "samples": 7200, "pairs": 900, "mean_sample_score": 0.55, "skipped_all_equal": 900,
+                 "skipped_all_verified": 600, "skipped_none_verified": 300, "skipped_tied_partial": 0}
+
+
 def make_run(run: Path) -> Path:
+    """Stages as the runner leaves them: manifest, config.resolved.yaml (the demo recipe's own stages, resolved
+    as the runner writes them), metrics.jsonl for the training stages, the eval results and select summary."""
     rng = random.Random(0)
-    stages = ["select", "sft", "dpo", "rlvr", "eval"]
+    stages = ["select", "sft", "pairs", "dpo", "rlvr", "eval"]
+    recipe = load(REPO / "recipes" / "tiny.yaml")
     write_json(run / "run.json", {"recipe": "synthetic", "recipe_hash": "abc123", "stages": stages})
+    for stage in stages[:-1]:
+        (run / stage).mkdir(parents=True)
+        config = {"kind": recipe.stages[stage].kind, **resolved_stage_config(recipe.stages[stage])}
+        (run / stage / "config.resolved.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     write_json(run / "select" / "manifest.json", manifest("select", "select", run, artifacts={
         "data": "select/data.jsonl", "audit": "select/audit.jsonl", "summary": "select/summary.json"}))
     write_select_stage(run / "select")
+    write_json(run / "pairs" / "manifest.json", manifest("pairs", "generate", run, PAIRS_METRICS, {"pairs": "pairs/pairs.jsonl"}))
     curves = {"sft": lambda s: {"loss": 2 / (1 + s)},
               "dpo": lambda s: {"loss": 0.7 - s / 100, "rewards/margins": s / 10, "rewards/accuracies": 0.5 + s / 100},
               "rlvr": lambda s: {"reward": s / 40, "rewards/numeric/mean": s / 40, "rewards/format/mean": 0.9,
-                                 "kl": s / 1000, "completions/mean_length": 40 - s / 5}}
+                                 "verifier_reward/numeric": s / 40, "failures/numeric/timeout": 0.0,
+                                 "failures/numeric/crash": s / 400, "kl": s / 1000, "completions/mean_length": 40 - s / 5}}
     for stage, curve in curves.items():
         write_json(run / stage / "manifest.json", manifest(stage, stage, run))
         write_rows(run / stage / "metrics.jsonl", [{"time": 0.0, "step": s, **curve(s)} for s in range(0, 40, 5)])
@@ -173,7 +189,7 @@ def test_reference_column_and_delta(run_dir, tmp_path):
 
 def test_html_is_self_contained_with_curves(run_dir, tmp_path):
     html = build_report(run_dir, tmp_path / "report").read_text()
-    assert not re.search(r"""(src|href)=["'](?!data:)""", html)  # no external assets
+    assert not re.search(r"""src=["'](?!data:)""", html) and "<link" not in html  # no external assets
     assert html.count("data:image/png;base64,") == 4  # sft, dpo, rlvr curves + the PASER cluster plot
     for stage in ("sft", "dpo", "rlvr"):
         assert f"Training curves of stage &#x27;{stage}&#x27;" in html
@@ -197,7 +213,7 @@ def test_no_cell_is_marked_best_when_all_tie():
 
 def test_grape_sources_get_a_table_and_histogram(tmp_path):
     from posttrain.eval.render import Figure, Table
-    from posttrain.eval.report import selection_blocks
+    from posttrain.eval.report_data import selection_blocks
 
     summary = {"method": "grape", "input_rows": 300, "kept_rows": 300,
                "sources": {"tutor": {"candidates": 300, "kept": 210}, "terse": {"candidates": 300, "kept": 90}}}
@@ -205,3 +221,136 @@ def test_grape_sources_get_a_table_and_histogram(tmp_path):
     table = next(b for b in blocks if isinstance(b, Table) and b.headers[0] == "source")
     assert table.rows == [["tutor", "300", "210"], ["terse", "300", "90"]]
     assert any(isinstance(b, Figure) and b.path.exists() for b in blocks)
+
+
+# ---------- what a new reader tripped over ----------
+
+def md_table(md: str, caption: str) -> list[list[str]]:
+    """The rows (cells) of the Markdown table under the caption starting with `caption`."""
+    block = md[md.index(f"*{caption}"):].split("\n\n")[1]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()]
+
+
+def test_hyperparameters_are_each_stages_resolved_config(report_md):
+    run_dir, md = report_md
+    table = md_table(md, "Hyperparameters per stage")
+    header, rows = table[0], {r[0]: dict(zip(table[0][1:], r[1:])) for r in table[2:]}
+    assert header[1:] == ["select", "sft", "pairs (generate)", "dpo", "rlvr"]  # stages in run order, eval left out
+    config = {s: yaml.safe_load((run_dir / s / "config.resolved.yaml").read_text()) for s in ("sft", "dpo", "rlvr")}
+    for stage in ("sft", "dpo", "rlvr"):
+        assert rows["learning rate"][stage] == f"{config[stage]['train']['learning_rate']:g}"
+        assert rows["steps"][stage] == str(config[stage]["train"]["max_steps"])
+        assert rows["batch per device"][stage] == str(config[stage]["train"]["per_device_train_batch_size"])
+    assert rows["loss"]["dpo"] == "sigmoid" and rows["loss"]["rlvr"] == "dapo"
+    assert rows["β (DPO) / KL β (RLVR)"]["dpo"] == "0.1" and rows["generations per prompt"]["rlvr"] == "8"
+    assert rows["samples per prompt"]["pairs (generate)"] == "4" and rows["selection method"]["select"] == "grape"
+    assert rows["reward terms"]["rlvr"] == "1×verifier" and rows["learning rate"]["pairs (generate)"] == "–"
+
+
+def test_pairs_accounting_says_why_prompts_gave_no_pair(report_md):
+    from posttrain.stages.generate import make_pairs
+
+    rows = {r[0]: r[1] for r in md_table(report_md[1], "Pairs accounting")[2:]}
+    assert rows["prompts sampled"] == "1800" and rows["samples verified"] == "7200"
+    assert rows["prompts giving a pair (best vs worst)"] == "900 (50%)" and rows["prompts discarded"] == "900"
+    assert rows["↳ all samples verified (nothing to reject)"] == "600"
+    assert rows["↳ no sample verified (nothing to prefer)"] == "300"
+    # the counts the stage records, told apart by the tied score
+    audit = [{"samples": ["a", "b"], "scores": s} for s in ([1.0, 1.0], [0.0, 0.0], [0.5, 0.5], [1.0, 0.0], [0.0, 1.0])]
+    pairs, skipped = make_pairs([{"prompt": "q"}] * 5, audit)
+    assert len(pairs) == 2 and skipped == {"all_verified": 1, "none_verified": 1, "tied_partial": 1}
+    assert [p["chosen"][0]["content"] for p in pairs] == ["a", "b"]
+
+
+def test_candidate_selection_counts_discarded_responses(tmp_path):
+    """GRAPE-like methods keep one response of each prompt: 3 prompts x 4 candidates leave 9 discarded, which the
+    report says (it said "dropped rows 0": no prompt was dropped), with the reason."""
+    from posttrain.eval.report_data import selection_blocks
+    from posttrain.eval.render import to_markdown
+    from test_selection_stage import config, run
+    from posttrain.worlds import tinyworld
+
+    write_rows(tmp_path / "cands.jsonl", tinyworld.sft_candidate_rows(3, seed=3))
+    _, _, summary = run(config(data=str(tmp_path / "cands.jsonl"), method="random_response"), tmp_path / "select")
+    assert summary["candidates"] == {"total": 12, "kept": 3, "discarded": {"not drawn": 9}}
+    md = to_markdown("r", selection_blocks("select", summary, tmp_path / "plots"), tmp_path)
+    rows = {r[0]: r[1] for r in md_table(md, "Selection accounting")[2:]}
+    assert rows["prompts read"] == "3" and rows["candidate responses"] == "12"
+    assert rows["responses kept"] == "3 (25%)" and rows["responses discarded"] == "9" and rows["↳ not drawn"] == "9"
+    assert "dropped rows" not in md
+
+
+def test_decontamination_examples_name_rows_without_an_id(tmp_path):
+    from posttrain.selection.filters import DecontaminateOptions, EvalFile, apply
+
+    eval_set = tmp_path / "eval.jsonl"
+    write_rows(eval_set, [{"question": "what is the sum of seventeen and twenty five apples in the big red basket"}])
+    train = tmp_path / "train.jsonl"
+    leaked = "what is the sum of seventeen and twenty five apples in the big red basket"
+    write_rows(train, [{"id": "a", "prompt": "hello", "completion": "x"}, {"id": None, "prompt": leaked, "completion": "42"},
+                       {"prompt": leaked, "completion": "42"}])
+    _, summary = apply(str(train), "error", None, DecontaminateOptions(ngram=8, tasks=[], extra=[EvalFile("toy", str(eval_set))]))
+    assert summary["decontamination"]["per_eval_set"]["toy"]["examples"] == ["row 1", "row 2"]
+
+
+def test_an_average_of_one_benchmark_is_not_shown(run_dir, tmp_path):
+    results = run_dir / "eval" / "results" / "results.json"
+    data = json.loads(results.read_text())
+    for model in data["models"].values():
+        model["tasks"] = {"tinyworld": model["tasks"]["tinyworld"]}
+    write_json(results, data)
+    build_report(run_dir, tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| tinyworld |" in md and "Average" not in md and "1 benchmarks" not in md
+
+
+def test_sample_links_resolve_from_the_report_file(report_md, tmp_path):
+    run_dir, md = report_md
+    links = re.findall(r"\]\(([^)]+\.jsonl)\)", md)
+    assert len(links) == len(TASKS) * len(MODELS)
+    report_dir = run_dir.parent / "report"
+    for link in links:
+        assert not Path(link).is_absolute()
+        target = (report_dir / link).resolve()
+        assert target.parent.parent == (run_dir / "eval" / "results" / "samples").resolve() and target.exists(), link
+    html = (report_dir / "report.html").read_text()
+    assert sorted(re.findall(r'href="([^"]+)"', html)) == sorted(links)
+
+
+def png_width(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")  # the IHDR chunk's width
+
+
+def test_every_curves_figure_spans_the_same_width(report_md):
+    """A one-panel stage (sft) is as wide as a three-panel one (dpo): no two thirds left empty."""
+    plots_dir = report_md[0].parent / "report" / "plots"
+    widths = {stage: png_width(plots_dir / f"curves_{stage}.png") for stage in ("sft", "dpo", "rlvr")}
+    assert len(set(widths.values())) == 1, widths
+
+
+def test_reward_panel_names_identical_lines_and_terms_not_verifiers():
+    from posttrain.eval.plots import curve_panels, failure_totals, panel_series
+
+    rows = failure_totals([{"step": s, "reward": s / 10, "rewards/verifier/mean": s / 10, "failures/math/timeout": 0.0,
+                            "failures/math/crash": 0.1, "failures/code/timeout": 0.0, "failures/code/crash": 0.0,
+                            "verifier_reward/math": s / 5, "verifier_reward/code": 0.0} for s in range(5)])
+    panels = {title: panel_series(rows, keys) for title, _, keys in curve_panels(rows)}
+    # the total and the one routed term are the same line: one drawn line, both named, not "verifier" alone
+    assert [label for label, _ in panels["reward"]] == ["total = each row's verifier"]
+    assert [label for label, _ in panels["reward per verifier"]] == ["code", "math"]
+    failures = dict(panels["verifier failures"])
+    assert [y for _, y in failures["math"]] == [0.1] * 5 and [y for _, y in failures["code"]] == [0.0] * 5
+
+
+def test_routed_rlvr_term_logs_each_verifiers_reward():
+    from posttrain.stages.rlvr import RLVRConfig, reward_functions
+
+    logged: dict[str, float] = {}
+    funcs, _ = reward_functions(RLVRConfig(model="m", data="d"), stop_ids=[])
+    rows = [json.dumps({"verifier": "numeric", "ground_truth": "4"}), json.dumps({"verifier": "numeric", "ground_truth": "5"}),
+            json.dumps({"verifier": "math", "ground_truth": "7"})]
+    scores = funcs[0](["p"] * 3, ["The answer is 4", "The answer is 4", "The answer is \\boxed{7}"], rows,
+                      log_metric=logged.__setitem__)
+    assert scores == [1.0, 0.0, 1.0]
+    assert logged["verifier_reward/numeric"] == 0.5 and logged["verifier_reward/math"] == 1.0
+    assert logged["failures/numeric/timeout"] == 0.0
