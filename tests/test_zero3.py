@@ -63,11 +63,11 @@ def zero3_run(tmp_path_factory):
 def test_zero3_export_equals_last_checkpoint_and_reloads(zero3_run, stage):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    zero3_run = zero3_run[2]
-    manifest = json.loads((zero3_run / stage / "manifest.json").read_text())
+    run_dir = zero3_run[2]
+    manifest = json.loads((run_dir / stage / "manifest.json").read_text())
     assert manifest["status"] == "complete"
-    exported = zero3_run / manifest["artifacts"]["model"]
-    checkpoints = sorted((zero3_run / stage / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    exported = run_dir / manifest["artifacts"]["model"]
+    checkpoints = sorted((run_dir / stage / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     last = _tensors(checkpoints[-1])
     out = _tensors(exported)
     assert out.keys() == last.keys()
@@ -122,7 +122,7 @@ def zero3_lora(tmp_path_factory):
     return _finished(root, recipe, [f"stages.sft.launcher={_launcher(root)}", f"stages.sft.lora={LORA}"])
 
 
-@pytest.mark.slow  # 65 s here: one stage under accelerate and DeepSpeed
+@pytest.mark.slow  # 26 s here (65 s under load): one stage under accelerate and DeepSpeed
 def test_zero3_lora_export_is_the_base_with_the_last_checkpoints_adapter_merged(zero3_lora):
     """Under ZeRO-3 the adapter's and the base's parameters are partitioned too: the export must merge the
     gathered adapter into a whole (not partitioned) load of the base."""
@@ -130,14 +130,14 @@ def test_zero3_lora_export_is_the_base_with_the_last_checkpoints_adapter_merged(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    zero3_lora_run = zero3_lora[2]
-    manifest = json.loads((zero3_lora_run / "sft" / "manifest.json").read_text())
+    run_dir = zero3_lora[2]
+    manifest = json.loads((run_dir / "sft" / "manifest.json").read_text())
     assert manifest["status"] == "complete"
-    exported = _tensors(zero3_lora_run / manifest["artifacts"]["model"])
-    checkpoints = sorted((zero3_lora_run / "sft" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    exported = _tensors(run_dir / manifest["artifacts"]["model"])
+    checkpoints = sorted((run_dir / "sft" / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     adapter = _tensors(checkpoints[-1])
     assert adapter and all(t.numel() > 0 for t in adapter.values()), "the checkpoint's adapter was saved partitioned"
-    base = AutoModelForCausalLM.from_pretrained(zero3_lora_run / "base" / "model", dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(run_dir / "base" / "model", dtype=torch.float32)
     base_state = {k: v.clone() for k, v in base.state_dict().items()}
     want = PeftModel.from_pretrained(base, checkpoints[-1]).merge_and_unload().state_dict()
     assert exported.keys() == {k for k in want if k != "lm_head.weight" or "lm_head.weight" in exported}
@@ -145,7 +145,7 @@ def test_zero3_lora_export_is_the_base_with_the_last_checkpoints_adapter_merged(
         assert tensor.numel() > 0 and tensor.shape == want[name].shape, (name, tensor.shape, want[name].shape)
         assert tensor.float().equal(want[name].float()), name
     assert any(not exported[k].equal(base_state[k]) for k in exported), "the export is the base: no adapter merged"
-    model = AutoModelForCausalLM.from_pretrained(zero3_lora_run / manifest["artifacts"]["model"])  # plain transformers
+    model = AutoModelForCausalLM.from_pretrained(run_dir / manifest["artifacts"]["model"])  # plain transformers
     assert not hasattr(model, "peft_config") and sum(p.numel() for p in model.parameters()) > 0
 
 
@@ -185,7 +185,7 @@ def _wait_until(condition, timeout: float, why) -> None:
         time.sleep(0.05)
 
 
-@pytest.mark.slow  # a reference run (the zero3 fixtures, shared), then ~2 minutes here: two launched SFT runs
+@pytest.mark.slow  # after its reference run (a shared fixture), 40 s here: two launched SFT runs
 @pytest.mark.parametrize("kind", ["full", "lora"])
 def test_zero3_sigkilled_run_leaves_no_worker_and_resumes_exactly(request, tmp_path, kind):
     """Only `posttrain run` gets SIGKILL, as from the OOM killer or a scheduler: its accelerate launcher and
@@ -197,7 +197,10 @@ def test_zero3_sigkilled_run_leaves_no_worker_and_resumes_exactly(request, tmp_p
     out = tmp_path / "run"
     shutil.copytree(reference, out, ignore=shutil.ignore_patterns("sft", "dpo", "rlvr"))
     proc, family = _start_held(tmp_path, recipe, overrides, out), []
-    log = lambda: (tmp_path / "run.log").read_text()[-3000:]  # noqa: E731
+
+    def log() -> str:
+        return (tmp_path / "run.log").read_text()[-3000:]
+
     try:
         _wait_until(lambda: (tmp_path / "held").exists() or proc.poll() is not None, 600, log)
         assert proc.poll() is None, log()
