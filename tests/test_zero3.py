@@ -222,3 +222,21 @@ def test_zero3_sigkilled_run_leaves_no_worker_and_resumes_exactly(request, tmp_p
     assert all(resumed[k].equal(straight[k]) for k in straight), [k for k in straight if not resumed[k].equal(straight[k])]
     steps = [r["step"] for r in map(json.loads, (out / "sft" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert steps == list(range(1, 13)), "steps replayed or missing"
+
+
+@pytest.mark.slow  # after its reference run (a shared fixture), one launched SFT run
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_zero3_killed_after_its_last_checkpoint_exports_the_same_model(request, tmp_path, kind):
+    """Killed after the last checkpoint, before the manifest: the restart loads that checkpoint into the
+    partitioned model instead of training (a LoRA adapter through PEFT), then gathers and exports it."""
+    recipe, overrides, reference = request.getfixturevalue("zero3_run" if kind == "full" else "zero3_lora")
+    out = tmp_path / "run"
+    shutil.copytree(reference, out, ignore=shutil.ignore_patterns("dpo", "rlvr"))
+    manifest = json.loads((out / "sft" / "manifest.json").read_text())
+    (out / "sft" / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
+    shutil.rmtree(out / "sft" / "model")
+    run(load(recipe, overrides), out, only="sft", echo=lambda m: None)
+    resumed, straight = _tensors(out / "sft" / "model"), _tensors(reference / "sft" / "model")
+    assert resumed.keys() == straight.keys()
+    assert all(resumed[k].equal(straight[k]) for k in straight), [k for k in straight if not resumed[k].equal(straight[k])]
+    assert json.loads((out / "sft" / "manifest.json").read_text())["metrics"] == manifest["metrics"]
