@@ -3,6 +3,7 @@ load directly (safetensors, tokenizer, chat template, generation_config whose EO
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 COMMIT = re.compile(r"[0-9a-f]{40}")
@@ -126,6 +127,22 @@ def load_model(path: str, dtype: str = "auto", quantize: str = "none"):
     gpu = {"": int(os.environ.get("LOCAL_RANK", 0))}
     return AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=torch_dtype, device_map=gpu,
                                                 quantization_config=bnb_config(quantize, torch_dtype))
+
+
+@contextmanager
+def whole_loading():
+    """Models loaded inside are whole in this process. A live ZeRO-3 config (the trainer's) otherwise makes
+    from_pretrained partition them, a collective: rank 0 alone merging an adapter for export would get 0-shaped
+    base weights (on one rank) or hang (on several)."""
+    from transformers.integrations import deepspeed as ds
+
+    live = ds._hf_deepspeed_config_weak_ref and ds._hf_deepspeed_config_weak_ref()
+    ds.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if live is not None:
+            ds.set_hf_deepspeed_config(live)
 
 
 def load_for_inference(path: str, dtype: str = "auto", padding_side: str = "right"):

@@ -75,7 +75,7 @@ def start(job: Path, launcher, rank: int, addr: str, port: int, info=print) -> i
     """Run this node's share of the workers; their exit code."""
     # ACCELERATE_* variables would override the pinned settings in the workers (e.g. ACCELERATE_USE_FSDP).
     env = {k: v for k, v in os.environ.items() if not k.startswith("ACCELERATE_")}
-    env.update(MASTER_ADDR=addr, MASTER_PORT=str(port), PYTHONUNBUFFERED="1")
+    env.update(MASTER_ADDR=addr, MASTER_PORT=str(port), PYTHONUNBUFFERED="1", **{PARENT: str(os.getpid())})
     if launcher.num_processes * launcher.num_machines == 1:
         # A single process gets no rank variables from the launcher; DeepSpeed would go looking for MPI.
         env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
@@ -123,6 +123,33 @@ def follow(follower, rank: int, echo=print) -> None:
             raise LaunchError(f"stage '{message['stage']}': this node's workers exited with code {code}")
     if message["end"]:
         raise LaunchError(f"node 0 stopped: {message['end']}")
+
+
+PARENT = "POSTTRAIN_PARENT_PID"  # the `posttrain run` process that started the launcher
+
+
+def exit_with_parents() -> None:
+    """Die (SIGKILL) as soon as this worker's launcher or the `posttrain run` above it is gone. torchrun starts
+    workers in sessions of their own, out of reach of a kill of the run's process group, and a SIGKILLed parent
+    cannot stop them: they would keep training and writing checkpoints into a run folder that a restart takes
+    over. A daemon thread waits on pidfds (no polling, no pid reuse); a parent gone already kills it at once."""
+    import select
+    import signal
+    import threading
+
+    pids = {os.getppid(), *([int(os.environ[PARENT])] if PARENT in os.environ else [])}
+    poller = select.poll()
+    try:
+        for pid in pids:
+            poller.register(os.pidfd_open(pid), select.POLLIN)
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def watch() -> None:
+        poller.poll()
+        os.kill(os.getpid(), signal.SIGKILL)  # not an exit: atexit handlers could block in a collective
+
+    threading.Thread(target=watch, name="exit-with-parents", daemon=True).start()
 
 
 def process_group(timeout_minutes: int):
@@ -183,4 +210,5 @@ def _describe(state) -> dict:
 
 
 if __name__ == "__main__":
+    exit_with_parents()  # first: importing torch and the stages takes seconds
     _worker(sys.argv[1])

@@ -360,7 +360,8 @@ def merge_adapter(peft_model, base: str, state_dict: dict | None = None):
 
     with tempfile.TemporaryDirectory() as adapter_dir:
         peft_model.save_pretrained(adapter_dir, state_dict=state_dict)
-        return PeftModel.from_pretrained(hf.load_model(base), adapter_dir).merge_and_unload()
+        with hf.whole_loading():  # under ZeRO-3 only rank 0 merges, so nothing here may be partitioned
+            return PeftModel.from_pretrained(hf.load_model(base), adapter_dir).merge_and_unload()
 
 
 def _finish(trainer, tokenizer, ctx: Context, merge_into: str | None) -> dict[str, Any]:

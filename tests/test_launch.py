@@ -1,9 +1,17 @@
 """A training stage launched under accelerate with DeepSpeed ZeRO-2 (one CPU process here) trains the
 same as in-process and is recorded by the parent, which writes the manifest. The user's saved accelerate
-defaults and ACCELERATE_* variables (FSDP, fp16, dynamo) must not change what the recipe says."""
+defaults and ACCELERATE_* variables (FSDP, fp16, dynamo) must not change what the recipe says. A worker
+does not outlive its launcher or its `posttrain run` (tests/test_zero3.py kills a real launched stage)."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
+
+from children import alive, kill_group, kill_process
 
 from conftest import MINI_RECIPE
 from posttrain.recipe import load
@@ -42,3 +50,43 @@ def test_deepspeed_zero2_under_accelerate_matches_in_process(tmp_path, sft_file,
                                 "mixed_precision": "no", "dynamo": "NO"}, b["distributed"]
     assert b["metrics"]["global_step"] == a["metrics"]["global_step"] == 12
     assert abs(b["metrics"]["final_loss"] - a["metrics"]["final_loss"]) < 1e-3, (a["metrics"], b["metrics"])
+
+
+# The process tree of a launched stage, as torchrun makes it: `posttrain run` -> launcher -> worker, the worker
+# in a session of its own (so killing the run's process group does not reach it).
+FAMILY = r"""
+import os, subprocess, sys, time
+role = sys.argv[1]
+if role == "run":  # sets PARENT for the launcher's environment, as launch.start does
+    from posttrain import launch
+    subprocess.run([sys.executable, __file__, "launcher"], env={**os.environ, launch.PARENT: str(os.getpid())})
+elif role == "launcher":
+    subprocess.run([sys.executable, __file__, "worker"], start_new_session=True)
+else:
+    from posttrain.launch import exit_with_parents
+    exit_with_parents()
+    print(os.getppid(), os.getpid(), flush=True)
+    time.sleep(600)  # a worker that would train for ten minutes more
+"""
+
+
+@pytest.mark.parametrize("victim", ["run", "launcher"])
+def test_a_worker_dies_with_its_sigkilled_launcher_or_posttrain_run(tmp_path, victim):
+    script = tmp_path / "family.py"
+    script.write_text(FAMILY)
+    run = subprocess.Popen([sys.executable, str(script), "run"], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    launcher = worker = None
+    try:
+        launcher, worker = map(int, run.stdout.readline().split())  # the worker's guard is in place
+        os.kill(run.pid if victim == "run" else launcher, signal.SIGKILL)  # that process alone, not its group
+        deadline = time.monotonic() + 15
+        while (alive(worker) or alive(launcher)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(worker), f"worker {worker} outlived the SIGKILLed {victim}"
+        assert not alive(launcher), f"launcher {launcher} outlived its worker"
+    finally:
+        kill_group(run.pid)
+        for pid in (launcher, worker):
+            if pid:
+                kill_process(pid)
+        run.wait()
