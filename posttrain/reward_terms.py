@@ -53,7 +53,7 @@ class RewardModelScorer:
         self.tokenizer = hf.inference_tokenizer(self.path, padding_side="right")
         if not self.tokenizer.chat_template:
             raise DataError(f"reward term `model`: {self.path} has no chat template to format prompt and completion with")
-        model = hf.load_model(self.path, reward_head=True)
+        model = _whole(lambda: hf.load_model(self.path, reward_head=True))
         if model.config.pad_token_id is None:  # the classifier finds each row's last token by the pad id
             model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model = model.to(PartialState().device).eval()
@@ -75,6 +75,29 @@ class RewardModelScorer:
             with torch.inference_mode():
                 scores += self.model(**batch).logits[:, 0].float().tolist()
         return scores
+
+
+def model_reward(path: str, batch_size: int):
+    """A `model` term's reward function, named `model` (TRL logs rewards/model/mean) and loaded on first use."""
+    scorer = RewardModelScorer(path, batch_size)
+
+    def model(prompts, completions, **_):
+        return scorer(prompts, completions)
+
+    return model
+
+
+def _whole(load):
+    """load() with ZeRO-3's load-time partitioning off: under a ZeRO-3 TRL config from_pretrained would split the
+    reward model across ranks, but it only runs forward, here, outside DeepSpeed's engine: each rank holds it whole."""
+    from transformers.integrations import deepspeed
+
+    saved = deepspeed._hf_deepspeed_config_weak_ref
+    deepspeed.unset_hf_deepspeed_config()
+    try:
+        return load()
+    finally:
+        deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
 def remembered(fn):
@@ -122,4 +145,20 @@ def term_problems(terms: list) -> list[tuple[str, str]]:
                                                    f"one of: {', '.join(n for n in names if n != term.name)}"))
         elif targets[0].gate is not None:
             problems.append((f"rewards[{i}].gate", f"'{term.gate}' is gated itself; gate by an ungated term"))
+    return problems
+
+
+def reward_model_refs(specs: dict) -> list[tuple[str, str]]:
+    """(key, message) for each `model` term that names another stage's model when that stage does not train a
+    reward model: every other stage kind outputs a causal LM, which is found out only when the term loads it."""
+    from posttrain.stage import is_ref, parse_ref
+
+    problems = []
+    for name, spec in specs.items():
+        for i, term in enumerate(getattr(spec.config, "rewards", None) or []):
+            model = getattr(term, "model", None)
+            upstream = specs.get(parse_ref(model)[0]) if is_ref(model) else None
+            if upstream is not None and upstream.kind != "reward_model":
+                problems.append((f"stages.{name}.rewards[{i}].model", f"stage '{upstream.name}' ({upstream.kind}) "
+                                 "outputs a causal LM, not a reward model; name a reward_model stage's output"))
     return problems

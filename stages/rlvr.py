@@ -77,20 +77,12 @@ def reward_functions(cfg: RLVRConfig, stop_ids: list[int], path=str) -> tuple[li
     a gated term's series is its reward after the gate. path: resolves a `model` term's model (ctx.path).
     Each also logs, per verifier, the share of completions that timed out, crashed the verifier or hit a
     sandbox limit (failures/<verifier>/<kind>, through TRL's log_metric), where reward hacking shows first."""
-    from posttrain.reward_terms import MODEL_TERM, RewardModelScorer, gated, remembered
+    from posttrain.reward_terms import MODEL_TERM, gated, model_reward, remembered
     from posttrain.rewards import failure_shares, score_rows
-
-    def model_fn(term: RewardTerm):
-        scorer = RewardModelScorer(path(term.model), term.batch_size)
-
-        def model(prompts, completions, **_):
-            return scorer(prompts, completions)
-
-        return model
 
     def term_fn(term: RewardTerm):
         if term.name == MODEL_TERM:
-            return model_fn(term)
+            return model_reward(path(term.model), term.batch_size)
         verifier = None if term.name == ROUTE_BY_ROW else term.name
 
         def reward(prompts, completions, row_json, log_metric=None, **_):

@@ -145,3 +145,75 @@ def test_lora_rlvr_exports_merged_weights_and_resumes_exactly(tiny_model_dir, tm
     base = load_file(tiny_model_dir / "model.safetensors")
     assert any(not torch.equal(a[k], base[k]) for k in base)  # the adapter trained and was merged
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+RM_TAIL = """
+  rm:
+    kind: reward_model
+    model: ${stages.base.output.model}
+    data: PREF_DATA
+    max_length: 160
+  rlvr:
+    kind: rlvr
+    model: ${stages.sft.output.model}
+    data: ${stages.data.output.rl}
+    rewards:
+      - {name: model, model: 'RM_REF', weight: 0.5, gate: verifier}
+      - {name: verifier}
+"""
+
+
+def test_the_graph_orders_and_fingerprints_the_reward_model_before_rlvr(tmp_path):
+    from conftest import MINI_RECIPE, write_mini_files
+    from posttrain.recipe import RecipeError, load
+    from posttrain.runner import plan
+    from posttrain.store import RunStore
+
+    sft, prefs = write_mini_files(tmp_path)
+
+    def recipe(ref: str):
+        path = tmp_path / "r.yaml"
+        path.write_text(MINI_RECIPE.replace("SFT_DATA", str(sft)) + RM_TAIL.replace("PREF_DATA", str(prefs)).replace("RM_REF", ref))
+        return path
+
+    path = recipe("${stages.rm.output.model}")
+    assert load(path).stages["rlvr"].deps == ["data", "rm", "sft"]
+    fingerprints = lambda *o: {s.name: s.fingerprint for s in plan(load(path, list(o)), RunStore(tmp_path / "run"))}  # noqa: E731
+    before, after = fingerprints(), fingerprints("stages.rm.train.learning_rate=0.001")
+    assert list(before).index("rm") < list(before).index("rlvr")
+    assert [n for n in before if before[n] != after[n]] == ["rm", "rlvr"]
+    for ref, message in [("${stages.sft.output.model}", "stage 'sft' (sft) outputs a causal LM, not a reward model"),
+                         ("${stages.data.output.rl}", "dataset")]:
+        with pytest.raises(RecipeError) as info:
+            load(recipe(ref))
+        assert any("stages.rlvr.rewards[0].model" in p and message in p for p in info.value.problems), info.value.problems
+
+
+def test_lora_reward_model_merges_adapters_and_its_trained_head(rm_run, tiny_model_dir, tmp_path):  # noqa: F811
+    raw = {**rm_run[0], "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "train": {**TRAIN, "max_steps": 3}}
+    metrics, ctx = run_stage("reward_model", raw, tmp_path)
+    assert not (ctx.output("model") / "adapter_config.json").exists()
+    merged, base = load_file(ctx.output("model") / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
+    assert "score.weight" in merged and "lm_head.weight" not in merged
+    assert any(not torch.equal(merged[k], base[k]) for k in base if k in merged)  # adapters merged into the body
+    assert metrics["final_loss"] < metrics["first_loss"]  # the score head trained (LoRA alone starts it random)
+
+
+def test_the_reward_model_loads_whole_under_a_zero3_config(rm_run):
+    """Under ZeRO-3 the trainer's config makes from_pretrained partition weights; the RM, run forward outside
+    DeepSpeed's engine, must load whole on each rank (a partitioned one would score with 0-sized weights)."""
+    pytest.importorskip("deepspeed")
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
+
+    from posttrain.reward_terms import RewardModelScorer
+
+    live = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})  # noqa: F841
+    try:
+        assert is_deepspeed_zero3_enabled()
+        scorer = RewardModelScorer(str(rm_run[2].output("model")), batch_size=2)
+        got = scorer([[{"role": "user", "content": "1+1?"}]], [[{"role": "assistant", "content": "2"}]])
+        assert is_deepspeed_zero3_enabled() and not any(hasattr(p, "ds_id") for p in scorer.model.parameters())
+        assert got == scores(rm_run[2].output("model"), ["1+1?"], ["2"])
+    finally:
+        unset_hf_deepspeed_config()
