@@ -217,3 +217,15 @@ def test_the_reward_model_loads_whole_under_a_zero3_config(rm_run):
         assert got == scores(rm_run[2].output("model"), ["1+1?"], ["2"])
     finally:
         unset_hf_deepspeed_config()
+
+
+def test_reward_model_checks_its_rows_and_columns_as_dpo_does(tiny_model_dir, tmp_path):  # noqa: F811
+    data = write_rows(tmp_path / "p.jsonl", [{"question": "q", "good": "a", "bad": "b"}])
+    for columns, key, message in [(None, "data", "a preference row needs `chosen` and `rejected`"),
+                                  ({"good": "chosen", "bad": "chosen"}, "columns", "two columns are renamed to 'chosen'")]:
+        problems = []
+        cfg = build(STAGES["reward_model"].Config, {"model": str(tiny_model_dir), "data": str(data), "columns": columns},
+                    "reward_model", problems, lambda s, o: "no refs")
+        assert any(k == key and message in m for k, m in STAGES["reward_model"]().check(cfg)), problems
+    cfg.columns = {"question": "prompt", "good": "chosen", "bad": "rejected"}
+    assert STAGES["reward_model"]().check(cfg) == []
