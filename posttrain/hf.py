@@ -113,20 +113,27 @@ def apply_chat_template(tok, chat_template: str) -> None:
         tok.eos_token = end
 
 
-def load_model(path: str, dtype: str = "auto", quantize: str = "none"):
-    """quantize: none, 4bit or 8bit (bitsandbytes, for QLoRA; needs CUDA)."""
+def load_model(path: str, dtype: str = "auto", quantize: str = "none", reward_head: bool = False):
+    """quantize: none, 4bit or 8bit (bitsandbytes, for QLoRA; needs CUDA). reward_head: a sequence classifier
+    with one output (a reward model); from a causal LM checkpoint its `score` head starts random."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     torch_dtype = {"auto": torch.bfloat16 if bf16_supported() else torch.float32,
                    "float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     name, revision = split_revision(path)
-    if quantize == "none":
-        return AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=torch_dtype)
-    # Quantized weights are placed at load time: each process puts its copy on its own GPU.
-    gpu = {"": int(os.environ.get("LOCAL_RANK", 0))}
-    return AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=torch_dtype, device_map=gpu,
-                                                quantization_config=bnb_config(quantize, torch_dtype))
+    kwargs = {"revision": revision, "dtype": torch_dtype}
+    if quantize != "none":  # quantized weights are placed at load time: each process puts its copy on its own GPU
+        kwargs.update(device_map={"": int(os.environ.get("LOCAL_RANK", 0))},
+                      quantization_config=bnb_config(quantize, torch_dtype))
+    if not reward_head:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    from transformers import AutoModelForSequenceClassification
+    from trl.trainer.reward_trainer import suppress_seqcls_warning  # the new head and dropped lm_head are expected
+
+    with suppress_seqcls_warning():
+        return AutoModelForSequenceClassification.from_pretrained(name, num_labels=1, **kwargs)
 
 
 @contextmanager
@@ -202,8 +209,9 @@ def save_model(model, tokenizer, out: Path, state_dict: dict | None = None) -> N
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     eos = end_of_turn_ids(tokenizer)
-    model.generation_config.eos_token_id = eos if len(eos) > 1 else eos[0]
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:  # a reward model does not generate
+        model.generation_config.eos_token_id = eos if len(eos) > 1 else eos[0]
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
@@ -219,7 +227,8 @@ def check_export(folder: Path) -> None:
     import torch
     from safetensors import safe_open
     from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING,
+                                                        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING)
 
     saved = {}
     for f in sorted(Path(folder).glob("*.safetensors")):
@@ -233,8 +242,10 @@ def check_export(folder: Path) -> None:
     if not (Path(folder) / "config.json").exists():
         return  # an adapter: no config to compare with
     config = AutoConfig.from_pretrained(folder)
+    classifier = any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+    mapping = MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING if classifier else MODEL_FOR_CAUSAL_LM_MAPPING
     with torch.device("meta"):  # the class itself, not from_config: that would enter ZeRO-3's collective init
-        expected = {k: tuple(v.shape) for k, v in MODEL_FOR_CAUSAL_LM_MAPPING[type(config)](config).state_dict().items()}
+        expected = {k: tuple(v.shape) for k, v in mapping[type(config)](config).state_dict().items()}
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     problems = [f"{k} is {saved[k]}, the config gives {expected.get(k)}" for k in saved if saved[k] != expected.get(k)]
     problems += [f"{k} is missing" for k in sorted(expected.keys() - saved.keys() - tied)]

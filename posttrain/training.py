@@ -69,13 +69,14 @@ def check_lora(lora: "Lora | None") -> list[tuple[str, str]]:
     return []
 
 
-def peft_config(lora: "Lora | None"):
+def peft_config(lora: "Lora | None", task_type: str = "CAUSAL_LM"):
+    """task_type SEQ_CLS (a reward model) also trains and saves the new `score` head whole (modules_to_save)."""
     if lora is None:
         return None
     from peft import LoraConfig
 
     targets = lora.target_modules
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type=task_type,
                       target_modules=targets[0] if targets == ["all-linear"] else targets)
 
 
@@ -188,11 +189,12 @@ def weights_dtype(train: TrainArgs, launcher: "Launcher | None") -> str:
     return "float32"
 
 
-def load_trainable(path: str, tokenizer, train: TrainArgs, launcher: "Launcher | None", quantize: str = "none"):
+def load_trainable(path: str, tokenizer, train: TrainArgs, launcher: "Launcher | None", quantize: str = "none",
+                   reward_head: bool = False):
     """A model to train (or a DPO reference), on every rank. Call it after trl_config: under ZeRO-3 the live
     TRL config makes from_pretrained load it partitioned, so no rank holds the whole model in host memory."""
     dtype = "auto" if quantize != "none" else weights_dtype(train, launcher)
-    model = hf.load_model(path, dtype=dtype, quantize=quantize)
+    model = hf.load_model(path, dtype=dtype, quantize=quantize, reward_head=reward_head)
     hf.fit_vocab(model, tokenizer)
     return model
 
@@ -358,10 +360,12 @@ def merge_adapter(peft_model, base: str, state_dict: dict | None = None):
 
     from peft import PeftModel
 
+    reward_head = peft_model.peft_config["default"].task_type == "SEQ_CLS"  # its saved score head replaces the new one
     with tempfile.TemporaryDirectory() as adapter_dir:
         peft_model.save_pretrained(adapter_dir, state_dict=state_dict)
         with hf.whole_loading():  # under ZeRO-3 only rank 0 merges, so nothing here may be partitioned
-            return PeftModel.from_pretrained(hf.load_model(base), adapter_dir).merge_and_unload()
+            base_model = hf.load_model(base, reward_head=reward_head)
+            return PeftModel.from_pretrained(base_model, adapter_dir).merge_and_unload()
 
 
 def _finish(trainer, tokenizer, ctx: Context, merge_into: str | None) -> dict[str, Any]:

@@ -57,11 +57,8 @@ class DPO(TrainingStage):
     description = "preference optimisation (TRL DPOTrainer, every loss type)"
 
     def check(self, cfg: DPOStageConfig) -> list[tuple[str, str]]:
-        problems = check_launcher(cfg.launcher) + check_lora(cfg.lora) + check_trl_args("DPOConfig", cfg.train, _dpo_args(cfg))
-        if columns_problem(cfg.columns):
-            problems.append(("columns", columns_problem(cfg.columns)))
-        elif bad := cfg.on_bad_rows == "error" and first_rows_problem(cfg.data, lambda r, w: _pair(cfg, r, w)):
-            problems.append(("data", bad))
+        problems = (check_launcher(cfg.launcher) + check_lora(cfg.lora) + check_trl_args("DPOConfig", cfg.train, _dpo_args(cfg))
+                    + preference_problems(cfg))
         if cfg.loss_weights is not None and len(cfg.loss_weights) != len(cfg.loss_type):
             problems.append(("loss_weights", f"{len(cfg.loss_weights)} weights for {len(cfg.loss_type)} loss types"))
         if "exo_pair" in cfg.loss_type and cfg.label_smoothing <= 0:
@@ -75,7 +72,7 @@ class DPO(TrainingStage):
 
         model_path = ctx.path(cfg.model)
         tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
-        dataset, prepared = _dataset(cfg, ctx, tokenizer)
+        dataset, prepared = preference_dataset(cfg, ctx, tokenizer)
         args = trl_config(DPOConfig, cfg.train, ctx, cfg.launcher, **_dpo_args(cfg))
         model = load_trainable(model_path, tokenizer, cfg.train, cfg.launcher, cfg.lora.quantize if cfg.lora else "none")
         # With LoRA, TRL's reference is the model with adapters disabled: the same saved checkpoint. Otherwise it
@@ -94,9 +91,18 @@ class DPO(TrainingStage):
                 **({"warnings": [repeated]} if repeated else {})}
 
 
-def _dataset(cfg: DPOStageConfig, ctx: Context, tokenizer):
+def preference_problems(cfg) -> list[tuple[str, str]]:
+    """`columns` and the first rows of `data`, for every stage that reads preference rows (dpo, reward_model)."""
+    if columns_problem(cfg.columns):
+        return [("columns", columns_problem(cfg.columns))]
+    bad = cfg.on_bad_rows == "error" and first_rows_problem(cfg.data, lambda r, w: _pair(cfg, r, w))
+    return [("data", bad)] if bad else []
+
+
+def preference_dataset(cfg, ctx: Context, tokenizer):
     """The pairs in TRL's form, converted once (rank 0) into an Arrow copy in the stage folder: TRL's
-    tokenisation and reference log-prob caches live beside it and survive a resume."""
+    tokenisation and reference log-prob caches live beside it and survive a resume. `cfg`: any config with
+    DPO's data, columns, max_length and on_bad_rows keys."""
     def build():
         stats = ReadStats()
         return read_pairs(cfg, ctx, tokenizer, stats), {"skipped_rows": stats.skipped}
@@ -104,7 +110,7 @@ def _dataset(cfg: DPOStageConfig, ctx: Context, tokenizer):
     return prepared_dataset(ctx.out_dir / "dataset", build)
 
 
-def read_pairs(cfg: DPOStageConfig, ctx: Context, tokenizer, stats: ReadStats) -> list[dict]:
+def read_pairs(cfg, ctx: Context, tokenizer, stats: ReadStats) -> list[dict]:
     """The preference rows, each message cut as it is read where it can no longer reach the first max_length
     tokens, so a huge row costs what max_length costs (see formats.content_budget)."""
     budget = content_budget(tokenizer, cfg.max_length)
@@ -113,7 +119,7 @@ def read_pairs(cfg: DPOStageConfig, ctx: Context, tokenizer, stats: ReadStats) -
                         cfg.on_bad_rows, stats)
 
 
-def _pair(cfg: DPOStageConfig, row: dict, where: str) -> dict:
+def _pair(cfg, row: dict, where: str) -> dict:
     return to_preference(rename_columns(row, cfg.columns, where), where)
 
 

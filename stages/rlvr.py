@@ -2,10 +2,12 @@
 
 Each reward term names a verifier from posttrain.rewards and scores every row with it, whatever the row's
 own `verifier` column says; only the term named `verifier` routes each row to the verifier its route column
-names (Tülu 3's mixed GSM8K/MATH/IFEval data). So a `length` or `format` term beside a routed correctness
+names (Tülu 3's mixed GSM8K/MATH/IFEval data). A term named `model` is a reward model's score, and `gate`
+makes a term count only where another passes (posttrain.reward_terms). So a `length` or `format` term beside a routed correctness
 term is its own series in the logs (rewards/<term>/mean), never the row's verifier counted twice. Tülu 3's shaping is
 `verified_reward: 10` (the value of a verified answer) and `eos_penalty` (subtracted when a completion
 ends without an end-of-turn token). Checkpoints must fall on generation-buffer boundaries (validated), so resume is exact.
+With `lora`, adapters train (the KL reference is the adapter-free model) and merge into the export, as in sft.
 """
 import json
 import math
@@ -17,16 +19,22 @@ from posttrain.dynamic_sampling import DynamicSampling
 from posttrain.data import DataError, located_rows
 from posttrain.formats import as_chat
 from posttrain.stage import Context, Dataset, Model, register
-from posttrain.training import TrainingStage, Launcher, TrainArgs, check_launcher, check_trl_args, load_trainable, train_and_save, trl_config
+from posttrain.training import (TrainingStage, Launcher, Lora, TrainArgs, check_launcher, check_lora, check_trl_args,
+                                load_trainable, peft_config, train_and_save, trl_config)
 
 ROUTE_BY_ROW = "verifier"
 
 
 @dataclass
 class RewardTerm:
-    name: str = field(metadata={"help": "a verifier from posttrain.rewards, scoring every row whatever its column says; or `verifier`: each row's own"})
+    name: str = field(metadata={"help": "a verifier from posttrain.rewards, scoring every row whatever its column says; "
+                                        "`verifier`: each row's own; or `model`: a reward model's score"})
     weight: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
+    model: Model | None = field(default=None, metadata={"help": "for `model`: a sequence classifier, e.g. ${stages.rm.output.model}"})
+    gate: str | None = field(default=None, metadata={
+        "help": "another term's name: this term counts only where that term's reward is > 0 (e.g. verifier)"})
+    batch_size: int = field(default=32, metadata={"ge": 1, "help": "for `model`: completions per forward pass"})
 
 
 @dataclass
@@ -63,18 +71,23 @@ class RLVRConfig:
     max_reward_failure_fraction: float = field(default=0.5, metadata={"ge": 0, "le": 1})
     vllm: VLLM = field(default_factory=VLLM)
     dynamic_sampling: DynamicSampling = field(default_factory=DynamicSampling)
+    lora: Lora | None = field(default=None, metadata={"help": "train adapters; the KL reference is the adapter-free model"})
     train: TrainArgs = field(default_factory=TrainArgs)
     launcher: Launcher = field(default_factory=Launcher)
 
 
-def reward_functions(cfg: RLVRConfig, stop_ids: list[int]) -> tuple[list, list[float]]:
-    """One TRL reward function per term (named after it, so TRL logs rewards/<name>/mean), plus the EOS term.
+def reward_functions(cfg: RLVRConfig, stop_ids: list[int], path=str) -> tuple[list, list[float]]:
+    """One TRL reward function per term (named after it, so TRL logs rewards/<name>/mean), plus the EOS term;
+    a gated term's series is its reward after the gate. path: resolves a `model` term's model (ctx.path).
     Each also logs, per verifier, the share of completions that timed out, crashed the verifier or hit a
     sandbox limit (failures/<verifier>/<kind>, through TRL's log_metric), where reward hacking shows first;
     the routed term also logs each verifier's mean reward (verifier_reward/<verifier>)."""
+    from posttrain.reward_terms import MODEL_TERM, gated, model_reward, remembered
     from posttrain.rewards import failure_shares, score_rows
 
     def term_fn(term: RewardTerm):
+        if term.name == MODEL_TERM:
+            return model_reward(path(term.model), term.batch_size)
         verifier = None if term.name == ROUTE_BY_ROW else term.name
 
         def reward(prompts, completions, row_json, log_metric=None, **_):
@@ -98,7 +111,10 @@ def reward_functions(cfg: RLVRConfig, stop_ids: list[int]) -> tuple[list, list[f
     def eos(completion_ids, **_):
         return [0.0 if ids and ids[-1] in stop_ids else -cfg.eos_penalty for ids in completion_ids]
 
-    funcs, weights = [term_fn(t) for t in cfg.rewards], [t.weight for t in cfg.rewards]
+    own = [remembered(term_fn(t)) for t in cfg.rewards]
+    by_name = dict(zip((t.name for t in cfg.rewards), own))  # a gate names a term that is the only one so named
+    funcs = [gated(f, by_name[t.gate]) if t.gate else f for t, f in zip(cfg.rewards, own)]
+    weights = [t.weight for t in cfg.rewards]
     if cfg.eos_penalty:
         funcs.append(eos)
         weights.append(1.0)
@@ -160,15 +176,18 @@ class RLVR(TrainingStage):
         from posttrain.rewards import list_verifiers
         from posttrain.schema import suggest
 
-        problems = check_launcher(cfg.launcher) + check_trl_args("GRPOConfig", cfg.train, _grpo_args(cfg, reward_weights=None))
+        from posttrain.reward_terms import MODEL_TERM, term_problems
+
+        problems = (check_launcher(cfg.launcher) + check_lora(cfg.lora) + term_problems(cfg.rewards)
+                    + check_trl_args("GRPOConfig", cfg.train, _grpo_args(cfg, reward_weights=None)))
         known = list_verifiers()
         for value, name in cfg.route_map.items():
             if name not in known:
                 problems.append((f"route_map.{value}", f"unknown verifier '{name}'{suggest(name, known)}"))
         for i, term in enumerate(cfg.rewards):
-            if term.name != ROUTE_BY_ROW and term.name not in known:
+            if term.name not in (ROUTE_BY_ROW, MODEL_TERM) and term.name not in known:
                 problems.append((f"rewards[{i}].name", f"unknown verifier '{term.name}'{suggest(term.name, known)}; "
-                                                       f"known: {ROUTE_BY_ROW}, {', '.join(known)}"))
+                                                       f"known: {ROUTE_BY_ROW}, {MODEL_TERM}, {', '.join(known)}"))
         world = cfg.launcher.num_processes * cfg.launcher.num_machines
         if (cfg.train.per_device_train_batch_size * world) % cfg.num_generations:
             problems.append(("train.per_device_train_batch_size", f"counts completions: "
@@ -192,7 +211,7 @@ class RLVR(TrainingStage):
         model_path = ctx.path(cfg.model)
         tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
         tokenizer.padding_side = "left"
-        funcs, weights = reward_functions(cfg, hf.end_of_turn_ids(tokenizer))
+        funcs, weights = reward_functions(cfg, hf.end_of_turn_ids(tokenizer), ctx.path)
         from posttrain.eval.generation import encode_prompts, needed_length
 
         length = None
@@ -202,10 +221,11 @@ class RLVR(TrainingStage):
             check_server(cfg, model_path, length)
         args = trl_config(GRPOConfig, cfg.train, ctx, cfg.launcher, **_grpo_args(cfg, weights, length))
         # Loaded after the TRL config on purpose: under ZeRO-3 it then loads partitioned (see load_trainable).
-        model = load_trainable(model_path, tokenizer, cfg.train, cfg.launcher)
+        model = load_trainable(model_path, tokenizer, cfg.train, cfg.launcher, cfg.lora.quantize if cfg.lora else "none")
         trainer_cls = dynamic_sampling.trainer_class(GRPOTrainer, cfg.dynamic_sampling)
-        trainer = trainer_cls(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tokenizer)
-        metrics = train_and_save(trainer, tokenizer, ctx)
+        trainer = trainer_cls(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tokenizer,
+                              peft_config=peft_config(cfg.lora))
+        metrics = train_and_save(trainer, tokenizer, ctx, merge_into=model_path if cfg.lora and cfg.lora.merge else None)
         rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
         if rewards:
             metrics.update(first_reward=rewards[0], final_reward=rewards[-1])
