@@ -15,6 +15,7 @@ from posttrain import hf
 from posttrain.data import DataError, located_rows
 from posttrain.formats import as_chat
 from posttrain.stage import Context, Dataset, Model, register
+from posttrain.tools import Tools, check_tools, grpo_tool_args, prepare_tokenizer, tool_functions
 from posttrain.training import TrainingStage, Launcher, TrainArgs, check_launcher, check_trl_args, load_trainable, train_and_save, trl_config
 
 ROUTE_BY_ROW = "verifier"
@@ -59,6 +60,7 @@ class RLVRConfig:
     reward_timeout_s: float = field(default=5.0, metadata={"gt": 0, "help": "CPU seconds per completion (or the verifier's own, if longer); wall-clock backstop 3x + 1 s"})
     max_reward_failure_fraction: float = field(default=0.5, metadata={"ge": 0, "le": 1})
     vllm: VLLM = field(default_factory=VLLM)
+    tools: Tools | None = field(default=None, metadata={"help": "Python tools the policy may call, run in the code sandbox"})
     train: TrainArgs = field(default_factory=TrainArgs)
     launcher: Launcher = field(default_factory=Launcher)
 
@@ -120,7 +122,8 @@ def _grpo_args(cfg: RLVRConfig, reward_weights: list[float] | None, max_model_le
     return dict(loss_type=cfg.loss_type, beta=cfg.beta, num_generations=cfg.num_generations, temperature=cfg.temperature,
                 max_completion_length=cfg.max_completion_length, mask_truncated_completions=cfg.mask_truncated_completions,
                 steps_per_generation=_steps_per_generation(cfg), num_iterations=cfg.num_iterations, epsilon=cfg.epsilon,
-                scale_rewards=cfg.scale_rewards, reward_weights=reward_weights, use_vllm=cfg.vllm.mode != "none", **vllm)
+                scale_rewards=cfg.scale_rewards, reward_weights=reward_weights, use_vllm=cfg.vllm.mode != "none", **vllm,
+                **grpo_tool_args(cfg.tools))
 
 
 @register
@@ -135,6 +138,7 @@ class RLVR(TrainingStage):
         from posttrain.schema import suggest
 
         problems = check_launcher(cfg.launcher) + check_trl_args("GRPOConfig", cfg.train, _grpo_args(cfg, reward_weights=None))
+        problems += check_tools(cfg.tools, cfg.chat_template)
         known = list_verifiers()
         for value, name in cfg.route_map.items():
             if name not in known:
@@ -165,6 +169,8 @@ class RLVR(TrainingStage):
         model_path = ctx.path(cfg.model)
         tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
         tokenizer.padding_side = "left"
+        if cfg.tools:
+            prepare_tokenizer(tokenizer, model_path)
         funcs, weights = reward_functions(cfg, hf.end_of_turn_ids(tokenizer))
         from posttrain.eval.generation import encode_prompts, needed_length
 
@@ -177,7 +183,7 @@ class RLVR(TrainingStage):
         # Loaded after the TRL config on purpose: under ZeRO-3 it then loads partitioned (see load_trainable).
         model = load_trainable(model_path, tokenizer, cfg.train, cfg.launcher)
         trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=args, train_dataset=dataset,
-                              processing_class=tokenizer)
+                              processing_class=tokenizer, tools=tool_functions(cfg.tools) if cfg.tools else None)
         metrics = train_and_save(trainer, tokenizer, ctx)
         rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
         if rewards:
