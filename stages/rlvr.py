@@ -15,6 +15,7 @@ from posttrain import hf
 from posttrain.data import DataError, located_rows
 from posttrain.formats import as_chat
 from posttrain.stage import Context, Dataset, Model, register
+from posttrain.async_rl import AsyncGeneration, check_async, run_async
 from posttrain.tools import Tools, check_tools, grpo_tool_args, prepare_tokenizer, tool_functions
 from posttrain.training import TrainingStage, Launcher, TrainArgs, check_launcher, check_trl_args, load_trainable, train_and_save, trl_config
 
@@ -61,6 +62,8 @@ class RLVRConfig:
     max_reward_failure_fraction: float = field(default=0.5, metadata={"ge": 0, "le": 1})
     vllm: VLLM = field(default_factory=VLLM)
     tools: Tools | None = field(default=None, metadata={"help": "Python tools the policy may call, run in the code sandbox"})
+    async_generation: AsyncGeneration | None = field(default=None, metadata={
+        "help": "TRL's async GRPO: a vLLM server generates while the trainer trains (FSDP2, not DeepSpeed)"})
     train: TrainArgs = field(default_factory=TrainArgs)
     launcher: Launcher = field(default_factory=Launcher)
 
@@ -138,7 +141,7 @@ class RLVR(TrainingStage):
         from posttrain.schema import suggest
 
         problems = check_launcher(cfg.launcher) + check_trl_args("GRPOConfig", cfg.train, _grpo_args(cfg, reward_weights=None))
-        problems += check_tools(cfg.tools, cfg.chat_template)
+        problems += check_tools(cfg.tools, cfg.chat_template) + check_async(cfg)
         known = list_verifiers()
         for value, name in cfg.route_map.items():
             if name not in known:
@@ -179,6 +182,8 @@ class RLVR(TrainingStage):
             length = needed_length(encode_prompts(tokenizer, dataset["prompt"], chat=True), cfg.max_completion_length)
         if cfg.vllm.mode == "server":
             check_server(cfg, model_path, length)
+        if cfg.async_generation:
+            return run_async(cfg, ctx, dataset, tokenizer, model_path, ROUTE_BY_ROW)
         args = trl_config(GRPOConfig, cfg.train, ctx, cfg.launcher, **_grpo_args(cfg, weights, length))
         # Loaded after the TRL config on purpose: under ZeRO-3 it then loads partitioned (see load_trainable).
         model = load_trainable(model_path, tokenizer, cfg.train, cfg.launcher)
