@@ -98,6 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rl-lr", type=float, default=1e-4)
     ap.add_argument("--heldout", type=int, default=200)
     args = ap.parse_args(argv)
+    args.out = args.out.resolve()  # the recipe's paths are read relative to the recipe
     prepare(args.out / "inputs", args)
     run = args.out / "run"
     cmd = [sys.executable, "-m", "posttrain.cli", "run", str(args.out / "inputs" / "recipe.yaml"), "--out", str(run)]

@@ -28,7 +28,7 @@ def gpus_and_kernels(monkeypatch):
 
 def problems(raw: dict) -> list[str]:
     stage, found = STAGES["rlvr"](), []
-    cfg = build(stage.Config, {"model": "m", "data": "d.jsonl", **raw}, "rlvr", found, lambda s, o: "no refs")
+    cfg = build(stage.Config, {"model": "m", "data": __file__, **raw}, "rlvr", found, lambda s, o: "no refs")
     assert not found, found
     return [key for key, _ in stage.check(cfg)]
 
@@ -53,9 +53,9 @@ def test_which_combinations_validate(gpus_and_kernels, raw, expected):
 
 
 def test_without_cuda_or_kernels_the_message_says_so(monkeypatch):
+    find_spec, present = importlib.util.find_spec, {"vllm": SimpleNamespace(), "kernels": None}
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "kernels" else find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: present[name] if name in present else find_spec(name, *a))
     assert problems(ASYNC) == ["launcher.distributed", "async_generation"]
     message = dict(check_launcher(Launcher(**FSDP2)))["launcher.distributed"]
     assert "needs CUDA GPUs" in message
@@ -79,7 +79,7 @@ def test_async_config_takes_the_recipe_keys(tmp_path):
     from posttrain.async_rl import async_args, reward_terms
 
     stage, found = STAGES["rlvr"](), []
-    cfg = build(stage.Config, {"model": "m", "data": "d.jsonl", **ASYNC, "num_generations": 4, "temperature": 0.7,
+    cfg = build(stage.Config, {"model": "m", "data": __file__, **ASYNC, "num_generations": 4, "temperature": 0.7,
                                "vllm": {"mode": "server", "server_host": "10.0.0.2", "server_port": 8001},
                                "rewards": [{"name": "verifier"}, {"name": "length", "weight": 0.5}]},
                 "rlvr", found, lambda s, o: "no refs")
