@@ -41,6 +41,36 @@ def deepspeed_config(spec: str | None) -> dict | str | None:
     return spec
 
 
+def check_fsdp2(launcher) -> list[tuple[str, str]]:
+    """FSDP2 shards over a process group of CUDA GPUs. accelerate applies FSDP only to multi-GPU runs: on CPU, or
+    in one process, it would train unsharded without a word, so those are refused rather than ignored."""
+    import torch
+
+    if launcher.deepspeed:
+        return [("launcher.distributed", "fsdp2 and launcher.deepspeed both shard the model: choose one (remove "
+                                         "launcher.deepspeed for FSDP2, or set distributed: ddp for ZeRO)")]
+    if launcher.type == "none" or launcher.num_processes * launcher.num_machines < 2:
+        return [("launcher.distributed", "fsdp2 shards the model over several processes: set launcher.type to "
+                                         "accelerate or torchrun and launcher.num_processes to the GPUs per machine")]
+    if not torch.cuda.is_available():
+        return [("launcher.distributed", "fsdp2 needs CUDA GPUs and none is visible here (accelerate would train "
+                                         "unsharded on CPU); validate and run it on the GPU machines")]
+    return []
+
+
+# transformers' FSDP keys (TrainingArguments.fsdp_config): FSDP2, one full HF-format state dict on save.
+FSDP2_CONFIG = {"version": 2, "reshard_after_forward": True, "state_dict_type": "FULL_STATE_DICT",
+                "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "cpu_ram_efficient_loading": False}
+
+
+def fsdp_args(launcher) -> dict:
+    """TrainingArguments' fsdp/fsdp_config for the launcher: the Trainer builds accelerate's FSDP plugin from
+    them, under accelerate launch or torchrun alike (None: set by posttrain, so train.trl_args may not)."""
+    if launcher is not None and launcher.distributed == "fsdp2":
+        return {"fsdp": True, "fsdp_config": dict(FSDP2_CONFIG)}
+    return {"fsdp": None, "fsdp_config": None}
+
+
 def command(launcher, job: Path, rank: int, addr: str, port: int, config_dir: Path) -> list[str]:
     """The launcher's command line; every setting is explicit, so no saved default can change it."""
     where = ["--machine_rank", str(rank), "--main_process_ip", addr, "--main_process_port", str(port)]

@@ -88,6 +88,9 @@ class Launcher:
     num_processes: int = field(default=1, metadata={"ge": 1})
     num_machines: int = field(default=1, metadata={"ge": 1})
     deepspeed: str | None = field(default=None, metadata={"help": "zero2, zero3, or a DeepSpeed JSON path"})
+    distributed: Literal["ddp", "fsdp2"] = field(default="ddp", metadata={
+        "help": "ddp: every process holds the whole model (or DeepSpeed's ZeRO, with `deepspeed`); fsdp2: PyTorch "
+                "FSDP2 shards it (CUDA GPUs; what TRL's async GRPO trains under)"})
     timeout_minutes: int = field(default=60, metadata={
         "ge": 1, "help": "process-group timeout: how long a rank waits for the others (e.g. while rank 0 tokenises)"})
 
@@ -99,6 +102,10 @@ def check_launcher(launcher: Launcher) -> list[tuple[str, str]]:
         return [("launcher.deepspeed", "DeepSpeed runs under a launcher: set launcher.type to accelerate or torchrun")]
     if launcher.deepspeed and launcher.deepspeed not in ("zero2", "zero3") and not Path(launcher.deepspeed).exists():
         return [("launcher.deepspeed", f"{launcher.deepspeed}: not zero2, zero3 or an existing DeepSpeed JSON file")]
+    if launcher.distributed == "fsdp2":
+        from posttrain.launch import check_fsdp2
+
+        return check_fsdp2(launcher)
     return []
 
 
@@ -152,7 +159,7 @@ def _check_names(train: TrainArgs) -> list[tuple[str, str]]:
 
 def trl_config(config_cls, train: TrainArgs, ctx: Context, launcher: "Launcher | None" = None, **stage_args):
     """Build the TRL config from the recipe's keys; nothing is left at a silent default that matters."""
-    from posttrain.launch import deepspeed_config
+    from posttrain.launch import deepspeed_config, fsdp_args
 
     common = {f.name: getattr(train, f.name) for f in dataclasses.fields(TrainArgs)
               if f.name not in ("precision", "trl_args", "warmup_ratio", "gradient_checkpointing", "report_to")}
@@ -162,7 +169,7 @@ def trl_config(config_cls, train: TrainArgs, ctx: Context, launcher: "Launcher |
         save_strategy="steps", logging_strategy="steps",
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=hf.device() == "cpu", data_seed=train.seed,
         warmup_steps=train.warmup_ratio, logging_first_step=True,
-        deepspeed=deepspeed_config(launcher.deepspeed) if launcher else None,
+        deepspeed=deepspeed_config(launcher.deepspeed) if launcher else None, **fsdp_args(launcher),
         **{_checkpointing_name(config_cls): train.gradient_checkpointing}, **common, **stage_args, **train.trl_args,
     )
 
@@ -369,7 +376,9 @@ def merge_adapter(peft_model, base: str, state_dict: dict | None = None):
 
 
 def _finish(trainer, tokenizer, ctx: Context, merge_into: str | None) -> dict[str, Any]:
-    state_dict = full_state_dict(trainer.model)  # on every rank: the gather is collective
+    # On every rank: the gathers are collective. FSDP2's full state dict comes from accelerate (rank 0 holds it).
+    fsdp = getattr(trainer, "is_fsdp_enabled", False)
+    state_dict = trainer.accelerator.get_state_dict(trainer.model) if fsdp else full_state_dict(trainer.model)
     if trainer.is_world_process_zero():
         export_model(trainer.model, tokenizer, ctx.output("model"), merge_into, state_dict)
     trainer.accelerator.wait_for_everyone()  # no rank reports done before the export exists

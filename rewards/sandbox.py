@@ -136,7 +136,8 @@ def fallback_identity() -> tuple[str, int]:
 
 
 @contextlib.contextmanager
-def sandboxed(source: str, args: list[str], *, cpu_s: float, memory_mb: int, pass_fds: tuple = (), stderr=None):
+def sandboxed(source: str, args: list[str], *, cpu_s: float, memory_mb: int, pass_fds: tuple = (), stderr=None,
+              stdout=None):
     """A Popen of `python -c source args` in the sandbox, killed (whole process group) and cleaned on exit."""
     limits = _LIMITS % {"cpu": math.ceil(cpu_s), "memory": memory_mb << 20, "fsize": FILE_SIZE_LIMIT}
     workdir = None
@@ -150,7 +151,7 @@ def sandboxed(source: str, args: list[str], *, cpu_s: float, memory_mb: int, pas
         argv, cwd, env, user = [interpreter], workdir, {**_CLEAN_ENV, "HOME": workdir, "TMPDIR": workdir}, {}
         limits = _FALLBACK_ISOLATION % {"uid": uid} + limits
     proc = subprocess.Popen(argv + ["-I", "-S", "-B", "-c", limits + source, *args], cwd=cwd, env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL, stdout=stdout or subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL,
                             pass_fds=pass_fds, start_new_session=True, **user)
     try:
         yield proc
@@ -183,17 +184,23 @@ def describe_exit(code: int | None, stderr_tail: str) -> str:
 class SandboxResult:
     passed: bool  # exited 0 within its limits; says nothing about correctness (see code_exec for verdicts)
     reason: str
+    output: str = ""  # the start of what it printed (stdout), up to run_python's max_output bytes
 
 
-def run_python(source: str, *, timeout_s: float = 3.0, memory_mb: int = 1024, wall_s: float | None = None) -> SandboxResult:
+def run_python(source: str, *, timeout_s: float = 3.0, memory_mb: int = 1024, wall_s: float | None = None,
+               max_output: int = 4096) -> SandboxResult:
     """Run `source` as a program in the sandbox with `timeout_s` CPU seconds (wall backstop `wall_s`,
-    default 3 x timeout_s + 2). Used to test the sandbox itself; verdicts go through remote.Session."""
-    with tempfile.TemporaryFile() as stderr:
-        with sandboxed(source, [], cpu_s=timeout_s, memory_mb=memory_mb, stderr=stderr) as proc:
+    default 3 x timeout_s + 2). Used to test the sandbox itself and by the policy's Python tool
+    (posttrain.tools); verdicts go through remote.Session."""
+    with tempfile.TemporaryFile() as stderr, tempfile.TemporaryFile() as stdout:
+        with sandboxed(source, [], cpu_s=timeout_s, memory_mb=memory_mb, stderr=stderr, stdout=stdout) as proc:
             try:
                 code = proc.wait(timeout=wall_s or 3 * timeout_s + 2)
             except subprocess.TimeoutExpired:
                 return SandboxResult(False, f"timed out after {wall_s or 3 * timeout_s + 2:g}s of wall-clock time")
         stderr.seek(0)
         tail = stderr.read()[-4096:].decode("utf-8", errors="replace").strip().splitlines()
-    return SandboxResult(code == 0, "exit code 0" if code == 0 else describe_exit(code, tail[-1][:200] if tail else ""))
+        stdout.seek(0)
+        output = stdout.read(max_output).decode("utf-8", errors="replace")
+    reason = "exit code 0" if code == 0 else describe_exit(code, tail[-1][:200] if tail else "")
+    return SandboxResult(code == 0, reason, output)

@@ -19,6 +19,8 @@ from posttrain.dynamic_sampling import DynamicSampling
 from posttrain.data import DataError, located_rows
 from posttrain.formats import as_chat
 from posttrain.stage import Context, Dataset, Model, register
+from posttrain.async_rl import AsyncGeneration, check_async, run_async
+from posttrain.tools import Tools, check_tools, grpo_tool_args, prepare_tokenizer, tool_functions
 from posttrain.training import (TrainingStage, Launcher, Lora, TrainArgs, check_launcher, check_lora, check_trl_args,
                                 load_trainable, peft_config, train_and_save, trl_config)
 
@@ -72,6 +74,9 @@ class RLVRConfig:
     vllm: VLLM = field(default_factory=VLLM)
     dynamic_sampling: DynamicSampling = field(default_factory=DynamicSampling)
     lora: Lora | None = field(default=None, metadata={"help": "train adapters; the KL reference is the adapter-free model"})
+    tools: Tools | None = field(default=None, metadata={"help": "Python tools the policy may call, run in the code sandbox"})
+    async_generation: AsyncGeneration | None = field(default=None, metadata={
+        "help": "TRL's async GRPO: a vLLM server generates while the trainer trains (FSDP2, not DeepSpeed)"})
     train: TrainArgs = field(default_factory=TrainArgs)
     launcher: Launcher = field(default_factory=Launcher)
 
@@ -162,7 +167,8 @@ def _grpo_args(cfg: RLVRConfig, reward_weights: list[float] | None, max_model_le
     return dict(loss_type=cfg.loss_type, beta=cfg.beta, num_generations=cfg.num_generations, temperature=cfg.temperature,
                 max_completion_length=cfg.max_completion_length, mask_truncated_completions=cfg.mask_truncated_completions,
                 steps_per_generation=_steps_per_generation(cfg), num_iterations=cfg.num_iterations, epsilon=cfg.epsilon,
-                scale_rewards=cfg.scale_rewards, reward_weights=reward_weights, use_vllm=cfg.vllm.mode != "none", **vllm)
+                scale_rewards=cfg.scale_rewards, reward_weights=reward_weights, use_vllm=cfg.vllm.mode != "none", **vllm,
+                **grpo_tool_args(cfg.tools))
 
 
 @register
@@ -180,6 +186,7 @@ class RLVR(TrainingStage):
 
         problems = (check_launcher(cfg.launcher) + check_lora(cfg.lora) + term_problems(cfg.rewards)
                     + check_trl_args("GRPOConfig", cfg.train, _grpo_args(cfg, reward_weights=None)))
+        problems += check_tools(cfg.tools, cfg.chat_template) + check_async(cfg)
         known = list_verifiers()
         for value, name in cfg.route_map.items():
             if name not in known:
@@ -211,6 +218,8 @@ class RLVR(TrainingStage):
         model_path = ctx.path(cfg.model)
         tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
         tokenizer.padding_side = "left"
+        if cfg.tools:
+            prepare_tokenizer(tokenizer, model_path)
         funcs, weights = reward_functions(cfg, hf.end_of_turn_ids(tokenizer), ctx.path)
         from posttrain.eval.generation import encode_prompts, needed_length
 
@@ -219,12 +228,14 @@ class RLVR(TrainingStage):
             length = needed_length(encode_prompts(tokenizer, dataset["prompt"], chat=True), cfg.max_completion_length)
         if cfg.vllm.mode == "server":
             check_server(cfg, model_path, length)
+        if cfg.async_generation:
+            return run_async(cfg, ctx, dataset, tokenizer, model_path, ROUTE_BY_ROW)
         args = trl_config(GRPOConfig, cfg.train, ctx, cfg.launcher, **_grpo_args(cfg, weights, length))
         # Loaded after the TRL config on purpose: under ZeRO-3 it then loads partitioned (see load_trainable).
         model = load_trainable(model_path, tokenizer, cfg.train, cfg.launcher, cfg.lora.quantize if cfg.lora else "none")
         trainer_cls = dynamic_sampling.trainer_class(GRPOTrainer, cfg.dynamic_sampling)
         trainer = trainer_cls(model=model, reward_funcs=funcs, args=args, train_dataset=dataset, processing_class=tokenizer,
-                              peft_config=peft_config(cfg.lora))
+                              peft_config=peft_config(cfg.lora), tools=tool_functions(cfg.tools) if cfg.tools else None)
         metrics = train_and_save(trainer, tokenizer, ctx, merge_into=model_path if cfg.lora and cfg.lora.merge else None)
         rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
         if rewards:
