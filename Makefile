@@ -41,7 +41,12 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 
 setup: $(VENV)/.installed
 	@# the code verifier's sandbox (rewards/sandbox.py); without it a weaker rlimit-only fallback is used
-	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && { apt-get update -q >/dev/null; apt-get install -y -q bubblewrap >/dev/null; }; } || echo "note: bubblewrap missing; code rewards use the weaker rlimit sandbox"
+	@# and Chromium, for the report's layout test (tests/test_report_layout.py skips without it): Debian packages, as root
+	@missing="$$(command -v bwrap >/dev/null || echo bubblewrap) $$(command -v chromium >/dev/null || echo chromium)"; \
+	if [ -n "$$(echo $$missing)" ] && [ "$$(id -u)" = 0 ]; then echo "installing $$missing (apt-get)"; \
+		apt-get update -q >/dev/null && apt-get install -y -q $$missing >/dev/null; fi; \
+	command -v bwrap >/dev/null || echo "note: bubblewrap missing; code rewards use the weaker rlimit sandbox"; \
+	command -v chromium >/dev/null || echo "note: chromium missing; the report layout test will skip"
 
 demo: setup
 	$(VENV)/bin/posttrain run recipes/tiny.yaml
