@@ -16,6 +16,7 @@ import yaml
 from posttrain.data import atomic_open, read_rows
 from posttrain.eval import plots
 from posttrain.eval.report_inputs import ReportInputs, inputs_of_run
+from posttrain.eval.skills import skills_section
 from posttrain.eval.render import Block, Cell, Figure, Heading, Para, Table, to_html, to_markdown
 
 SKILL_ORDER = ["math", "instruction following", "code", "knowledge", "reasoning", "tiny world", "lm-eval"]
@@ -60,6 +61,7 @@ def build_report(run_dir: Path, out_dir: Path, reference: str | None = None, inp
     ref = load_reference(reference) if reference else None
     blocks: list[Block] = [Para(_summary_line(run))]
     blocks += results_section(scores, ref)
+    blocks += skills_section(inputs.results)  # by skill, with which stage-to-stage changes are real
     blocks += curves_section(run, out_dir / "plots")
     blocks += data_section(inputs, out_dir / "plots")
     blocks += provenance_section(run)
