@@ -57,8 +57,10 @@ def bootstrap(columns: list[list[np.ndarray]], seed: int = 0) -> np.ndarray:
 
 
 def two_sided_p(diffs: np.ndarray) -> float:
-    """Bootstrap p-value of a paired difference: twice the share of resamples on the far side of zero."""
-    return float(min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0))))
+    """Bootstrap p-value of a paired difference: twice the share of resamples on the far side of zero,
+    counted as (k + 1) / (B + 1) so that B resamples never claim p = 0."""
+    far = min(np.sum(diffs <= 0), np.sum(diffs >= 0))
+    return float(min(1.0, 2 * (far + 1) / (len(diffs) + 1)))
 
 
 def holm(pvalues: list[float]) -> list[float]:
