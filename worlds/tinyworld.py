@@ -119,13 +119,13 @@ def pretrain_rows(n: int, seed: int) -> list[dict]:
     return rows
 
 
-def sft_candidate_rows(n: int, seed: int, planted: int = 0) -> list[dict]:
+def sft_candidate_rows(n: int, seed: int, planted: int = 0, mix: dict[str, float] = SFT_MIX) -> list[dict]:
     """Prompts with their verifier's fields and one candidate response per teacher of their skill, for data
     selection. `planted` adds
     that many held-out arithmetic problems, worded as the eval set words them and flagged `planted`: a
-    deliberate contamination for decontamination to catch."""
+    deliberate contamination for decontamination to catch. `mix`: the skills' shares (e.g. {"arith": 1.0})."""
     rows = []
-    for i, (sid, p, rng) in enumerate(_training_problems(n, seed, SFT_MIX)):
+    for i, (sid, p, rng) in enumerate(_training_problems(n, seed, mix)):
         rows.append({"id": f"tw-sft-{seed}-{i}", "skill": sid, "prompt": SKILLS[sid].question(p, rng),
                      **SKILLS[sid].fields(p), "candidates": _candidates(sid, p, rng)})
     rng = random.Random(seed)
