@@ -1,11 +1,12 @@
 """The demo over seeds: run recipes/tiny.yaml once per seed (finished stages are cached, so a rerun only
-prints) and print the table of all those runs with the margins of base < SFT < DPO <= RLVR.
+prints) and print the table of all those runs with the margins of base < SFT < DPO <= RLVR (on the mean
+over skills), then each run's score per skill.
 
     python bench/demo_seeds.py --seeds 0 1 2                  # runs/tiny-seed{N}, one run at a time
     python bench/demo_seeds.py --seeds 0 1 2 --no-run         # just the table of the runs that finished
     python bench/demo_seeds.py --seeds 0 --runs-dir runs/tf523 # e.g. one folder per transformers version
 
-Each run takes 6+ minutes of one core. The exit code is 1 when a finished run breaks the shape.
+Each run takes 10+ minutes of one core. The exit code is 1 when a finished run breaks the shape.
 """
 import argparse
 import subprocess
@@ -59,6 +60,11 @@ def main(argv=None) -> int:
         print(f"| {r['seed']} | " + " | ".join(f"{s[m]:.1f}" for m in MODELS) + " | " +
               " | ".join(f"{v:+.1f}" for v in margins(s).values()) +
               f" | {'holds' if holds(s) else 'BROKEN'} | {r['minutes']:.1f} | {r['versions']['transformers']} |")
+    if any(r.get("skills") for r in rows):
+        print("\n| seed | skill | " + " | ".join(MODELS) + " |\n|" + "---|" * (len(MODELS) + 2))
+        for r in rows:
+            for skill, s in r["skills"].items():
+                print(f"| {r['seed']} | {skill} | " + " | ".join(f"{s[m]:.1f}" for m in MODELS) + " |")
     return 0 if all(holds(r["scores"]) for r in rows) else 1
 
 

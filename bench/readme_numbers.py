@@ -4,9 +4,12 @@
     python bench/readme_numbers.py runs/tiny --write README.md  # put the table into the README
     python bench/readme_numbers.py runs/tiny --check README.md  # exit 1 if a score is off by > TOLERANCE points
 
+The headline row is the mean over the tiny world's skills (one eval task each), its CI a bootstrap over
+each skill's held-out items (posttrain.eval.skills); a row per skill follows it.
+
 TOLERANCE: the same recipe on the same lock repeats bit for bit on one machine; on another CPU, float
-rounding can move a few of the 400 held-out answers. 3 points is below the smallest 95% CI half-width in
-the table (about 3.6 points at 80% of n=400), so a real change of the demo still fails the check.
+rounding can move a few of the held-out answers. 3 points is below the 95% CI half-width of the headline
+(about 3 points for the mean of four skills at n=200 each), so a real change of the demo still fails the check.
 """
 import argparse
 import json
@@ -18,38 +21,60 @@ import yaml
 
 TOLERANCE = 3.0  # percentage points, per model
 MODELS = ["base", "sft", "dpo", "rlvr"]
-HEADER = "| held-out exact match (n={n}, 95% CI) | base | SFT | DPO | RLVR |"
-# The table in the README: its header line, the separator and one row.
-TABLE_RE = re.compile(r"^\| held-out exact match \(n=\d+, 95% CI\) \|.*\n\|[-| ]+\|\n\|.*\|$", re.M)
+HEADER = "| held-out score{what} (n={n}, 95% CI) | base | SFT | DPO | RLVR |"
+# The table in the README: its header line, the separator, the headline row and any rows per skill.
+TABLE_RE = re.compile(r"^\| held-out [^|\n]*\(n=\d+[^|\n]*95% CI\) \|.*\n\|[-| ]+\|\n\|.*\|(?:\n\| · .*\|)*$", re.M)
+HEADLINE_RE = re.compile(r"^\| `recipes/tiny.yaml`.*\|$", re.M)
 CELL_RE = re.compile(r"(\d+\.\d) \((\d+\.\d)–(\d+\.\d)\)")
 
 
 def run_numbers(run_dir: Path) -> dict:
-    """Scores (in %), CIs, n, seed, total wall time and library versions of a finished tiny run."""
-    results = json.loads((run_dir / "eval" / "results" / "results.json").read_text())
-    tasks = {label: results["models"][label]["tasks"]["tinyworld"] for label in MODELS}
+    """Scores (in %: the mean over skills), CIs, per-skill scores, n per skill, seed, total wall time and
+    library versions of a finished tiny run."""
+    folder = run_dir / "eval" / "results"
+    results = json.loads((folder / "results.json").read_text())
+    tasks = {m: results["models"][m]["tasks"] for m in MODELS}
+    labels = list(tasks["base"])
+    skills = {tasks["base"][t].get("skill", t): {m: 100 * tasks[m][t]["score"] for m in MODELS} for t in labels}
     manifests = [json.loads(p.read_text()) for p in run_dir.glob("*/manifest.json")]
     config = yaml.safe_load((run_dir / "data" / "config.resolved.yaml").read_text())
     versions = json.loads((run_dir / "eval" / "manifest.json").read_text()).get("versions", {})
-    return {"scores": {m: 100 * t["score"] for m, t in tasks.items()},
-            "ci": {m: [100 * x for x in t["ci"]] for m, t in tasks.items()},
-            "n": tasks["base"]["n"], "seed": config["seed"],
+    return {"scores": {m: sum(s[m] for s in skills.values()) / len(skills) for m in MODELS},
+            "ci": _mean_ci(results, folder, tasks, labels), "skills": skills if len(skills) > 1 else {},
+            "n": tasks["base"][labels[0]]["n"], "seed": config["seed"],
             "minutes": sum(m.get("wall_time_s") or 0 for m in manifests) / 60,
             "versions": {k: versions.get(k) for k in ("torch", "transformers", "trl")}}
 
 
+def _mean_ci(results: dict, folder: Path, tasks: dict, labels: list[str]) -> dict[str, list[float]]:
+    """The CI of the mean over skills (a bootstrap over each skill's items); of the one task's score if one."""
+    if len(labels) == 1:
+        return {m: [100 * x for x in tasks[m][labels[0]]["ci"]] for m in MODELS}
+    import numpy as np
+
+    from posttrain.eval.skills import bootstrap, paired, per_item
+
+    items = per_item(results, folder)
+    means = bootstrap([[paired(items[t]["base"], items[t][m])[1] for t in labels] for m in MODELS])
+    return {m: [100 * float(q) for q in np.quantile(means[:, i], [0.025, 0.975])] for i, m in enumerate(MODELS)}
+
+
 def table(numbers: dict) -> str:
     cells = [f"{numbers['scores'][m]:.1f} ({numbers['ci'][m][0]:.1f}–{numbers['ci'][m][1]:.1f})" for m in MODELS]
-    return "\n".join([HEADER.format(n=numbers["n"]), "|---|---|---|---|---|",
-                      f"| `recipes/tiny.yaml`, seed {numbers['seed']} | " + " | ".join(cells) + " |"])
+    skills = numbers.get("skills") or {}
+    what = f", mean of {len(skills)} skills" if skills else ""
+    return "\n".join([HEADER.format(what=what, n=f"{numbers['n']} per skill" if skills else numbers["n"]),
+                      "|---|---|---|---|---|",
+                      f"| `recipes/tiny.yaml`, seed {numbers['seed']} | " + " | ".join(cells) + " |"] +
+                     [f"| · {skill} | " + " | ".join(f"{s[m]:.1f}" for m in MODELS) + " |" for skill, s in skills.items()])
 
 
 def readme_scores(text: str) -> dict[str, float]:
     """The four scores in the README's table, by model."""
     found = TABLE_RE.search(text)
     if found is None:
-        raise SystemExit("README: no demo table (a line starting '| held-out exact match (n=')")
-    row = found.group().splitlines()[-1]
+        raise SystemExit("README: no demo table (a line starting '| held-out ' with '(n=... 95% CI)')")
+    row = HEADLINE_RE.search(found.group()).group()
     return dict(zip(MODELS, (float(m.group(1)) for m in CELL_RE.finditer(row))))
 
 

@@ -21,6 +21,7 @@ from posttrain.eval.render import Block, Cell, Heading, Para, Table, to_html, to
 from posttrain.eval.report_data import data_section
 from posttrain.eval.report_inputs import ReportInputs, inputs_of_run
 from posttrain.eval.report_training import curves_section, hyperparameter_section
+from posttrain.eval.skills import skills_section
 
 SKILL_ORDER = ["math", "instruction following", "code", "knowledge", "reasoning", "tiny world", "lm-eval"]
 
@@ -65,6 +66,7 @@ def build_report(run_dir: Path, out_dir: Path, reference: str | None = None, inp
     ref = load_reference(reference) if reference else None
     blocks: list[Block] = [Para(_summary_line(run))]
     blocks += results_section(scores, ref)
+    blocks += skills_section(inputs.results)  # by skill, with which stage-to-stage changes are real
     blocks += samples_section(scores, out_dir)
     blocks += hyperparameter_section(run.stages)
     blocks += curves_section(run.stages, out_dir / "plots")

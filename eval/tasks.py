@@ -256,12 +256,24 @@ def _mbpp_exemplars(source: str) -> list[Item]:
 
 
 # ---------- tiny world ----------
-TINYWORLD_HELDOUT = 500
+TINYWORLD_HELDOUT = 500  # per skill, or the skill's whole held-out split where it is smaller
 
 
-def _tinyworld_items(source: str) -> list[Item]:
-    rows = list(iter_rows(source)) if source else tinyworld.heldout_rows(TINYWORLD_HELDOUT)
+def _tinyworld_items(source: str, skill: str = "arith") -> list[Item]:
+    rows = list(iter_rows(source)) if source else \
+        tinyworld.heldout_rows(min(TINYWORLD_HELDOUT, tinyworld.heldout_size(skill)), skill)
     return [{**{k: v for k, v in r.items() if k != "prompt"}, "question": r["prompt"][-1]["content"]} for r in rows]
+
+
+def _tinyworld_task(skill: str) -> "Task":
+    """One task per tiny-world skill: `tinyworld` (arithmetic) and tinyworld_<skill>."""
+    name = "tinyworld" if skill == "arith" else f"tinyworld_{skill}"
+    verifier = tinyworld.SKILLS[skill].verifier
+    metric = {"numeric": "exact match", "ifeval": "prompt-level strict", "code": "pass@1"}[verifier]
+    return Task(name, tinyworld.SKILLS[skill].name, metric, verifier, lambda src: _tinyworld_items(src, skill),
+                max_new_tokens=96, plain_query="Q: {question}\nA:", stop=("\nQ:",),
+                timeout_s=10.0 if verifier == "code" else 5.0,
+                description=f"the tiny world's held-out {tinyworld.SKILLS[skill].name} problems")
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [
@@ -291,7 +303,5 @@ TASKS: dict[str, Task] = {t.name: t for t in [
          hub_id="hf:mbpp:test", max_new_tokens=512, timeout_s=10.0, exemplars=_mbpp_exemplars,
          exemplar_source="shared:mbpp/mbpp.jsonl",
          stop=("\n\nQuestion:",), description="MBPP test split (task ids 11-510)", prompt_fields=("text",)),
-    Task("tinyworld", "tiny world", "exact match", "numeric", _tinyworld_items, max_new_tokens=96,
-         plain_query="Q: {question}\nA:", stop=("\nQ:",),
-         description=f"the tiny world's held-out problems (first {TINYWORLD_HELDOUT})"),
+    *(_tinyworld_task(skill) for skill in tinyworld.SKILLS),
 ]}

@@ -35,6 +35,9 @@ class GenerateConfig:
     reward_timeout_s: float = field(default=5.0, metadata={"gt": 0})
     chunk_prompts: int | None = field(default=None, metadata={
         "ge": 1, "help": "prompts sampled and saved per chunk, so a killed run resumes; unset: one chunk"})
+    extra_pairs: Dataset | None = field(default=None, metadata={
+        "help": "off-policy prompt/chosen/rejected rows (e.g. judged pairs) added after the on-policy ones, as "
+                "Tülu 3 mixes them"})
 
 
 def best_and_worst(scores: list[float]) -> tuple[int, int] | None:
@@ -102,9 +105,11 @@ class Generate(Stage):
             raise DataError(f"no prompt gave a pair: all {cfg.num_samples} samples of each of the {len(rows)} prompts scored "
                             f"the same (mean score {mean_score:.3f}); raise num_samples or temperature, or start from a "
                             f"stronger model (samples: {ctx.out_dir / 'samples.jsonl'})")
-        write_rows(ctx.output("pairs"), pairs)
+        extra = read_rows(ctx.path(cfg.extra_pairs)) if cfg.extra_pairs else []
+        write_rows(ctx.output("pairs"), pairs + extra)
         return {"prompts": len(rows), "samples": len(all_scores), "pairs": len(pairs), "mean_sample_score": mean_score,
-                "skipped_all_equal": sum(skipped.values()), **{f"skipped_{why}": n for why, n in skipped.items()}}
+                "skipped_all_equal": sum(skipped.values()), **{f"skipped_{why}": n for why, n in skipped.items()},
+                **({"extra_pairs": len(extra)} if cfg.extra_pairs else {})}
 
 
 class _Model:

@@ -91,7 +91,7 @@ def write_mini_files(root: Path) -> tuple[Path, Path]:
     from posttrain.worlds import tinyworld
 
     sft, prefs = root / "sft.jsonl", root / "prefs.jsonl"
-    rows = tinyworld.sft_candidate_rows(200, seed=1)
+    rows = tinyworld.sft_candidate_rows(200, seed=1, mix={"arith": 1.0})  # the tutor and the guesser
     with open(sft, "w") as f, open(prefs, "w") as g:
         for row in rows:
             by_source = {c["source"]: c["response"] for c in row["candidates"]}

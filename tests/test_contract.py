@@ -290,3 +290,27 @@ def test_generate_resumes_from_its_saved_chunks(tmp_path, monkeypatch):
     seeds.clear()
     kill_at[0] = 0
     assert run_in(tmp_path / "killed") == whole and seeds == [4]
+
+
+def test_generate_adds_the_extra_pairs_after_the_on_policy_ones(tmp_path, monkeypatch):
+    """`extra_pairs` (off-policy, e.g. the tiny world's judged courtesy pairs) follow the verified on-policy
+    pairs in the output, unchanged, and are counted apart."""
+    import posttrain.eval.generation as generation
+    from posttrain.data import read_rows
+    from posttrain.stage import Context
+    from posttrain.stages.generate import Generate, GenerateConfig
+    from posttrain.worlds import tinyworld
+
+    prompts, extra = tmp_path / "prompts.jsonl", tmp_path / "judged.jsonl"
+    write_rows(prompts, [{"id": j, "prompt": f"What is {j}?", "ground_truth": str(j), "verifier": "numeric"} for j in range(3)])
+    write_rows(extra, tinyworld.judged_pairs(4, seed=0))
+    monkeypatch.setattr(generation, "generate", lambda model, tok, texts, *, n, **kw:
+                        [[f"The answer is {t.split()[-1][:-1]}.", "The answer is -1."] for t in texts])
+    monkeypatch.setattr(generation, "load_model_and_tokenizer", lambda path: ("model", "tokenizer"))
+    cfg = GenerateConfig(model="org/tiny", prompts=str(prompts), num_samples=2, extra_pairs=str(extra))
+    (tmp_path / "out").mkdir()
+    result = Generate().run(cfg, Context("pairs", tmp_path / "out", tmp_path, Generate.outputs, {}, "auto"))
+    pairs = read_rows(tmp_path / "out" / "pairs.jsonl")
+    assert result["pairs"] == 3 and result["extra_pairs"] == 4
+    assert [p["chosen"][0]["content"] for p in pairs[:3]] == [f"The answer is {j}." for j in range(3)]
+    assert pairs[3:] == read_rows(extra)

@@ -86,14 +86,18 @@ def test_vllm_backend_without_vllm_says_so(tiny_folder):
 
 # ---------- tasks on their real rows ----------
 EXPECTED_ROWS = {"gsm8k_8shot": 1319, "gsm8k_0shot": 1319, "math500": 500, "ifeval": 541, "humaneval": 164,
-                 "mbpp": 500, "tinyworld": 500}
+                 "mbpp": 500, "tinyworld": 500, "tinyworld_format": 500, "tinyworld_code": 225,
+                 "tinyworld_courtesy": 500}
 GOLD = {"gsm8k_8shot": lambda r: f"... so the answer is {r['ground_truth']}.",
         "gsm8k_0shot": lambda r: f"The answer is {r['ground_truth']}.",
         "math500": lambda r: f"The final answer is $\\boxed{{{r['ground_truth']}}}$",
         "humaneval": lambda r: r["ground_truth"],  # the canonical body continues the prompt
         "mbpp": lambda r: f"```python\n{r['ground_truth']}\n```",
-        "tinyworld": lambda r: f"The answer is {r['ground_truth']}."}
-WRONG = {"humaneval": lambda r: "    return None\n", "mbpp": lambda r: "```python\nx = 1\n```"}
+        "tinyworld": lambda r: f"The answer is {r['ground_truth']}.",
+        **{f"tinyworld_{s}": lambda r: r["ground_truth"] for s in ("format", "code", "courtesy")}}
+WRONG = {"humaneval": lambda r: "    return None\n", "mbpp": lambda r: "```python\nx = 1\n```",
+         "tinyworld_format": lambda r: "cat", "tinyworld_code": lambda r: "def f(x): return 0",
+         "tinyworld_courtesy": lambda r: "OK."}
 
 
 def test_every_builtin_task_is_checked_here():

@@ -214,7 +214,7 @@ def heldout_nll(model_dir: Path, n: int = 64) -> float:
     import torch
 
     from posttrain import hf
-    from posttrain.worlds import tinyworld
+    from posttrain.worlds import arith, tinyworld
 
     tokenizer, model = hf.load_tokenizer(str(model_dir)), hf.load_model(str(model_dir), dtype="float32")
     total, count = 0.0, 0
@@ -223,7 +223,7 @@ def heldout_nll(model_dir: Path, n: int = 64) -> float:
         op = "+" if a + b == int(row["ground_truth"]) else "-"
         prompt = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
         p_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        r_ids = tokenizer(tinyworld.TEACHERS["tutor"](a, op, b, None), add_special_tokens=False)["input_ids"]
+        r_ids = tokenizer(arith.TEACHERS["tutor"]((a, op, b), None), add_special_tokens=False)["input_ids"]
         ids = torch.tensor([p_ids + r_ids])
         with torch.no_grad():
             logits = model(ids).logits[0, len(p_ids) - 1:-1]

@@ -33,7 +33,7 @@ def base_model(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def candidate_file(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("data") / "candidates.jsonl"
-    write_rows(path, tinyworld.sft_candidate_rows(12, seed=3))
+    write_rows(path, tinyworld.sft_candidate_rows(12, seed=3, mix={"arith": 1.0}))
     return str(path)
 
 
@@ -42,7 +42,7 @@ def sft_file(tmp_path_factory) -> str:
     """Messages rows: the tutor's answer to tiny-world prompts."""
     rows = [{"id": r["id"], "messages": [{"role": "user", "content": r["prompt"]},
                                          {"role": "assistant", "content": r["candidates"][3]["response"]}],
-             "quality": float(i % 5)} for i, r in enumerate(tinyworld.sft_candidate_rows(40, seed=4))]
+             "quality": float(i % 5)} for i, r in enumerate(tinyworld.sft_candidate_rows(40, seed=4, mix={"arith": 1.0}))]
     path = tmp_path_factory.mktemp("data") / "sft.jsonl"
     write_rows(path, rows)
     return str(path)

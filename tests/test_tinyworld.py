@@ -3,6 +3,11 @@ import re
 import torch
 from transformers import AutoTokenizer
 
+from posttrain.eval.tasks import TaskSpec
+from posttrain.formats import locate, row_text
+from posttrain.rewards import score_rows
+from posttrain.rewards.ifeval_checks import CHECKERS
+from posttrain.selection.filters import Contamination
 from posttrain.worlds import tinyworld as tw
 
 ANSWER = re.compile(r"The answer is (-?\d+)\.")
@@ -44,33 +49,112 @@ def test_model_is_deterministic_in_seed_and_runs():
     assert first(ids).logits.shape[-1] == len(tok)
 
 
+def _follows(response: str, row: dict) -> bool:
+    """A format row's instructions followed, by the IFEval checkers the ifeval verifier runs."""
+    return all(CHECKERS[i](response, kw) for i, kw in zip(row["instruction_id_list"], row["kwargs"]))
+
+
+def _passes(response: str, row: dict) -> bool:
+    """A code row's hidden tests pass (our own generated code: run here, without the sandbox, to stay fast)."""
+    namespace = {}
+    try:
+        exec(response.strip("`").removeprefix("python\n"), namespace)
+        exec("\n".join(row["test_list"]), namespace)
+    except AssertionError:
+        return False
+    return True
+
+
+def _right(skill: str, response: str, row: dict) -> bool:
+    if skill == "arith":
+        return ANSWER.search(response).group(1) == row["ground_truth"]
+    return _follows(response, row) if skill == "format" else _passes(response, row)
+
+
 def test_some_teachers_are_sometimes_wrong():
-    rows = tw.sft_candidate_rows(200, seed=0)
+    rows = tw.sft_candidate_rows(600, seed=0)
     right = {}
     for row in rows:
-        assert ANSWER.search(row["prompt"]) is None and row["ground_truth"].lstrip("-").isdigit()
+        assert ANSWER.search(row["prompt"]) is None
         for cand in row["candidates"]:
-            right.setdefault(cand["source"], []).append(ANSWER.search(cand["response"]).group(1) == row["ground_truth"])
+            right.setdefault(cand["source"], []).append(_right(row["skill"], cand["response"], row))
     rates = {source: sum(hits) / len(hits) for source, hits in right.items()}
-    assert rates["tutor"] == 1.0 and rates["terse"] == 1.0
+    assert {s for s, r in rates.items() if r == 1.0} == {"tutor", "terse", "careful", "oneliner", "fenced"}, rates
     assert 0.5 < rates["hasty"] < 0.95 and 0.3 < rates["guesser"] < 0.7
+    assert 0.6 < rates["chatty"] < 0.9 and 0.3 < rates["sloppy"] < 0.7 and 0.3 < rates["swapper"] < 0.7
+    assert {r["skill"] for r in rows} == {"arith", "format", "code"}  # courtesy: no SFT teacher shows it
+
+
+def test_rows_name_their_verifier_and_the_verifiers_agree():
+    assert {r["skill"] for r in tw.rl_rows(400, seed=0)} == {"arith", "format", "code"}  # RLVR never sees courtesy
+    one = {skill: tw.heldout_rows(1, skill)[0] for skill in tw.SKILLS}
+    assert {(s, r["verifier"]) for s, r in one.items()} == {("arith", "numeric"), ("format", "ifeval"),
+                                                           ("code", "code"), ("courtesy", "ifeval")}
+    rows = list(one.values()) * 2
+    right = [f"The answer is {one['arith']['ground_truth']}."] + [one[s]["ground_truth"] for s in ("format", "code", "courtesy")]
+    wrong = ["The answer is 1000.", "cat", "def f(x): return 0", "OK."]
+    verdicts = score_rows(right + wrong, rows)  # each row routed to the verifier it names
+    assert [v.score for v in verdicts] == [1.0] * 4 + [0.0] * 4, verdicts
+
+
+def test_judged_pairs_prefer_courtesy_on_training_prompts():
+    pairs = tw.judged_pairs(200, seed=0)
+    held = {r["prompt"][0]["content"] for r in tw.heldout_rows(tw.heldout_size("courtesy"), "courtesy")}
+    assert all(p["chosen"][0]["content"] == "You are welcome." != p["rejected"][0]["content"] for p in pairs)
+    assert len({p["prompt"][0]["content"] for p in pairs}) > 150 and not held & {p["prompt"][0]["content"] for p in pairs}
 
 
 def test_generators_are_deterministic():
-    for make in (tw.pretrain_rows, tw.sft_candidate_rows, tw.rl_rows):
+    for make in (tw.pretrain_rows, tw.sft_candidate_rows, tw.rl_rows, tw.judged_pairs):
         assert make(20, seed=3) == make(20, seed=3)
         assert make(20, seed=3) != make(20, seed=4)
-    assert tw.heldout_rows(50) == tw.heldout_rows(50)
-    assert tw.heldout_rows(50)[:10] == tw.heldout_rows(10)
+    for skill in tw.SKILLS:
+        assert tw.heldout_rows(50, skill) == tw.heldout_rows(50, skill)
+        assert tw.heldout_rows(50, skill)[:10] == tw.heldout_rows(10, skill)
+
+
+def _key(skill: str, question: str, ground_truth: str):
+    """What identifies a problem in a question's text (wording aside)."""
+    if skill == "arith":
+        return _problem(question, ground_truth)
+    if skill == "courtesy":
+        return tuple(sorted(re.findall(r"\w+", question)[-4:] if question.startswith("Thanks") else
+                            re.findall(r"\w+", question)[:1] + re.findall(r"\w+", question)[-2:]))
+    return question  # format and code questions are a function of the problem
+
+
+def _skill_of(question: str) -> str:
+    return ("code" if question.startswith("Write ") and "(x)" in question else "format" if question.startswith(("List", "Write"))
+            else "courtesy" if "hank" in question else "arith")
 
 
 def test_training_generators_never_emit_heldout_problems():
-    heldout = tw.heldout_rows(1000)
-    held = {_problem(r["prompt"][0]["content"], r["ground_truth"]) for r in heldout}
-    assert len(held) == len(heldout)  # no repeats inside the held-out split
-    trained = {_problem(r["prompt"], r["ground_truth"]) for r in tw.sft_candidate_rows(3000, seed=0)}
-    trained |= {_problem(r["prompt"][0]["content"], r["ground_truth"]) for r in tw.rl_rows(3000, seed=1)}
-    for row in tw.pretrain_rows(3000, seed=2):
-        a, op, b = re.search(r"\nA: (\d+)([+-])(\d+)", row["text"]).groups()
-        trained.add((int(a), op, int(b)))
-    assert len(trained) > 1000 and not trained & held
+    for skill in tw.SKILLS:
+        heldout = tw.heldout_rows(tw.heldout_size(skill), skill)
+        held = {_key(skill, r["prompt"][0]["content"], r["ground_truth"]) for r in heldout}
+        assert len(held) == len(heldout) > 200, skill  # no repeats inside a held-out split
+        trained = {_key(skill, r["prompt"], r["ground_truth"]) for r in tw.sft_candidate_rows(3000, seed=0)
+                   if r["skill"] == skill}
+        trained |= {_key(skill, r["prompt"][0]["content"], r["ground_truth"]) for r in tw.rl_rows(3000, seed=1)
+                    if r["skill"] == skill}
+        trained |= {_key(skill, r["prompt"][0]["content"], "") for r in tw.judged_pairs(1000, seed=1) if r["skill"] == skill}
+        for row in tw.pretrain_rows(3000, seed=2):
+            question, answer = row["text"][3:].split("\nA: ", 1)
+            if _skill_of(question) == skill:
+                gt = re.search(r"(-?\d+)\.$", answer).group(1) if skill == "arith" else ""
+                trained.add(_key(skill, question, gt) if skill != "arith" else
+                            tuple(int(x) if x.isdigit() else x for x in re.match(r"(\d+)([+-])(\d+)", answer).groups()))
+        assert len(trained) > 200 and not trained & held, skill
+
+
+def test_decontamination_catches_exactly_the_planted_rows():
+    """The demo's decontamination (recipes/tiny.yaml: 9-grams against the arithmetic and code eval sets)
+    drops the held-out problems the world plants in the SFT candidates, and nothing else."""
+    rows = tw.sft_candidate_rows(3000, seed=1, planted=5)
+    index = Contamination(9)
+    for name in ("tinyworld", "tinyworld_code"):
+        index.add_task(TaskSpec(name))
+    caught = {r["id"] for r in rows if index.matches(row_text(r, locate("", r)))}
+    assert caught == {r["id"] for r in rows if r.get("planted")} == {f"tw-planted-{i}" for i in range(5)}
+    eval_questions = {r["prompt"][0]["content"] for r in tw.heldout_rows(5)}
+    assert {r["prompt"] for r in rows if r.get("planted")} == eval_questions

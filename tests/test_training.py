@@ -77,7 +77,7 @@ def test_row_formats_convert_or_fail_with_the_row(tmp_path):
 
 def test_sft_loss_goes_down_and_sum_reduction_is_a_sum(tiny_model_dir, tmp_path):
     data = tmp_path / "sft.jsonl"
-    rows = tinyworld.sft_candidate_rows(64, seed=3)
+    rows = tinyworld.sft_candidate_rows(64, seed=3, mix={"arith": 1.0})
     data.write_text("".join(json.dumps({"prompt": r["prompt"], "completion": r["candidates"][2]["response"]}) + "\n"
                             for r in rows))
     train = {"learning_rate": 3e-3, "max_steps": 15, "per_device_train_batch_size": 8, "logging_steps": 1, "save_steps": 100}
@@ -93,7 +93,7 @@ def test_sft_loss_goes_down_and_sum_reduction_is_a_sum(tiny_model_dir, tmp_path)
 @pytest.fixture(scope="module")
 def preference_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("prefs") / "prefs.jsonl"
-    rows = tinyworld.sft_candidate_rows(32, seed=4)
+    rows = tinyworld.sft_candidate_rows(32, seed=4, mix={"arith": 1.0})
     with open(path, "w") as f:
         for r in rows:
             by = {c["source"]: c["response"] for c in r["candidates"]}

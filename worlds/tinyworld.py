@@ -1,17 +1,19 @@
-"""The built-in tiny world: 2-digit addition/subtraction word problems, a character-level tokenizer
-with a Tülu-style chat template, and a small Llama model, so that a whole recipe trains on one CPU thread.
+"""The built-in tiny world: four skills, a character-level tokenizer with a Tülu-style chat template, and
+a small Llama model, so that a whole recipe trains on one CPU thread.
 
-Problems are (a, op, b) with a, b in 10..99 (a >= b for subtraction). A fixed hash of the problem puts
-about one in ten into the held-out split; the training generators never emit those. Several "teachers"
-answer each problem in their own style, and some of them are sometimes wrong, so data selection and RL
-have something to do.
+Skills (one module each, see posttrain.worlds.skill): arithmetic word problems (`numeric` verifier),
+format instructions (`ifeval`), one-line Python functions (`code`, sandboxed), and courtesy, which only
+preference data teaches. In each, a fixed hash puts about one problem in ten into the held-out split; the
+training generators never emit those. Several "teachers" per skill answer in their own style, and some of
+them are sometimes wrong, so data selection and RL have something to do.
 """
 from __future__ import annotations
 
-import hashlib
 import random
 import string
-from collections.abc import Callable
+
+from posttrain.worlds import arith, code, courtesy, formats
+from posttrain.worlds.skill import Skill
 
 EOS, PAD, UNK = "<|endoftext|>", "<|pad|>", "<|unk|>"
 ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
@@ -32,13 +34,15 @@ CHAT_TEMPLATE = (
 DEFAULT_ARCH = dict(hidden_size=96, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4,
                     intermediate_size=256, max_position_embeddings=256)
 
-HELDOUT_SPLIT_SEED = 12345  # fixes the order of heldout_rows
-NAMES = ["Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Ivy", "Jon", "Kim", "Lea", "Max"]
-ITEMS = ["apples", "pens", "cards", "coins", "books", "shells", "stamps", "marbles"]
-ADD_TEMPLATES = ["{n} has {a} {i} and gets {b} more. How many now?",
-                 "{n} had {a} {i}, then found {b}. How many in all?"]
-SUB_TEMPLATES = ["{n} has {a} {i} and gives away {b}. How many left?",
-                 "{n} had {a} {i} and lost {b}. How many remain?"]
+HELDOUT_SPLIT_SEED = 12345  # fixes the order (and wording) of heldout_rows
+SKILLS: dict[str, Skill] = {"arith": arith.SKILL, "format": formats.SKILL, "code": code.SKILL,
+                            "courtesy": courtesy.SKILL}
+# What share of each generator's rows each skill gets. Arithmetic needs the most pretraining (reading the
+# numbers out of the question is the hard part). Courtesy is in pretraining text and the judged preference
+# pairs only: no SFT teacher shows it and RLVR does not train it, so DPO is what teaches it.
+PRETRAIN_MIX = {"arith": 0.55, "format": 0.15, "code": 0.15, "courtesy": 0.15}
+SFT_MIX = {"arith": 0.5, "format": 0.25, "code": 0.25}
+RL_MIX = {"arith": 0.5, "format": 0.25, "code": 0.25}
 
 
 # ---------- tokenizer and model ----------
@@ -75,113 +79,90 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int = 0, **arch_overri
     return model
 
 
-# ---------- problems ----------
+# ---------- rows ----------
 
-def _is_heldout(a: int, op: str, b: int) -> bool:
-    digest = hashlib.sha256(f"{a}{op}{b}".encode()).digest()
-    return digest[0] % 10 == 0
-
-
-def _all_problems() -> list[tuple[int, str, int]]:
-    adds = [(a, "+", b) for a in range(10, 100) for b in range(10, 100)]
-    subs = [(a, "-", b) for a in range(10, 100) for b in range(10, a + 1)]
-    return adds + subs
-
-
-def _answer(a: int, op: str, b: int) -> int:
-    return a + b if op == "+" else a - b
-
-
-def _question(a: int, op: str, b: int, rng: random.Random) -> str:
-    template = rng.choice(ADD_TEMPLATES if op == "+" else SUB_TEMPLATES)
-    return template.format(n=rng.choice(NAMES), i=rng.choice(ITEMS), a=a, b=b)
-
-
-def _training_problems(n: int, seed: int) -> list[tuple[tuple[int, str, int], random.Random]]:
-    """n training-split problems (with repeats), each with its own RNG for wording and teacher slips."""
-    pool = [p for p in _all_problems() if not _is_heldout(*p)]
+def _training_problems(n: int, seed: int, mix: dict[str, float]) -> list[tuple[str, tuple, random.Random]]:
+    """n (skill id, training-split problem, RNG for wording and teacher slips), skills drawn by `mix`."""
     rng = random.Random(seed)
-    return [(rng.choice(pool), random.Random(rng.getrandbits(64))) for _ in range(n)]
+    names, weights = zip(*mix.items())
+    out = []
+    for _ in range(n):
+        sid = rng.choices(names, weights)[0]
+        out.append((sid, rng.choice(SKILLS[sid].split[0]), random.Random(rng.getrandbits(64))))
+    return out
 
 
-# ---------- teachers: solution styles, some unreliable ----------
-
-def _column_steps(a: int, op: str, b: int, slip: bool) -> tuple[str, int]:
-    """Digit-by-digit working; with `slip` the teacher forgets the carry/borrow."""
-    (a1, a0), (b1, b0) = divmod(a, 10), divmod(b, 10)
-    if op == "+":
-        low = a0 + b0
-        carry = 0 if slip else low // 10
-        steps = f"{a0}+{b0}={low}" + (f", carry {carry}" if carry else "") + f"; {a1}+{b1}+{carry}={a1 + b1 + carry}"
-        return steps, (a1 + b1 + carry) * 10 + low % 10
-    borrow = 0 if slip else int(a0 < b0)
-    low = a0 + 10 * int(a0 < b0) - b0
-    steps = f"{a0 + 10 * int(a0 < b0)}-{b0}={low}" + (f", borrow {borrow}" if borrow else "") \
-        + f"; {a1}-{b1}-{borrow}={a1 - b1 - borrow}"
-    return steps, (a1 - b1 - borrow) * 10 + low
+def _verifiable_row(row_id: str, sid: str, question: str, problem: tuple) -> dict:
+    skill = SKILLS[sid]
+    return {"id": row_id, "prompt": [{"role": "user", "content": question}], "skill": sid,
+            "verifier": skill.verifier, **skill.fields(problem)}
 
 
-def _tutor(a, op, b, rng):  # always right, shows the column working
-    steps, result = _column_steps(a, op, b, slip=False)
-    return f"{a}{op}{b}: {steps}. The answer is {result}."
-
-
-def _hasty(a, op, b, rng):  # same working, forgets the carry/borrow half of the time
-    steps, result = _column_steps(a, op, b, slip=rng.random() < 0.5)
-    return f"{a}{op}{b}: {steps}. The answer is {result}."
-
-
-def _terse(a, op, b, rng):  # no working, always right
-    return f"{a}{op}{b}={_answer(a, op, b)}. The answer is {_answer(a, op, b)}."
-
-
-def _guesser(a, op, b, rng):  # no working, off by up to 10 half of the time
-    result = _answer(a, op, b) + (rng.choice([-10, -1, 1, 10]) if rng.random() < 0.5 else 0)
-    return f"{a}{op}{b}={result}. The answer is {result}."
-
-
-TEACHERS: dict[str, Callable[[int, str, int, random.Random], str]] = {
-    "tutor": _tutor, "hasty": _hasty, "terse": _terse, "guesser": _guesser}
-
-
-# ---------- public row generators ----------
-
-def pretrain_rows(n: int, seed: int) -> list[dict]:
-    """Raw text for base pretraining: a question and one teacher's solution, no chat markup."""
-    rows = []
-    for (a, op, b), rng in _training_problems(n, seed):
-        teacher = TEACHERS[rng.choice(sorted(TEACHERS))]
-        rows.append({"text": f"Q: {_question(a, op, b, rng)}\nA: {teacher(a, op, b, rng)}"})
-    return rows
-
-
-def sft_candidate_rows(n: int, seed: int) -> list[dict]:
-    """Prompts with one candidate response per teacher, for data selection."""
-    rows = []
-    for i, ((a, op, b), rng) in enumerate(_training_problems(n, seed)):
-        rows.append({"id": f"tw-sft-{seed}-{i}", "prompt": _question(a, op, b, rng),
-                     "ground_truth": str(_answer(a, op, b)),
-                     "candidates": [{"source": name, "response": teach(a, op, b, rng)}
-                                    for name, teach in sorted(TEACHERS.items())]})
-    return rows
-
-
-def _verifiable_row(row_id: str, problem: tuple[int, str, int], rng: random.Random) -> dict:
-    return {"id": row_id, "prompt": [{"role": "user", "content": _question(*problem, rng)}],
-            "ground_truth": str(_answer(*problem)), "verifier": "numeric"}
-
-
-def rl_rows(n: int, seed: int) -> list[dict]:
-    """Training-split prompts with a verifiable answer, for RLVR and on-policy preference pairs."""
-    return [_verifiable_row(f"tw-rl-{seed}-{i}", problem, rng)
-            for i, (problem, rng) in enumerate(_training_problems(n, seed))]
-
-
-def heldout_rows(n: int) -> list[dict]:
-    """The first n problems of the held-out split (fixed order, no repeats), same format as rl_rows."""
-    pool = [p for p in _all_problems() if _is_heldout(*p)]
-    if n > len(pool):
-        raise ValueError(f"heldout_rows: asked for {n} problems, the held-out split has {len(pool)}")
+def _heldout(sid: str) -> list[tuple[tuple, str]]:
+    """The skill's held-out (problem, question) pairs in their fixed order."""
+    pool = list(SKILLS[sid].split[1])
     rng = random.Random(HELDOUT_SPLIT_SEED)
     rng.shuffle(pool)
-    return [_verifiable_row(f"tw-heldout-{i}", problem, rng) for i, problem in enumerate(pool[:n])]
+    return [(p, SKILLS[sid].question(p, rng)) for p in pool]
+
+
+def _candidates(sid: str, problem: tuple, rng: random.Random) -> list[dict]:
+    return [{"source": name, "response": teach(problem, rng)} for name, teach in sorted(SKILLS[sid].teachers.items())]
+
+
+def pretrain_rows(n: int, seed: int) -> list[dict]:
+    """Raw text for base pretraining: a question and one answer as pretraining text shows it, no chat markup."""
+    rows = []
+    for sid, p, rng in _training_problems(n, seed, PRETRAIN_MIX):
+        skill = SKILLS[sid]
+        rows.append({"text": f"Q: {skill.question(p, rng)}\nA: {skill.pretrain_answer(p, rng)}"})
+    return rows
+
+
+def sft_candidate_rows(n: int, seed: int, planted: int = 0, mix: dict[str, float] = SFT_MIX) -> list[dict]:
+    """Prompts with their verifier's fields and one candidate response per teacher of their skill, for data
+    selection. `planted` adds
+    that many held-out arithmetic problems, worded as the eval set words them and flagged `planted`: a
+    deliberate contamination for decontamination to catch. `mix`: the skills' shares (e.g. {"arith": 1.0})."""
+    rows = []
+    for i, (sid, p, rng) in enumerate(_training_problems(n, seed, mix)):
+        rows.append({"id": f"tw-sft-{seed}-{i}", "skill": sid, "prompt": SKILLS[sid].question(p, rng),
+                     **SKILLS[sid].fields(p), "candidates": _candidates(sid, p, rng)})
+    rng = random.Random(seed)
+    for i, (p, question) in enumerate(_heldout("arith")[:planted]):
+        rows.insert(rng.randrange(len(rows) + 1), {
+            "id": f"tw-planted-{i}", "skill": "arith", "planted": True, "prompt": question,
+            **SKILLS["arith"].fields(p), "candidates": _candidates("arith", p, rng)})
+    return rows
+
+
+def rl_rows(n: int, seed: int, mix: dict[str, float] = RL_MIX) -> list[dict]:
+    """Training-split prompts with what their verifier needs, each naming its verifier (per-row routing)."""
+    return [_verifiable_row(f"tw-rl-{seed}-{i}", sid, SKILLS[sid].question(p, rng), p)
+            for i, (sid, p, rng) in enumerate(_training_problems(n, seed, mix))]
+
+
+def judged_pairs(n: int, seed: int) -> list[dict]:
+    """Off-policy preference pairs on courtesy prompts, as a judge would label them: the courteous answer
+    is chosen over a curt one. The only data that shows courtesy in a chat."""
+    rows = []
+    for i, (sid, p, rng) in enumerate(_training_problems(n, seed, {"courtesy": 1.0})):
+        rows.append({"id": f"tw-judged-{seed}-{i}", "skill": sid,
+                     "prompt": [{"role": "user", "content": courtesy.SKILL.question(p, rng)}],
+                     "chosen": [{"role": "assistant", "content": courtesy.COURTEOUS}],
+                     "rejected": [{"role": "assistant", "content": rng.choice(courtesy.CURT)}]})
+    return rows
+
+
+def heldout_rows(n: int, skill: str = "arith") -> list[dict]:
+    """The first n problems of a skill's held-out split (fixed order, no repeats), same format as rl_rows."""
+    if skill not in SKILLS:
+        raise ValueError(f"heldout_rows: unknown skill {skill!r}; skills: {', '.join(SKILLS)}")
+    pool = _heldout(skill)
+    if n > len(pool):
+        raise ValueError(f"heldout_rows: asked for {n} {skill} problems, the held-out split has {len(pool)}")
+    return [_verifiable_row(f"tw-heldout-{skill}-{i}", skill, q, p) for i, (p, q) in enumerate(pool[:n])]
+
+
+def heldout_size(skill: str) -> int:
+    return len(SKILLS[skill].split[1])

@@ -1,0 +1,145 @@
+"""The Tülu-3-style table by skill, and which stage-to-stage changes are real.
+
+Rows are skills (one eval task each, e.g. the tiny world's four), columns the evaluated models in the eval
+stage's order (base, SFT, DPO, RLVR), each cell the score with its 95% CI; the average row is the mean over
+skills, its CI a bootstrap that resamples each skill's items. The second table compares each column with
+the one before it on the same held-out items: an exact McNemar test per skill (a two-sided binomial test
+on the items one model gets right and the other wrong; a paired bootstrap when scores are not 0/1), and a
+paired bootstrap for the average. p-values are Holm-adjusted over the whole table, so "real" means the
+change survives the number of comparisons made.
+"""
+from pathlib import Path
+
+import numpy as np
+
+from posttrain.data import read_rows
+from posttrain.eval.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
+from posttrain.eval.render import Block, Cell, Heading, Table
+
+ALPHA = 0.05
+
+
+def per_item(results: dict, folder: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """{task label: {model label: {item id: score}}} from the samples files the eval stage saved."""
+    items: dict[str, dict[str, dict[str, float]]] = {}
+    for label, model in results["models"].items():
+        for task, entry in model["tasks"].items():
+            if entry.get("samples") and (folder / entry["samples"]).exists():
+                items.setdefault(task, {})[label] = {str(r["id"]): float(r["score"]) for r in read_rows(folder / entry["samples"])}
+    return items
+
+
+def paired(a: dict[str, float], b: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    ids = sorted(set(a) & set(b))
+    return np.array([a[i] for i in ids]), np.array([b[i] for i in ids])
+
+
+def mcnemar_p(before: np.ndarray, after: np.ndarray) -> float:
+    """Exact McNemar: under no change, each discordant item is equally likely to go either way."""
+    from scipy.stats import binomtest
+
+    fixed, broken = int(np.sum((before < 1) & (after >= 1))), int(np.sum((before >= 1) & (after < 1)))
+    return 1.0 if fixed + broken == 0 else float(binomtest(fixed, fixed + broken, 0.5).pvalue)
+
+
+def bootstrap(columns: list[list[np.ndarray]], seed: int = 0) -> np.ndarray:
+    """Resampled macro means: columns[c][s] holds column c's scores on skill s's items (the same items, in
+    the same order, in every column); each resample draws each skill's items once, shared by all columns.
+    Returns an array [resample, column]."""
+    rng = np.random.default_rng(seed)
+    means = np.zeros((BOOTSTRAP_RESAMPLES, len(columns)))
+    for s in range(len(columns[0])):
+        n = len(columns[0][s])
+        draws = rng.integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))
+        for c, column in enumerate(columns):
+            means[:, c] += column[s][draws].mean(axis=1) / len(columns[0])
+    return means
+
+
+def two_sided_p(diffs: np.ndarray) -> float:
+    """Bootstrap p-value of a paired difference: twice the share of resamples on the far side of zero,
+    counted as (k + 1) / (B + 1) so that B resamples never claim p = 0."""
+    far = min(np.sum(diffs <= 0), np.sum(diffs >= 0))
+    return float(min(1.0, 2 * (far + 1) / (len(diffs) + 1)))
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order."""
+    order = sorted(range(len(pvalues)), key=pvalues.__getitem__)
+    adjusted, running = [0.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def skill_tables(results: dict, folder: Path) -> list[Block]:
+    """The two tables, or nothing when the results hold fewer than two skills or two models with items."""
+    items = per_item(results, folder)
+    columns = list(results["models"])
+    tasks = [t for t in items if all(c in items[t] for c in columns)]
+    skill = {t: results["models"][columns[0]]["tasks"][t].get("skill", t) for t in tasks}
+    if len(tasks) < 2 or len(columns) < 2:
+        return []
+    aligned = {t: [paired(items[t][columns[0]], items[t][c])[1] for c in columns] for t in tasks}
+    rows, changes, pvalues = [], [], []
+    for t in tasks:
+        entries = [results["models"][c]["tasks"][t] for c in columns]
+        rows.append([Cell(skill[t], t)] + [Cell(_pct(e["score"]), f"{_pct(e['ci'][0])}–{_pct(e['ci'][1])}, n={e['n']}")
+                                          for e in entries])
+        row = []
+        for c in range(1, len(columns)):
+            before, after = paired(items[t][columns[c - 1]], items[t][columns[c]])
+            binary = set(np.unique(np.concatenate([before, after]))) <= {0.0, 1.0}
+            p = mcnemar_p(before, after) if binary else two_sided_p(bootstrap([[after - before]])[:, 0])
+            row.append((100 * (after.mean() - before.mean()), p,
+                        f"{int(np.sum((before < 1) & (after >= 1)))} fixed, {int(np.sum((before >= 1) & (after < 1)))} broken"))
+            pvalues.append(p)
+        changes.append((skill[t], row))
+    means = bootstrap([[aligned[t][c] for t in tasks] for c in range(len(columns))])
+    lo, hi = np.quantile(means, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2], axis=0)
+    average = [float(np.mean([aligned[t][c].mean() for t in tasks])) for c in range(len(columns))]
+    rows.append([Cell("Average", f"{len(tasks)} skills")] +
+                [Cell(_pct(average[c]), f"{_pct(lo[c])}–{_pct(hi[c])}") for c in range(len(columns))])
+    avg_row = []
+    for c in range(1, len(columns)):
+        p = two_sided_p(means[:, c] - means[:, c - 1])
+        avg_row.append((100 * (average[c] - average[c - 1]), p, "paired bootstrap"))
+        pvalues.append(p)
+    changes.append(("Average", avg_row))
+    return [Heading("Skills by stage"),
+            Table(["Skill"] + columns, rows, f"Held-out score (%) per skill and model, 95% CI (Wilson per skill; "
+                  f"bootstrap over each skill's items for the average)", numeric=set(range(1, len(columns) + 1)),
+                  rule_before={len(rows) - 1}),
+            _change_table(columns, changes, holm(pvalues))]
+
+
+def _change_table(columns: list[str], changes: list, adjusted: list[float]) -> Table:
+    rows, k = [], 0
+    for name, row in changes:
+        cells = [Cell(name)]
+        for delta, _, detail in row:
+            real = adjusted[k] < ALPHA
+            cells.append(Cell(f"{delta:+.1f}" + (" (real)" if real else ""), f"p={adjusted[k]:.2g}, {detail}", best=real))
+            k += 1
+        rows.append(cells)
+    headers = ["Skill"] + [f"{a} → {b}" for a, b in zip(columns, columns[1:])]
+    return Table(headers, rows, f"Change in points on the same held-out items; p Holm-adjusted over the {len(adjusted)} "
+                 f"tests (exact McNemar per skill, paired bootstrap for the average); real: p < {ALPHA}",
+                 numeric=set(range(1, len(headers))), rule_before={len(rows) - 1})
+
+
+def skills_section(results_inputs: list[tuple[str, Path]]) -> list[Block]:
+    """The skill tables of every results input (an eval stage's results folder) that has them."""
+    import json
+
+    blocks: list[Block] = []
+    for _, folder in results_inputs:
+        path = folder / "results.json"
+        if path.exists():
+            blocks += skill_tables(json.loads(path.read_text()), folder)
+    return blocks
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
