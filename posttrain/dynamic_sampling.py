@@ -4,6 +4,8 @@ groups are dropped and the batch is refilled with groups generated for further p
 `max_refill_batches` extra generation batches; if that is not enough, dropped groups fill the rest (as plain
 GRPO would have trained on them). Logged per generation: dynamic_sampling/dropped_groups (in the first batch),
 dynamic_sampling/refill_batches and dynamic_sampling/varied_fraction (of the groups trained on).
+TRL's own metrics (reward, frac_reward_zero_std, ...) average every batch generated, refills included. A kept
+group's advantages are those computed in its own generation batch (with scale_rewards: batch, that batch's std).
 
 Resume stays exact. Refill prompts are not pulled from the trainer's dataloader: on resume the trainer skips
 a count of batches, so extra pulls would shift every later batch. They are drawn from the dataset by a
