@@ -42,6 +42,11 @@ def test_a_gold_parse_failure_is_not_cached(monkeypatch):
     assert math_answer.equivalent("\\frac{7}{9}", "7/9")[0]
 
 
+@pytest.mark.parametrize("answer, gold, score", [("7", "8", 0.0), ("007", "7", 1.0), ("-0", "0", 1.0), ("7", "7.0", 1.0)])
+def test_plain_integers_are_compared_by_value(answer, gold, score):
+    assert get_verifier("math").verify_unguarded(f"\\boxed{{{answer}}}", {"answer": gold}).score == score
+
+
 @pytest.fixture
 def busy_core():
     hog = subprocess.Popen(["yes"], stdout=subprocess.DEVNULL)
@@ -66,7 +71,8 @@ def restate(answer: str, i: int) -> str:
     frac = _FRAC.fullmatch(a)
     if frac:
         sign, num, den = frac.groups()
-        return f"{sign}{num}/{den}" if i % 2 else f"{sign}\\dfrac{{{num}}}{{{den}}}"
+        command = "\\frac" if "dfrac" in a else "\\dfrac"
+        return f"{sign}{num}/{den}" if i % 2 else f"{sign}{command}{{{num}}}{{{den}}}"
     out = a.replace("\\dfrac", "\\frac").replace("\\frac", "\\dfrac").replace("=", " = ")
     if " ".join(out.split()) == a and re.search(r"[()[\]]", a):
         out = re.sub(r"[([]", lambda m: "\\left" + m.group(0), a)
