@@ -66,6 +66,7 @@ def restate(answer: str, i: int) -> str:
     \text, else braces around it (p - q -> {p - q})."""
     a = " ".join(answer.split())
     a = a.replace(",\\! ", "").replace(",\\!", "") if re.fullmatch(r"[\\$\d,! ]+", a) else a
+    a = a.replace(",", "") if re.fullmatch(r"\d{1,3}(,\d{3})+", a) else a  # 58,500 -> 58500
     if _INT.fullmatch(a):
         return f"{a}.0" if i % 2 else f"{{{a}}}"
     frac = _FRAC.fullmatch(a)
@@ -74,6 +75,8 @@ def restate(answer: str, i: int) -> str:
         command = "\\frac" if "dfrac" in a else "\\dfrac"
         return f"{sign}{num}/{den}" if i % 2 else f"{sign}{command}{{{num}}}{{{den}}}"
     out = a.replace("\\dfrac", "\\frac").replace("\\frac", "\\dfrac").replace("=", " = ")
+    if " ".join(out.split()) == a and a.startswith("\\{"):  # a set: \left\{ ... \right\}
+        out = a.replace("\\{", "\\left\\{").replace("\\}", "\\right\\}")
     if " ".join(out.split()) == a and re.search(r"[()[\]]", a):
         out = re.sub(r"[([]", lambda m: "\\left" + m.group(0), a)
         out = re.sub(r"[)\]]", lambda m: "\\right" + m.group(0), out)
