@@ -302,7 +302,12 @@ def _forget_inherited_workers() -> None:
 os.register_at_fork(after_in_child=_forget_inherited_workers)
 
 
+STOP_HOOKS: list[Callable[[], None]] = []  # other things a process keeps for reuse (sandbox harnesses)
+
+
 @atexit.register
 def _stop_all() -> None:
     for worker in _all_workers:
         worker.stop()
+    for hook in STOP_HOOKS:
+        hook()

@@ -9,7 +9,8 @@ roots, pi, intervals, sets, percentages, units, 0.5 vs 1/2) is math-verify's: bo
 as LaTeX by its parser, never by `sympify` of raw text. Answers longer than `max_answer_chars` or nested
 deeper than `max_depth` braces are refused before parsing; the answer's parse and the comparison each
 have a CPU-time limit (a row that hits one scores 0 with failure "timeout"), and the guard's limits bound
-everything.
+everything. Two shortcuts give math-verify's own verdict without its cost: an answer written as the gold
+answer is equal, and two plain integers (which math-verify parses to sympy Integers) are compared by value.
 
 Options: `max_answer_chars` (300), `max_depth` (12), `parse_timeout_s` (1), `compare_timeout_s` (2): CPU seconds.
 """
@@ -123,12 +124,26 @@ def _two_stage_latex_parser() -> None:
     Converter.create_parser = create_parser
 
 
+def _integer(latex: str) -> int | None:
+    """The value of a plain integer answer (whitespace runs made one space, as _parse does), else None."""
+    latex = " ".join(latex.split())
+    return int(latex) if _INTEGER.fullmatch(latex) else None
+
+
+@functools.cache
+def _answer_configs() -> list:
+    """The answer's extraction configs, built once (math-verify caches its regexes by config)."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    return [LatexExtractionConfig(), ExprExtractionConfig()]
+
+
 def _parse(latex: str, configs: list, wall_s: float) -> list:
     """math-verify's parse of `$latex$`, whitespace runs (newlines too: they are spaces to LaTeX) made one
     space. A plain integer, the most common answer, is built directly as math-verify builds it (a test
     checks they agree): its LaTeX parser costs ~10 ms a call."""
     latex = " ".join(latex.split())
-    if _INTEGER.fullmatch(latex):
+    if _integer(latex) is not None:
         import sympy
 
         return [sympy.Integer(int(latex)), latex]
@@ -160,13 +175,17 @@ def equivalent(gold: str, answer: str, parse_timeout_s: float = 1, compare_timeo
     the comparison each get that many CPU seconds (guard.cpu_limit; in a guard worker), raising CpuTimeout
     past them; math-verify's wall-clock timeouts are a backstop WALL_BACKSTOP_S away. An answer written
     exactly as the gold answer is equal without either."""
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, verify
+    from math_verify import verify
 
     gold_parsed = parse_gold(gold)
     if " ".join(answer.split()) == " ".join(gold.split()):
         return True, f"equivalent (the gold answer's own text): {answer[:60]!r}"
+    gold_int, answer_int = _integer(gold), _integer(answer)
+    if gold_int is not None and answer_int is not None:  # both parse to sympy Integers: verify compares values
+        ok = gold_int == answer_int
+        return ok, f"{'equivalent' if ok else 'not equivalent'} integers: {answer[:60]!r} vs {gold[:60]!r}"
     with cpu_limit(parse_timeout_s):
-        parsed = _parse(answer, [LatexExtractionConfig(), ExprExtractionConfig()], WALL_BACKSTOP_S)
+        parsed = _parse(answer, _answer_configs(), WALL_BACKSTOP_S)
     if not parsed:
         return False, f"answer {answer[:60]!r} could not be parsed"
     with cpu_limit(compare_timeout_s):

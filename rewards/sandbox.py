@@ -1,24 +1,27 @@
 """Run untrusted Python in a separate, locked-down process.
 
 The sandbox is bubblewrap (`bwrap`, Debian's `bubblewrap` package) when it works here (`sandbox_kind()` says
-"bubblewrap"). The program then runs in new user, PID, network, IPC, UTS and cgroup namespaces, as `nobody`,
-with no capabilities, and sees:
+"bubblewrap"). A process starts it once: it runs a trusted harness (harness.py, which says why this is as
+sound as a sandbox per program) that forks a child per program, so a program costs a fork, not a bubblewrap
+and interpreter start. The program runs in new PID, network, UTS and cgroup namespaces, and a user and IPC
+namespace of its own, as `nobody`, with no capabilities, and sees:
 - a read-only root holding only /usr (the system Python's standard library; no site-packages) and the
   /dev/null, zero, random and urandom devices: no host /tmp, /dev/shm, /run, /home, /root, project or
   data files, so no Unix sockets of the host;
-- a private /proc that shows only its own processes;
+- a private /proc that shows only the harness (PID 1) and itself;
 - a network namespace with no interface but a down loopback;
-- one writable folder, /sandbox (its cwd, HOME and TMPDIR): an empty tmpfs of SANDBOX_BYTES, gone when
-  it exits.
+- one writable folder, /sandbox (its cwd, HOME and TMPDIR): a tmpfs of SANDBOX_BYTES, empty when it
+  starts and emptied when it ends.
 
 Without bubblewrap ("rlimit", weaker: logged once and reported by RLVR) the program runs in a fresh empty
 host temporary folder, removed afterwards, as `nobody` when started as root, in a new network namespace
 where the kernel allows one (else Python's socket module is disabled); it can still read world-readable
 host files and see other processes in /proc.
 
-Both: a fresh `python -I -S -B` (no site-packages, no PYTHON* variables), an empty environment, rlimits
-(CPU seconds, address space, 16 MB per file, no core files, RLIMIT_NPROC=1 so no fork or thread), and a
-wall-clock backstop after which its whole process group is killed.
+Both: a fresh `python -I -S -B` (no site-packages, no PYTHON* variables; under bubblewrap a fresh fork of the
+harness's), an empty environment, rlimits (CPU seconds, address space, 16 MB per file, no core files,
+RLIMIT_NPROC=1 so no fork or thread), and a wall-clock backstop after which it is killed (the rlimit
+fallback kills its process group).
 """
 from __future__ import annotations
 
@@ -35,12 +38,15 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
+from posttrain.rewards.harness import Pool
+
 log = logging.getLogger("posttrain.rewards")
 FILE_SIZE_LIMIT = 16 << 20
 SANDBOX_BYTES = 64 << 20
 _CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 _DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
 SANDBOX_PYTHON = "/usr/bin/python3"  # the system interpreter: its standard library is under /usr
+_HARNESSES = Pool()
 
 # Runs first in the child: the limits, and (fallback only) the network namespace and the user drop.
 _LIMITS = """
@@ -72,7 +78,7 @@ def _nobody() -> int:
 
 
 def _bwrap_argv() -> list[str]:
-    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv",
+    argv = ["bwrap", "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv",
             "--ro-bind", "/usr", "/usr"]
     for top in ("/lib", "/lib64", "/bin"):
         if os.path.islink(top):
@@ -113,12 +119,20 @@ def _bwrap_launch() -> tuple[list[str], dict]:
 @functools.lru_cache(maxsize=1)
 def sandbox_kind() -> str:
     """"bubblewrap", or "rlimit" (the weaker fallback) when bwrap is missing or cannot create namespaces."""
-    argv, user = _bwrap_launch()
-    if shutil.which("bwrap") and os.path.exists(SANDBOX_PYTHON) and _probe(argv, **user):
+    if shutil.which("bwrap") and os.path.exists(SANDBOX_PYTHON) and _harness_works():
         return "bubblewrap"
     log.warning("sandbox: bubblewrap is not usable here (apt-get install bubblewrap); untrusted code runs in "
                 "the weaker rlimit-only sandbox")
     return "rlimit"
+
+
+def _harness_works() -> bool:
+    """Whether a program runs in the harness (bubblewrap starts, the child gets its own namespaces)."""
+    try:
+        with _in_harness("import json, socket, re", [], (), None) as proc:
+            return proc.wait(timeout=30) == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 @functools.lru_cache(maxsize=1)
@@ -138,29 +152,47 @@ def fallback_identity() -> tuple[str, int]:
 @contextlib.contextmanager
 def sandboxed(source: str, args: list[str], *, cpu_s: float, memory_mb: int, pass_fds: tuple = (), stderr=None,
               stdout=None):
-    """A Popen of `python -c source args` in the sandbox, killed (whole process group) and cleaned on exit."""
+    """A Popen-like handle (wait, kill, returncode) of `python -c source args` in the sandbox: under
+    bubblewrap a child of this process's harness (harness.py), else a Popen; killed and cleaned on exit."""
     limits = _LIMITS % {"cpu": math.ceil(cpu_s), "memory": memory_mb << 20, "fsize": FILE_SIZE_LIMIT}
-    workdir = None
-    if sandbox_kind() == "bubblewrap":
-        (argv, user), cwd, env = _bwrap_launch(), "/", _CLEAN_ENV
-    else:
-        interpreter, uid = fallback_identity()
-        workdir = tempfile.mkdtemp(prefix="posttrain-sandbox-")
-        if uid >= 0:
-            os.chown(workdir, uid, uid)
-        argv, cwd, env, user = [interpreter], workdir, {**_CLEAN_ENV, "HOME": workdir, "TMPDIR": workdir}, {}
-        limits = _FALLBACK_ISOLATION % {"uid": uid} + limits
-    proc = subprocess.Popen(argv + ["-I", "-S", "-B", "-c", limits + source, *args], cwd=cwd, env=env,
+    run = _in_harness if sandbox_kind() == "bubblewrap" else _in_fallback
+    with run(limits + source, args, pass_fds, stderr, stdout) as proc:
+        yield proc
+
+
+@contextlib.contextmanager
+def _in_harness(source: str, args: list[str], pass_fds: tuple, stderr, stdout):
+    argv, user = _bwrap_launch()
+    harness = _HARNESSES.take(argv, _CLEAN_ENV, user)
+    fds, targets = list(pass_fds), list(pass_fds)
+    for stream, target in ((stderr, 2), (stdout, 1)):
+        if stream is not None:
+            fds, targets = [stream.fileno(), *fds], [target, *targets]
+    proc = harness.start(source, args, fds, targets)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        _HARNESSES.give(harness)
+
+
+@contextlib.contextmanager
+def _in_fallback(source: str, args: list[str], pass_fds: tuple, stderr, stdout):
+    interpreter, uid = fallback_identity()
+    workdir = tempfile.mkdtemp(prefix="posttrain-sandbox-")
+    if uid >= 0:
+        os.chown(workdir, uid, uid)
+    proc = subprocess.Popen([interpreter, "-I", "-S", "-B", "-c", _FALLBACK_ISOLATION % {"uid": uid} + source, *args],
+                            cwd=workdir, env={**_CLEAN_ENV, "HOME": workdir, "TMPDIR": workdir},
                             stdin=subprocess.DEVNULL, stdout=stdout or subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL,
-                            pass_fds=pass_fds, start_new_session=True, **user)
+                            pass_fds=pass_fds, start_new_session=True)
     try:
         yield proc
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        if workdir:
-            shutil.rmtree(workdir, onerror=_make_writable_and_retry)
+        shutil.rmtree(workdir, onerror=_make_writable_and_retry)
 
 
 def _make_writable_and_retry(func, path, _exc_info) -> None:
@@ -172,8 +204,6 @@ def _make_writable_and_retry(func, path, _exc_info) -> None:
 def describe_exit(code: int | None, stderr_tail: str) -> str:
     if code is None:
         return "still running"
-    if code > 128 and sandbox_kind() == "bubblewrap":  # bwrap exits 128 + N when its child dies of signal N
-        code = 128 - code
     if code < 0:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
         return {"SIGXCPU": "CPU time limit exceeded", "SIGXFSZ": "file size limit exceeded"}.get(name, f"killed by {name}")

@@ -1,5 +1,6 @@
 """Same verdict on a busy machine: numeric formats, gold parsing that never caches a failure, and MATH-500
 and MBPP's slowest task agreeing with their gold answers while another process keeps a core busy."""
+import re
 import subprocess
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from posttrain.data import read_rows, shared_file
 from posttrain.rewards import RowError, get_verifier, score_rows
 from posttrain.rewards import math_answer
+from posttrain.rewards.math_answer import extract_final_answer
 
 
 @pytest.mark.parametrize("text, truth, score", [
@@ -40,6 +42,11 @@ def test_a_gold_parse_failure_is_not_cached(monkeypatch):
     assert math_answer.equivalent("\\frac{7}{9}", "7/9")[0]
 
 
+@pytest.mark.parametrize("answer, gold, score", [("7", "8", 0.0), ("007", "7", 1.0), ("-0", "0", 1.0), ("7", "7.0", 1.0)])
+def test_plain_integers_are_compared_by_value(answer, gold, score):
+    assert get_verifier("math").verify_unguarded(f"\\boxed{{{answer}}}", {"answer": gold}).score == score
+
+
 @pytest.fixture
 def busy_core():
     hog = subprocess.Popen(["yes"], stdout=subprocess.DEVNULL)
@@ -48,11 +55,61 @@ def busy_core():
     hog.wait()
 
 
+_INT = re.compile(r"-?\d+")
+_FRAC = re.compile(r"(-?)\\[dt]?frac\{(\d+)\}\{(\d+)\}")
+
+
+def restate(answer: str, i: int) -> str:
+    r"""The answer written another way, equal in value, so math-verify's parser decides (not the shortcut for
+    the gold answer's own text): 7 -> 7.0 or {7}, \frac{1}{2} -> 1/2 or \dfrac{1}{2}, thousands separators
+    dropped, \left( ... \right] around intervals, a unit's number given another digit, a space after
+    \text, else braces around it (p - q -> {p - q})."""
+    a = " ".join(answer.split())
+    a = a.replace(",\\! ", "").replace(",\\!", "") if re.fullmatch(r"[\\$\d,! ]+", a) else a
+    a = a.replace(",", "") if re.fullmatch(r"\d{1,3}(,\d{3})+", a) else a  # 58,500 -> 58500
+    if _INT.fullmatch(a):
+        return f"{a}.0" if i % 2 else f"{{{a}}}"
+    frac = _FRAC.fullmatch(a)
+    if frac:
+        sign, num, den = frac.groups()
+        command = "\\frac" if "dfrac" in a else "\\dfrac"
+        return f"{sign}{num}/{den}" if i % 2 else f"{sign}{command}{{{num}}}{{{den}}}"
+    out = a.replace("\\dfrac", "\\frac").replace("\\frac", "\\dfrac").replace("=", " = ")
+    if " ".join(out.split()) == a and a.startswith("\\{"):  # a set: \left\{ ... \right\}
+        out = a.replace("\\{", "\\left\\{").replace("\\}", "\\right\\}")
+    if " ".join(out.split()) == a and re.search(r"[()[\]]", a):
+        out = re.sub(r"[([]", lambda m: "\\left" + m.group(0), a)
+        out = re.sub(r"[)\]]", lambda m: "\\right" + m.group(0), out)
+    unit = re.fullmatch(r"(\d+)(\.\d+)?(\s*\\(?:text|mbox)\{.*)", a)  # 5.4 \text{ cents} -> 5.40 \text{ cents}
+    if " ".join(out.split()) == a and unit:
+        out = f"{unit[1]}{unit[2] or '.'}0{unit[3]}"
+    if " ".join(out.split()) == a:
+        out = a.replace("\\text{", "\\text {").replace("\\$", "")
+    return out if " ".join(out.split()) != a else f"{{{a}}}"
+
+
+def wrong(rows: list[dict], i: int) -> str:
+    """A wrong answer: an integer gold plus one (restated), else the next row's answer."""
+    gold = " ".join(rows[i]["answer"].split())
+    return restate(str(int(gold) + 1), i) if _INT.fullmatch(gold) else rows[(i + 1) % len(rows)]["answer"]
+
+
+def completion(answer: str, i: int) -> str:
+    if i % 3 or "$" in answer:
+        return f"So the answer is $\\boxed{{{answer}}}$."
+    return f"The final answer is ${answer}$."
+
+
 @pytest.mark.slow
-def test_math500_and_mbpp_123_agree_with_gold_twice_under_load(busy_core):
+def test_math500_restated_and_wrong_answers_and_mbpp_123_agree_twice_under_load(busy_core):
     rows = read_rows(shared_file("math500/test.jsonl"))
+    restated = [completion(restate(r["answer"], i), i) for i, r in enumerate(rows)]
+    same = [r["answer"] for r, c in zip(rows, restated) if " ".join(r["answer"].split()) == extract_final_answer(c)[0]]
+    assert same == []  # each restated answer reaches the parser
+    wrongs = [completion(wrong(rows, i), i) for i in range(len(rows))]
     for _ in range(2):
-        verdicts = score_rows([f"\\boxed{{{r['answer']}}}" for r in rows], rows, "math")
+        verdicts = score_rows(restated + wrongs, rows + rows, "math")
         assert [(r["unique_id"], v.reason) for r, v in zip(rows, verdicts) if v.score != 1.0] == []
+        assert [(r["unique_id"], v.reason) for r, v in zip(rows, verdicts[len(rows):]) if v.score != 0.0] == []
     task = [r for r in read_rows(shared_file("mbpp/mbpp.jsonl")) if r["task_id"] == 123]
     assert [v.score for v in score_rows([task[0]["code"]] * 4, task * 4, "code")] == [1.0] * 4

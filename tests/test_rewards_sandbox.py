@@ -49,7 +49,7 @@ def test_sees_no_project_data_other_processes_or_host_sockets(tmp_path):
 import os, socket
 assert not os.path.exists({str(shared_file('humaneval'))!r})
 assert not os.path.exists({os.getcwd()!r}) and not os.path.exists('/work') and not os.path.exists('/root')
-assert {{p for p in os.listdir('/proc') if p.isdigit()}} <= {{'1', '2'}}  # bwrap's init and this program
+assert {{p for p in os.listdir('/proc') if p.isdigit()}} == {{'1', str(os.getpid())}}  # the harness and this program
 try:
     s = socket.socket(socket.AF_UNIX); s.connect({sock_path!r}); raise SystemExit('connected to a host socket')
 except (FileNotFoundError, ConnectionRefusedError, PermissionError):
@@ -65,3 +65,25 @@ assert os.getuid() == 65534
     finally:
         server.close()
     assert result.passed, result.reason
+
+
+def test_a_program_cannot_reach_the_harness_or_leave_anything_for_the_next():
+    """Programs run in one harness sandbox (harness.py): the next program finds it alive and /sandbox empty."""
+    from posttrain.rewards import sandbox
+
+    first = """
+import os, signal
+os.makedirs('/sandbox/kept/deep'); open('/sandbox/kept/deep/f', 'w').write('x'); os.chmod('/sandbox/kept', 0o500)
+for sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGSTOP):
+    os.kill(1, sig)
+assert open('/proc/self/status').read().split('CapEff:')[1].split()[0] == '0' * 16
+try:
+    open('/proc/1/mem', 'rb').read(1); raise SystemExit('read the harness memory')
+except PermissionError:
+    pass
+"""
+    assert run_python(first).passed
+    harnesses = [h.proc.pid for h in sandbox._HARNESSES.idle]
+    result = run_python("import os; assert os.listdir('/sandbox') == [] and os.getcwd() == '/sandbox', os.listdir('/sandbox')")
+    assert result.passed, result.reason
+    assert [h.proc.pid for h in sandbox._HARNESSES.idle] == harnesses and harnesses  # the same, surviving harness
