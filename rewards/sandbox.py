@@ -161,7 +161,7 @@ def sandboxed(source: str, args: list[str], *, cpu_s: float, memory_mb: int, pas
 
 
 @contextlib.contextmanager
-def _in_harness(source: str, args: list[str], pass_fds: tuple, stderr, stdout):
+def _in_harness(source: str, args: list[str], pass_fds: tuple, stderr, stdout=None):
     argv, user = _bwrap_launch()
     harness = _HARNESSES.take(argv, _CLEAN_ENV, user)
     fds, targets = list(pass_fds), list(pass_fds)
@@ -177,7 +177,7 @@ def _in_harness(source: str, args: list[str], pass_fds: tuple, stderr, stdout):
 
 
 @contextlib.contextmanager
-def _in_fallback(source: str, args: list[str], pass_fds: tuple, stderr, stdout):
+def _in_fallback(source: str, args: list[str], pass_fds: tuple, stderr, stdout=None):
     interpreter, uid = fallback_identity()
     workdir = tempfile.mkdtemp(prefix="posttrain-sandbox-")
     if uid >= 0:

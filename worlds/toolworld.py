@@ -15,7 +15,8 @@ from __future__ import annotations
 import hashlib
 import random
 
-from posttrain.worlds.tinyworld import ITEMS, NAMES, build_tokenizer
+from posttrain.worlds.arith import ITEMS, NAMES
+from posttrain.worlds.tinyworld import build_tokenizer
 
 TOOL_CHAT_TEMPLATE = (
     "{% if tools %}{{ '<|system|>\\nTools: ' }}{% for tool in tools %}{{ tool['function']['name'] }}"
