@@ -241,8 +241,9 @@ def test_hyperparameters_are_each_stages_resolved_config(report_md):
         assert rows["learning rate"][stage] == f"{config[stage]['train']['learning_rate']:g}"
         assert rows["steps"][stage] == str(config[stage]["train"]["max_steps"])
         assert rows["batch per device"][stage] == str(config[stage]["train"]["per_device_train_batch_size"])
-    assert rows["loss"]["dpo"] == "sigmoid" and rows["loss"]["rlvr"] == "dapo"
-    assert rows["β (DPO) / KL β (RLVR)"]["dpo"] == "0.1" and rows["generations per prompt"]["rlvr"] == "8"
+    assert rows["loss"]["dpo"] == ", ".join(config["dpo"]["loss_type"]) and rows["loss"]["rlvr"] == config["rlvr"]["loss_type"]
+    assert rows["β (DPO) / KL β (RLVR)"]["dpo"] == f"{config['dpo']['beta']:g}"
+    assert rows["generations per prompt"]["rlvr"] == str(config["rlvr"]["num_generations"])
     assert rows["samples per prompt"]["pairs (generate)"] == "4" and rows["selection method"]["select"] == "grape"
     assert rows["reward terms"]["rlvr"] == "1×verifier" and rows["learning rate"]["pairs (generate)"] == "–"
 
@@ -263,20 +264,23 @@ def test_pairs_accounting_says_why_prompts_gave_no_pair(report_md):
 
 
 def test_candidate_selection_counts_discarded_responses(tmp_path):
-    """GRAPE-like methods keep one response of each prompt: 3 prompts x 4 candidates leave 9 discarded, which the
+    """GRAPE-like methods keep one response of each prompt: the other candidates are discarded, which the
     report says (it said "dropped rows 0": no prompt was dropped), with the reason."""
     from posttrain.eval.report_data import selection_blocks
     from posttrain.eval.render import to_markdown
     from test_selection_stage import config, run
     from posttrain.worlds import tinyworld
 
-    write_rows(tmp_path / "cands.jsonl", tinyworld.sft_candidate_rows(3, seed=3))
+    candidates = tinyworld.sft_candidate_rows(3, seed=3)
+    total = sum(len(r["candidates"]) for r in candidates)  # teachers per skill differ
+    write_rows(tmp_path / "cands.jsonl", candidates)
     _, _, summary = run(config(data=str(tmp_path / "cands.jsonl"), method="random_response"), tmp_path / "select")
-    assert summary["candidates"] == {"total": 12, "kept": 3, "discarded": {"not drawn": 9}}
+    assert summary["candidates"] == {"total": total, "kept": 3, "discarded": {"not drawn": total - 3}}
     md = to_markdown("r", selection_blocks("select", summary, tmp_path / "plots"), tmp_path)
     rows = {r[0]: r[1] for r in md_table(md, "Selection accounting")[2:]}
-    assert rows["prompts read"] == "3" and rows["candidate responses"] == "12"
-    assert rows["responses kept"] == "3 (25%)" and rows["responses discarded"] == "9" and rows["↳ not drawn"] == "9"
+    assert rows["prompts read"] == "3" and rows["candidate responses"] == str(total)
+    assert rows["responses kept"] == f"3 ({300 / total:.0f}%)" and rows["responses discarded"] == str(total - 3)
+    assert rows["↳ not drawn"] == str(total - 3)
     assert "dropped rows" not in md
 
 
@@ -349,8 +353,8 @@ def test_routed_rlvr_term_logs_each_verifiers_reward():
     funcs, _ = reward_functions(RLVRConfig(model="m", data="d"), stop_ids=[])
     rows = [json.dumps({"verifier": "numeric", "ground_truth": "4"}), json.dumps({"verifier": "numeric", "ground_truth": "5"}),
             json.dumps({"verifier": "math", "ground_truth": "7"})]
-    scores = funcs[0](["p"] * 3, ["The answer is 4", "The answer is 4", "The answer is \\boxed{7}"], rows,
-                      log_metric=logged.__setitem__)
+    scores = funcs[0](prompts=["p"] * 3, completions=["The answer is 4", "The answer is 4", "The answer is \\boxed{7}"],
+                      row_json=rows, log_metric=logged.__setitem__)  # keywords, as TRL calls reward functions
     assert scores == [1.0, 0.0, 1.0]
     assert logged["verifier_reward/numeric"] == 0.5 and logged["verifier_reward/math"] == 1.0
     assert logged["failures/numeric/timeout"] == 0.0
