@@ -18,7 +18,7 @@ TRAIN = {"learning_rate": 3e-3, "max_steps": 8, "per_device_train_batch_size": 8
 def pairs(n: int, seed: int) -> list[dict]:
     """A correct answer with its working (tutor) over a wrong one without (guesser, where it is wrong)."""
     rows = []
-    for r in tinyworld.sft_candidate_rows(n, seed=seed):
+    for r in tinyworld.sft_candidate_rows(n, seed=seed, mix={"arith": 1.0}):  # the tutor and the guesser
         by = {c["source"]: c["response"] for c in r["candidates"]}
         if f"The answer is {r['ground_truth']}." not in by["guesser"]:
             rows.append({"prompt": r["prompt"], "chosen": by["tutor"], "rejected": by["guesser"]})

@@ -38,7 +38,7 @@ def pool(tmp_path_factory):
     tok = tinyworld.build_tokenizer()
     hf.save_model(tinyworld.build_model(tok, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                         num_key_value_heads=2, intermediate_size=64, seed=0), tok, root / "model")
-    write_rows(root / "candidates.jsonl", tinyworld.sft_candidate_rows(12, seed=3))
+    write_rows(root / "candidates.jsonl", tinyworld.sft_candidate_rows(12, seed=3, mix={"arith": 1.0}))  # 4 teachers each
     return root / "candidates.jsonl", root / "model"
 
 
