@@ -131,6 +131,16 @@ def test_only_and_from(finished_run, tmp_path):
     assert proc.returncode == 2 and "has not finished" in proc.stderr
 
 
+def _complete_json(path) -> bool:
+    """Whether the file exists and parses: a checkpoint counts once its trainer_state.json is whole (a kill
+    while TRL is still writing it leaves a checkpoint that is rightly skipped, and the stage starts over)."""
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
 @pytest.mark.parametrize("stage,checkpoint", [("sft", 6), ("dpo", 4), ("rlvr", 2)])
 def test_kill_9_mid_stage_then_resume_is_exact(finished_run, tmp_path, stage, checkpoint):
     recipe, run_dir = finished_run
@@ -143,7 +153,7 @@ def test_kill_9_mid_stage_then_resume_is_exact(finished_run, tmp_path, stage, ch
                             start_new_session=True)
     marker = killed / stage / "checkpoints" / f"checkpoint-{checkpoint}" / "trainer_state.json"
     deadline = time.time() + 300
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+    while not _complete_json(marker) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.005)
     assert proc.poll() is None, "the run finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # with the reward workers it forked
