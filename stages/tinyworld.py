@@ -16,6 +16,9 @@ class TinyWorldConfig:
     rl_rows: int = field(default=1000, metadata={"ge": 1})
     judged_pairs: int = field(default=500, metadata={"ge": 1, "help": "off-policy preference pairs (courtesy)"})
     planted: int = field(default=0, metadata={"ge": 0, "help": "held-out eval items planted in the SFT candidates"})
+    rl_courtesy: float = field(default=0.0, metadata={
+        "ge": 0.0, "le": 1.0, "help": "share of RL prompts that are courtesy (checked by its end-phrase verifier), "
+                                      "so that RLVR keeps what DPO taught"})
     seed: int = 0
 
 
@@ -31,7 +34,7 @@ class TinyWorld(Stage):
         counts = {
             "pretrain": write_rows(ctx.output("pretrain"), tinyworld.pretrain_rows(cfg.pretrain_rows, cfg.seed)),
             "sft_candidates": write_rows(ctx.output("sft_candidates"), tinyworld.sft_candidate_rows(cfg.sft_rows, cfg.seed + 1, cfg.planted)),
-            "rl": write_rows(ctx.output("rl"), tinyworld.rl_rows(cfg.rl_rows, cfg.seed + 2)),
+            "rl": write_rows(ctx.output("rl"), tinyworld.rl_rows(cfg.rl_rows, cfg.seed + 2, tinyworld.rl_mix(cfg.rl_courtesy))),
             "judged_pairs": write_rows(ctx.output("judged_pairs"), tinyworld.judged_pairs(cfg.judged_pairs, cfg.seed + 3)),
         }
         return {f"rows/{k}": v for k, v in counts.items()}

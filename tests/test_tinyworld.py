@@ -97,6 +97,17 @@ def test_rows_name_their_verifier_and_the_verifiers_agree():
     assert [v.score for v in verdicts] == [1.0] * 4 + [0.0] * 4, verdicts
 
 
+def test_rl_courtesy_share_gives_rlvr_courtesy_prompts_its_verifier_checks():
+    rows = tw.rl_rows(400, seed=0, mix=tw.rl_mix(0.25))
+    courtesy = [r for r in rows if r["skill"] == "courtesy"]
+    assert 60 < len(courtesy) < 140 and {r["skill"] for r in rows} == set(tw.SKILLS)
+    assert tw.rl_mix(0.0) == tw.RL_MIX and abs(sum(tw.rl_mix(0.25).values()) - 1) < 1e-9
+    held = {r["prompt"][0]["content"] for r in tw.heldout_rows(tw.heldout_size("courtesy"), "courtesy")}
+    assert not held & {r["prompt"][0]["content"] for r in courtesy}  # training problems only
+    verdicts = score_rows(["Sure. You are welcome.", "OK."], courtesy[:2])
+    assert [v.score for v in verdicts] == [1.0, 0.0], verdicts
+
+
 def test_judged_pairs_prefer_courtesy_on_training_prompts():
     pairs = tw.judged_pairs(200, seed=0)
     held = {r["prompt"][0]["content"] for r in tw.heldout_rows(tw.heldout_size("courtesy"), "courtesy")}

@@ -39,7 +39,8 @@ SKILLS: dict[str, Skill] = {"arith": arith.SKILL, "format": formats.SKILL, "code
                             "courtesy": courtesy.SKILL}
 # What share of each generator's rows each skill gets. Arithmetic needs the most pretraining (reading the
 # numbers out of the question is the hard part). Courtesy is in pretraining text and the judged preference
-# pairs only: no SFT teacher shows it and RLVR does not train it, so DPO is what teaches it.
+# pairs only: no SFT teacher shows it, so DPO is what teaches it. RL_MIX leaves it out; a recipe can give
+# courtesy a share of the RL prompts (`rl_mix`) so that RLVR keeps what DPO taught.
 PRETRAIN_MIX = {"arith": 0.55, "format": 0.15, "code": 0.15, "courtesy": 0.15}
 SFT_MIX = {"arith": 0.5, "format": 0.25, "code": 0.25}
 RL_MIX = {"arith": 0.5, "format": 0.25, "code": 0.25}
@@ -140,6 +141,13 @@ def rl_rows(n: int, seed: int, mix: dict[str, float] = RL_MIX) -> list[dict]:
     """Training-split prompts with what their verifier needs, each naming its verifier (per-row routing)."""
     return [_verifiable_row(f"tw-rl-{seed}-{i}", sid, SKILLS[sid].question(p, rng), p)
             for i, (sid, p, rng) in enumerate(_training_problems(n, seed, mix))]
+
+
+def rl_mix(courtesy_share: float = 0.0) -> dict[str, float]:
+    """RL_MIX with `courtesy_share` of the prompts made courtesy, the others scaled down to make room."""
+    if not courtesy_share:
+        return RL_MIX
+    return {**{sid: w * (1 - courtesy_share) for sid, w in RL_MIX.items()}, "courtesy": courtesy_share}
 
 
 def judged_pairs(n: int, seed: int) -> list[dict]:
