@@ -17,10 +17,11 @@ from pathlib import Path
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run", "--hide-scrollbars", "--disable-dev-shm-usage"]
 # Run after the page (and its data: images) has loaded; writes what it measured into the DOM, which
-# --dump-dom prints: the page's scroll width against the viewport's, and each image's box.
+# --dump-dom prints: the page's scroll width against the viewport's, each table's width and each image's box.
 MEASURE = """<script>addEventListener('load', () => {
   const pre = document.createElement('pre'); pre.id = 'layout-measure';
   pre.textContent = JSON.stringify({scrollWidth: document.scrollingElement.scrollWidth, innerWidth: innerWidth,
+    tables: [...document.querySelectorAll('table')].map(t => t.scrollWidth),
     images: [...document.images].map(i => ({left: i.getBoundingClientRect().left, right: i.getBoundingClientRect().right,
                                              natural: i.naturalWidth, complete: i.complete}))});
   document.body.append(pre); });</script>"""
@@ -43,7 +44,8 @@ def screenshot(html: Path, png: Path, width: int, height: int) -> None:
 
 
 def layout(html: Path, widths: list[int], height: int = 900) -> dict[int, dict]:
-    """The page's layout in windows of each width (px): scrollWidth, innerWidth and each image's left/right.
+    """The page's layout in windows of each width (px): scrollWidth, innerWidth, each table's full width and
+    each image's left/right.
     One Chromium start: a copy of the page with MEASURE added (beside it, so relative links resolve as in
     the original) is loaded into one iframe per width, each its own viewport (media queries included)."""
     probe, frames = html.with_name(".layout-probe.html"), html.with_name(".layout-frames.html")

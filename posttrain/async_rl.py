@@ -7,13 +7,12 @@ What TRL 1.16's async GRPO needs, and so what validation asks for:
 - CUDA and the `kernels` package: it packs rollouts with a FlashAttention-3 kernel fetched from the Hub;
 - its own loss: clipped, token-level (posttrain's `dapo`), no KL term (`beta: 0`), one pass per rollout
   (`num_iterations: 1`), group-normalised advantages (`scale_rewards: group`); no steps_per_generation.
-- reward functions that pickle (they run in a spawned worker): module-level `Term` objects below.
+- reward functions that pickle (they run in a spawned worker): posttrain.reward_terms.VerifiedTerm objects.
 Resume is not exact under it: rollouts in flight at a checkpoint are lost (TRL sets ignore_data_skip).
 """
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass, field
 
 from posttrain.data import DataError
@@ -65,27 +64,12 @@ def check_async(cfg) -> list[tuple[str, str]]:
     return problems
 
 
-class Term:
-    """One weighted reward term as a picklable callable: TRL's async worker scores in a spawned process. It sums
-    the terms (no reward_weights), so each carries its own weight."""
+def reward_terms(cfg, route_by_row: str) -> list:
+    """The verifier terms, each carrying its own weight: the async trainer sums them (no reward_weights)."""
+    from posttrain.reward_terms import VerifiedTerm
 
-    def __init__(self, name: str, verifier: str | None, weight: float, scale: float, options: dict, timeout_s: float,
-                 max_failure_fraction: float):
-        self.__name__, self.verifier, self.weight, self.scale = name, verifier, weight, scale
-        self.options, self.timeout_s, self.max_failure_fraction = options, timeout_s, max_failure_fraction
-
-    def __call__(self, prompts, completions, row_json, **_):
-        from posttrain.rewards import score_rows
-
-        rows = [json.loads(r) for r in row_json]
-        verdicts = score_rows(completions, rows, self.verifier, timeout_s=self.timeout_s,
-                              max_failure_fraction=self.max_failure_fraction, options=self.options)
-        return [self.weight * self.scale * v.score for v in verdicts]
-
-
-def reward_terms(cfg, route_by_row: str) -> list[Term]:
-    return [Term(t.name, None if t.name == route_by_row else t.name, t.weight, cfg.verified_reward, t.options,
-                 cfg.reward_timeout_s, cfg.max_reward_failure_fraction) for t in cfg.rewards]
+    return [VerifiedTerm(t.name, None if t.name == route_by_row else t.name, cfg.verified_reward, t.options,
+                         cfg.reward_timeout_s, cfg.max_reward_failure_fraction, weight=t.weight) for t in cfg.rewards]
 
 
 def async_args(cfg) -> dict:

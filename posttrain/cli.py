@@ -19,7 +19,9 @@ class UsageError(Exception):
 def _console(file=None):
     from rich.console import Console
 
-    return Console(file=file, highlight=False)
+    # soft_wrap: a message is one line, never broken at the console width (a run folder's path stays whole
+    # for copying and for grep); tables still fit the width
+    return Console(file=file, highlight=False, soft_wrap=True)
 
 
 def _load(args):

@@ -162,3 +162,33 @@ def reward_model_refs(specs: dict) -> list[tuple[str, str]]:
                 problems.append((f"stages.{name}.rewards[{i}].model", f"stage '{upstream.name}' ({upstream.kind}) "
                                  "outputs a causal LM, not a reward model; name a reward_model stage's output"))
     return problems
+
+
+class VerifiedTerm:
+    """One verifier term as a picklable callable (TRL's async worker scores in a spawned process): each
+    completion's verdict score x `scale` x `weight`. verifier None routes each row by its own `verifier` field.
+    With log_metric (TRL passes it) it logs, per verifier, the share of completions that timed out, crashed
+    the verifier or hit a sandbox limit (failures/<verifier>/<kind>), where reward hacking shows first; a
+    routed term also logs each verifier's mean reward (verifier_reward/<verifier>), which its own mean mixes."""
+
+    def __init__(self, name: str, verifier: str | None, scale: float, options: dict, timeout_s: float,
+                 max_failure_fraction: float, weight: float = 1.0):
+        self.__name__, self.verifier, self.scale, self.weight = name, verifier, scale, weight
+        self.options, self.timeout_s, self.max_failure_fraction = options, timeout_s, max_failure_fraction
+
+    def __call__(self, prompts, completions, row_json, log_metric=None, **_):
+        from posttrain.rewards import failure_shares, score_rows
+
+        rows = [json.loads(r) for r in row_json]
+        verdicts = score_rows(completions, rows, self.verifier, timeout_s=self.timeout_s,
+                              max_failure_fraction=self.max_failure_fraction, options=self.options)
+        scores = [v.score * self.scale * self.weight for v in verdicts]
+        if log_metric is not None:
+            names = [self.verifier or r["verifier"] for r in rows]
+            for key, share in failure_shares(verdicts, names).items():
+                log_metric(key, share)
+            if self.verifier is None:
+                for name in sorted(set(names)):
+                    mine = [s for s, n in zip(scores, names) if n == name]
+                    log_metric(f"verifier_reward/{name}", sum(mine) / len(mine))
+        return scores

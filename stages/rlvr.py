@@ -12,7 +12,7 @@ With `lora`, adapters train (the KL reference is the adapter-free model) and mer
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from posttrain import dynamic_sampling, hf, vllm_correction
 from posttrain.dynamic_sampling import DynamicSampling
@@ -81,37 +81,19 @@ class RLVRConfig:
     launcher: Launcher = field(default_factory=Launcher)
 
 
-def reward_functions(cfg: RLVRConfig, stop_ids: list[int], path=str) -> tuple[list, list[float]]:
+def reward_functions(cfg: RLVRConfig, stop_ids: list[int], path: Callable[[str], str] | None = None
+                     ) -> tuple[list, list[float]]:
     """One TRL reward function per term (named after it, so TRL logs rewards/<name>/mean), plus the EOS term;
-    a gated term's series is its reward after the gate. path: resolves a `model` term's model (ctx.path).
-    Each also logs, per verifier, the share of completions that timed out, crashed the verifier or hit a
-    sandbox limit (failures/<verifier>/<kind>, through TRL's log_metric), where reward hacking shows first;
-    the routed term also logs each verifier's mean reward (verifier_reward/<verifier>)."""
-    from posttrain.reward_terms import MODEL_TERM, gated, model_reward, remembered
-    from posttrain.rewards import failure_shares, score_rows
+    a gated term's series is its reward after the gate. path: resolves a `model` term's model (the stage passes
+    ctx.path, which also finds an upstream stage's output); without it the model is a folder as written.
+    Verifier terms log their failure shares (posttrain.reward_terms.VerifiedTerm)."""
+    from posttrain.reward_terms import MODEL_TERM, VerifiedTerm, gated, model_reward, remembered
 
     def term_fn(term: RewardTerm):
         if term.name == MODEL_TERM:
-            return model_reward(path(term.model), term.batch_size)
-        verifier = None if term.name == ROUTE_BY_ROW else term.name
-
-        def reward(prompts, completions, row_json, log_metric=None, **_):
-            rows = [json.loads(r) for r in row_json]
-            verdicts = score_rows(completions, rows, verifier, timeout_s=cfg.reward_timeout_s,
-                                  max_failure_fraction=cfg.max_reward_failure_fraction, options=term.options)
-            scores = [v.score * cfg.verified_reward for v in verdicts]
-            if log_metric is not None:
-                names = [verifier or r["verifier"] for r in rows]
-                for key, share in failure_shares(verdicts, names).items():
-                    log_metric(key, share)
-                if verifier is None:  # routed: each verifier's own mean reward, which this term's mean mixes
-                    for name in sorted(set(names)):
-                        mine = [s for s, n in zip(scores, names) if n == name]
-                        log_metric(f"verifier_reward/{name}", sum(mine) / len(mine))
-            return scores
-
-        reward.__name__ = term.name
-        return reward
+            return model_reward(path(term.model) if path else term.model, term.batch_size)
+        return VerifiedTerm(term.name, None if term.name == ROUTE_BY_ROW else term.name, cfg.verified_reward,
+                            term.options, cfg.reward_timeout_s, cfg.max_reward_failure_fraction)
 
     def eos(completion_ids, **_):
         return [0.0 if ids and ids[-1] in stop_ids else -cfg.eos_penalty for ids in completion_ids]

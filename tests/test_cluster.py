@@ -163,6 +163,7 @@ def reference(tmp_path_factory):
     return _weights(root / "run")
 
 
+@pytest.mark.slow  # ~95 s: a one-node reference run plus two nodes of four processes
 def test_two_nodes_one_writer_same_weights_as_one_node(tmp_path, reference):
     recipe, out = write_recipe(tmp_path, RECIPE), tmp_path / "run"
     codes = _wait(_start_nodes(tmp_path, recipe, out), 300)
