@@ -53,8 +53,11 @@ demo: setup
 	$(VENV)/bin/posttrain status runs/tiny
 	@echo "report: runs/tiny/report/report/report.html"
 
+# The fast suite in parallel: one pytest worker per CPU (each one thread), a test file to a worker so that a
+# file's module fixtures are built once. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= auto
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-all: setup
 	$(PY) -m pytest -q -m ""
@@ -82,7 +85,7 @@ test-latest:
 	$(call install_torch,$(LATEST_VENV)/bin/python,--no-deps)
 	$(LATEST_VENV)/bin/python -m pip install -q -e '.[dev]' -c requirements/cpu.in
 	$(LATEST_VENV)/bin/python bench/lock_drift.py $(LOCK)
-	$(LATEST_VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(LATEST_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Re-resolve the lock from pyproject.toml + requirements/cpu.in with uv. Pins still allowed are kept;
 # `make lock UPGRADE=--upgrade` moves everything to the newest allowed. torch is resolved as the CPU build
