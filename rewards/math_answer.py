@@ -115,7 +115,7 @@ def _answer_configs() -> list:
     return [LatexExtractionConfig(), ExprExtractionConfig()]
 
 
-def _parse(latex: str, configs: list, wall_s: float) -> list:
+def _parse(latex: str, configs: list, wall_s: float | None) -> list:
     """math-verify's parse of `$latex$`, whitespace runs (newlines too: they are spaces to LaTeX) made one
     space. A plain integer, the most common answer, is built directly as math-verify builds it (a test
     checks they agree): its LaTeX parser costs ~10 ms a call."""
@@ -194,12 +194,19 @@ def warm_up_parser() -> None:
     """Parse WARM_UP once, in the process about to fork guard workers (a guard.BEFORE_FORK_HOOKS hook, ~1.5 s):
     each worker would otherwise spend about that filling its own copy of the parser's cache. Best effort."""
     from math_verify import LatexExtractionConfig
+    from math_verify.parser import logger
 
-    for latex in WARM_UP:
-        try:
-            _parse(latex, [LatexExtractionConfig()], WALL_BACKSTOP_S)
-        except Exception:  # noqa: BLE001
-            pass
+    # No wall-clock timeout: math-verify's uses signals, which a pool's thread (where the first fork may
+    # come from) cannot set. Trusted text; its note that no timeout is set is silenced.
+    logger.disabled, was = True, logger.disabled
+    try:
+        for latex in WARM_UP:
+            try:
+                _parse(latex, [LatexExtractionConfig()], None)
+            except Exception:  # noqa: BLE001
+                pass
+    finally:
+        logger.disabled = was
 
 
 class MathVerifier(Verifier):

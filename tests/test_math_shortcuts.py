@@ -78,3 +78,21 @@ def test_numbers_parse_to_what_plain_math_verify_gives(latex):
         theirs = parse(f"${latex}$", [LatexExtractionConfig()], parsing_timeout=None)
     assert [sympy.srepr(x) if isinstance(x, sympy.Basic) else x for x in ours] == \
         [sympy.srepr(x) if isinstance(x, sympy.Basic) else x for x in theirs]
+
+
+def test_the_parser_warm_up_parses_from_a_pool_thread(monkeypatch):
+    """The first worker may be forked from a pool's thread, where math-verify's signal-based timeout fails."""
+    import threading
+
+    parsed, plain_parse = [], math_answer._parse
+
+    def spy(*args):
+        parsed.append(plain_parse(*args))  # raises (and the warm-up swallows it) where a timeout is set
+        return parsed[-1]
+
+    monkeypatch.setattr(math_answer, "_parse", spy)
+    monkeypatch.setattr(math_answer, "WARM_UP", ["\\frac{1}{2}+x", "\\left( -3, \\frac{2}{13} \\right]"])
+    thread = threading.Thread(target=math_answer.warm_up_parser.__wrapped__)
+    thread.start()
+    thread.join()
+    assert [str(p[0]) for p in parsed] == ["x + 1/2", "Interval.Lopen(-3, 2/13)"]
