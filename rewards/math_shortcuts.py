@@ -1,4 +1,4 @@
-"""Faster roads to math-verify's own verdict: three changes inside math-verify and its LaTeX parser, each giving
+"""Faster roads to math-verify's own verdict: four changes inside math-verify and its LaTeX parser, each giving
 the result the library gives, for less CPU. `install()` puts them in place (once per process, before workers
 fork); `plain_math_verify()` takes them out for a block, so tests/test_math_shortcuts.py can compare verdicts
 with the library as it comes over MATH-500's answers.
@@ -20,6 +20,11 @@ with the library as it comes over MATH-500's answers.
    False; this returns False without calling it. Anything else (floats, whose rounding `simplify` may cancel;
    percentages; matrices; other functions of symbols; a difference that is or may be zero) goes to
    math-verify's own `sympy_symbolic_eq`, unchanged.
+4. **A number against a range** (`compare_sets`): `sympy_compare_sets` of a one-element set (an answer that
+   is no set or tuple, which it wraps so) and an interval of positive length, or a union holding one, tries
+   set equality by `symmetric_difference` (~20 ms) and finds none: a finite set never equals an infinite
+   one, and none of its other branches (two intervals; two finite sets or tuples; an open interval against
+   a pair) applies. This returns its False at once.
 Each is left out when the library's internals are not the ones it was written for.
 """
 from __future__ import annotations
@@ -69,6 +74,28 @@ def symbolic_eq(a, b) -> bool:
     return False if provably_unequal(a, b) else _plain("sympy_symbolic_eq")(a, b)
 
 
+def _infinite(x) -> bool:
+    """x is an interval of positive length, or a union holding one (a sure sign of an infinite set)."""
+    import sympy
+
+    parts = x.args if isinstance(x, sympy.Union) else (x,)
+    return any(isinstance(p, sympy.Interval) and p.measure.is_positive is True for p in parts)
+
+
+def compare_sets(gold, pred, *args):
+    """math-verify's `sympy_compare_sets`, False at once for a single value against a range (module's doc, 4)."""
+    import sympy
+    from sympy.matrices import MatrixBase
+    from sympy.matrices.expressions import MatrixExpr
+
+    for one, other in ((gold, pred), (pred, gold)):
+        single = isinstance(one, sympy.Expr) and not isinstance(one, (MatrixBase, MatrixExpr))
+        with contextlib.suppress(Exception):  # sympy failing: math-verify decides
+            if single and _infinite(other):
+                return False
+    return _plain("sympy_compare_sets")(gold, pred, *args)
+
+
 def _parse_number(self, text):
     """latex2sympy's `parse_number`, digits built directly (see the module's doc, 2)."""
     import sympy
@@ -105,7 +132,7 @@ def _targets() -> list[tuple[object, str, object]]:
     except ImportError:
         return []
     wanted = [(Converter, "create_parser", _two_stage_create_parser), (Converter, "parse_number", _parse_number),
-              (grader, "sympy_symbolic_eq", symbolic_eq)]
+              (grader, "sympy_symbolic_eq", symbolic_eq), (grader, "sympy_compare_sets", compare_sets)]
     return [(owner, name, ours) for owner, name, ours in wanted if callable(getattr(owner, name, None))]
 
 

@@ -72,7 +72,10 @@ def test_the_math_answer_parse_is_cpu_time_limited():
     row = {"answer": "\\frac{\\sqrt{5}-1}{2}"}
     answer = "\\boxed{\\frac{2}{1+\\sqrt{5}}}"  # equal, but not the gold's own text: it must be parsed
     assert score_rows([answer], [row], "math")[0].score == 1.0
-    starved = score_rows([answer], [row], "math", options={"parse_timeout_s": 0.001})[0]
+    # A long text of the same value, not parsed before: its parse takes tens of ms, past the limit and the CPU
+    # timer's tick (a short one can beat the tick once the parser's cache is warm, or be remembered)
+    long_answer = "\\boxed{\\frac{2}{1+\\sqrt{5}}" + " + 0" * 40 + "}"
+    starved = score_rows([long_answer], [row], "math", options={"parse_timeout_s": 0.001})[0]
     assert (starved.score, starved.failure) == (0.0, "timeout") and "CPU time limit" in starved.reason
 
 
