@@ -38,6 +38,9 @@ WALL_FACTOR, WALL_SLACK_S = 3.0, 1.0  # the wall-clock backstop of a call with a
 CHUNKS_PER_WORKER = 8  # a batch is cut into this many chunks per worker: few round trips, balanced ends
 FLUSH_S = 0.02  # a worker sends the outcomes it has at least this often (and at the end of a chunk)
 _CONTEXT = multiprocessing.get_context("fork")
+# Run in the parent before each worker is forked, so workers inherit what they prepare (a verifier's warm
+# parser). Each must make its own repeats cheap (functools.cache): a restarted worker runs them again.
+BEFORE_FORK_HOOKS: list[Callable[[], None]] = []
 _start_lock = threading.Lock()
 _in_worker = False
 
@@ -168,6 +171,8 @@ class Worker:
         # One start at a time: a worker forked while another's pipe is new would inherit that pipe's child
         # end (and process sentinel), and the parent would never see the other worker die.
         with _start_lock:
+            for hook in BEFORE_FORK_HOOKS:
+                hook()
             parent_conn, child_conn = _CONTEXT.Pipe()
             self._proc = _CONTEXT.Process(target=_serve, args=(child_conn, parent_conn), daemon=True,
                                           name="posttrain-rewards-worker")

@@ -9,8 +9,10 @@ roots, pi, intervals, sets, percentages, units, 0.5 vs 1/2) is math-verify's: bo
 as LaTeX by its parser, never by `sympify` of raw text. Answers longer than `max_answer_chars` or nested
 deeper than `max_depth` braces are refused before parsing; the answer's parse and the comparison each
 have a CPU-time limit (a row that hits one scores 0 with failure "timeout"), and the guard's limits bound
-everything. Two shortcuts give math-verify's own verdict without its cost: an answer written as the gold
-answer is equal, and two plain integers (which math-verify parses to sympy Integers) are compared by value.
+everything. Shortcuts give math-verify's own verdict without its cost: an answer written as the gold
+answer is equal, two plain integers (which math-verify parses to sympy Integers) are compared by value, a
+decided (gold, answer) pair is remembered, and math_shortcuts.py speeds up math-verify's parser and its
+comparison of unequal answers (tests/test_math_shortcuts.py compares the verdicts with plain math-verify's).
 
 Options: `max_answer_chars` (300), `max_depth` (12), `parse_timeout_s` (1), `compare_timeout_s` (2): CPU seconds.
 """
@@ -21,7 +23,8 @@ import re
 from typing import Any
 
 from posttrain.rewards.core import RowError, Verdict, Verifier, last_match, require_field
-from posttrain.rewards.guard import CpuTimeout, cpu_limit
+from posttrain.rewards.guard import BEFORE_FORK_HOOKS, CpuTimeout, cpu_limit
+from posttrain.rewards.math_shortcuts import install as install_shortcuts
 from posttrain.rewards.registry import register_verifier
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\b")
@@ -80,48 +83,22 @@ def extract_final_answer(text: str) -> tuple[str | None, str]:
 
 
 _GOLD_CACHE: dict[str, list] = {}
+_VERDICTS: dict[tuple, tuple[bool, str]] = {}  # (gold, answer, limits) -> equivalent()'s answer
 WALL_BACKSTOP_S = 60  # math-verify's own timeouts are wall-clock: set far out of reach, a backstop only
 _INTEGER = re.compile(r"-?\d{1,40}")
-# LaTeX of the kinds competition answers take, parsed once before workers fork: it fills the parser's
-# shared prediction cache (ANTLR's DFA), which otherwise each worker builds slowly on its first rows.
+# LaTeX of the kinds competition answers take, parsed before workers fork (warm_up_parser): it fills the
+# parser's shared prediction cache (ANTLR's DFA), which otherwise each worker builds slowly on its first rows
+# (~2 ms a row over MATH-500). Intervals, tuples and vectors (with \\left( or not) and fractions cost most.
 WARM_UP = ["\\frac{1}{2}", "-\\dfrac{3}{4}", "2\\sqrt{3}", "\\frac{\\sqrt{5}-1}{2}", "3\\pi", "\\pi^2", "x^2+2x+1",
            "(1,2)", "[0,1)", "(-\\infty, 3] \\cup (5, \\infty)", "\\{1,2,3\\}", "1, 2, 3", "3.14", "10\\%", "45^\\circ",
            "\\text{(A)}", "\\text{Monday}", "90\\text{ square units}", "\\$1.50", "2^{10}", "e^{i\\pi}", "\\log_2 8",
            "\\sin x", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "a+b\\sqrt{2}", "\\frac{a}{b}", "x=5", "y = 2x - 3",
-           "4\\sqrt[3]{2}", "\\binom{5}{2}", "5!", "|x-1|", "\\infty", "-\\frac{\\pi}{4}", "1.5\\times 10^{3}"]
-
-
-@functools.cache
-def _two_stage_latex_parser() -> None:
-    """Make latex2sympy's ANTLR parser predict in SLL mode first and, only on a syntax error, parse again in
-    the default LL mode: ANTLR's documented two-stage strategy, which gives the very tree LL gives (an SLL
-    parse either matches LL's or reports an error, which latex2sympy raises). Intervals and tuples parse
-    several times faster. Left alone when latex2sympy's internals are not the ones this was written for."""
-    try:
-        from antlr4.atn.PredictionMode import PredictionMode
-        from latex2sympy2_extended.latex2sympy2 import _Latex2Sympy as Converter
-    except ImportError:
-        return
-    create = getattr(Converter, "create_parser", None)
-    if not callable(create) or getattr(create, "two_stage", False):
-        return
-
-    def create_parser(self, latex_str):
-        parser = create(self, latex_str)
-        parser._interp.predictionMode = PredictionMode.SLL
-        sll_math = parser.math
-
-        def math():
-            try:
-                return sll_math()
-            except Exception:  # noqa: BLE001 - a syntax error in SLL: LL decides, as without this
-                return create(self, latex_str).math()
-
-        parser.math = math
-        return parser
-
-    create_parser.two_stage, create_parser.ll = True, create
-    Converter.create_parser = create_parser
+           "4\\sqrt[3]{2}", "\\binom{5}{2}", "5!", "|x-1|", "\\infty", "-\\frac{\\pi}{4}", "1.5\\times 10^{3}",
+           "\\left[ \\frac{\\pi}{6}, \\frac{7 \\pi^2}{3} \\right]", "\\left( \\frac{2}{7}, -5 \\right)", "(x+3)(y-1)",
+           "\\left( 2, \\frac{\\pi}{3} \\right)", "(-\\sqrt{2}, 2\\sqrt{2})", "x \\in [-3,4]", "\\{2\\pm\\sqrt{7},5\\}",
+           "\\begin{pmatrix} 1/2 \\\\ -3/4 \\\\ 7 \\end{pmatrix}", "\\begin{pmatrix} 2 & -1 \\\\ 0 & 3 \\end{pmatrix}",
+           "3\\frac{2}{7}", "2x + 3y - 6z + 1 = 0", "y = 5x", "(4,-7,2,-11)", "1 \\pm 2\\sqrt{6}", "1011_{2}", "37_9",
+           "x^4 - 2x^3 + x^2 - 5x + 3", "\\frac{7+3b}{10}", "4 - 3i", "2s^2+3s-9", "\\tan x", "\\sqrt{10}"]
 
 
 def _integer(latex: str) -> int | None:
@@ -138,7 +115,7 @@ def _answer_configs() -> list:
     return [LatexExtractionConfig(), ExprExtractionConfig()]
 
 
-def _parse(latex: str, configs: list, wall_s: float) -> list:
+def _parse(latex: str, configs: list, wall_s: float | None) -> list:
     """math-verify's parse of `$latex$`, whitespace runs (newlines too: they are spaces to LaTeX) made one
     space. A plain integer, the most common answer, is built directly as math-verify builds it (a test
     checks they agree): its LaTeX parser costs ~10 ms a call."""
@@ -149,7 +126,7 @@ def _parse(latex: str, configs: list, wall_s: float) -> list:
         return [sympy.Integer(int(latex)), latex]
     from math_verify import parse
 
-    _two_stage_latex_parser()
+    install_shortcuts()
     return parse(f"${latex}$", extraction_config=configs, parsing_timeout=wall_s)
 
 
@@ -174,9 +151,21 @@ def equivalent(gold: str, answer: str, parse_timeout_s: float = 1, compare_timeo
     """(equal?, reason) by math-verify; an answer it cannot parse counts as not equal. The answer's parse and
     the comparison each get that many CPU seconds (guard.cpu_limit; in a guard worker), raising CpuTimeout
     past them; math-verify's wall-clock timeouts are a backstop WALL_BACKSTOP_S away. An answer written
-    exactly as the gold answer is equal without either."""
+    exactly as the gold answer is equal without either. A decided pair is remembered (an RL group's
+    completions often give the same answer); a timeout, which raises, never is."""
+    key = (" ".join(gold.split()), " ".join(answer.split()), parse_timeout_s, compare_timeout_s)
+    if key not in _VERDICTS:
+        decided = _decide(gold, answer, parse_timeout_s, compare_timeout_s)
+        if len(_VERDICTS) > 4096:
+            _VERDICTS.clear()
+        _VERDICTS[key] = decided
+    return _VERDICTS[key]
+
+
+def _decide(gold: str, answer: str, parse_timeout_s: float, compare_timeout_s: float) -> tuple[bool, str]:
     from math_verify import verify
 
+    install_shortcuts()
     gold_parsed = parse_gold(gold)
     if " ".join(answer.split()) == " ".join(gold.split()):
         return True, f"equivalent (the gold answer's own text): {answer[:60]!r}"
@@ -195,16 +184,29 @@ def equivalent(gold: str, answer: str, parse_timeout_s: float = 1, compare_timeo
 
 @functools.cache
 def _warm_up() -> None:
-    """Import and exercise math-verify (sympy, the LaTeX parser) once in the process that builds the
-    verifier, so forked workers inherit it warm (WARM_UP). Best effort: a failure only means a slower start."""
-    from math_verify import LatexExtractionConfig
-
-    for latex in WARM_UP:
-        try:
-            _parse(latex, [LatexExtractionConfig()], WALL_BACKSTOP_S)
-        except Exception:  # noqa: BLE001
-            pass
+    """Import and exercise math-verify (sympy, the LaTeX parser) once in the process that builds the verifier,
+    so workers forked later inherit it. Best effort: a failure only means a slower start."""
     equivalent("\\frac{1}{2}", "0.5")
+
+
+@functools.cache
+def warm_up_parser() -> None:
+    """Parse WARM_UP once, in the process about to fork guard workers (a guard.BEFORE_FORK_HOOKS hook, ~1.5 s):
+    each worker would otherwise spend about that filling its own copy of the parser's cache. Best effort."""
+    from math_verify import LatexExtractionConfig
+    from math_verify.parser import logger
+
+    # No wall-clock timeout: math-verify's uses signals, which a pool's thread (where the first fork may
+    # come from) cannot set. Trusted text; its note that no timeout is set is silenced.
+    logger.disabled, was = True, logger.disabled
+    try:
+        for latex in WARM_UP:
+            try:
+                _parse(latex, [LatexExtractionConfig()], None)
+            except Exception:  # noqa: BLE001
+                pass
+    finally:
+        logger.disabled = was
 
 
 class MathVerifier(Verifier):
@@ -219,6 +221,8 @@ class MathVerifier(Verifier):
         self.parse_timeout_s = float(parse_timeout_s)
         self.compare_timeout_s = float(compare_timeout_s)
         _warm_up()
+        if warm_up_parser not in BEFORE_FORK_HOOKS:
+            BEFORE_FORK_HOOKS.append(warm_up_parser)
 
     def check(self, text: str, row: dict) -> Verdict:
         _warm_up()  # a no-op where this process or the one it was forked from did it

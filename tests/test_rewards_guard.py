@@ -9,7 +9,7 @@ import pytest
 from posttrain.data import read_rows
 from posttrain.eval import plots
 from posttrain.rewards import Verdict, Verifier, failure_shares, get_verifier, register_verifier, score_rows
-from posttrain.rewards import math_answer
+from posttrain.rewards import math_answer, math_shortcuts
 from posttrain.rewards.guard import Worker
 from posttrain.stages.rlvr import RewardTerm, RLVRConfig, reward_functions, routed
 
@@ -72,7 +72,10 @@ def test_the_math_answer_parse_is_cpu_time_limited():
     row = {"answer": "\\frac{\\sqrt{5}-1}{2}"}
     answer = "\\boxed{\\frac{2}{1+\\sqrt{5}}}"  # equal, but not the gold's own text: it must be parsed
     assert score_rows([answer], [row], "math")[0].score == 1.0
-    starved = score_rows([answer], [row], "math", options={"parse_timeout_s": 0.001})[0]
+    # A long text of the same value, not parsed before: its parse takes tens of ms, past the limit and the CPU
+    # timer's tick (a short one can beat the tick once the parser's cache is warm, or be remembered)
+    long_answer = "\\boxed{\\frac{2}{1+\\sqrt{5}}" + " + 0" * 40 + "}"
+    starved = score_rows([long_answer], [row], "math", options={"parse_timeout_s": 0.001})[0]
     assert (starved.score, starved.failure) == (0.0, "timeout") and "CPU time limit" in starved.reason
 
 
@@ -85,20 +88,18 @@ def test_plain_integers_parse_as_math_verify_parses_them(latex):
     assert [(type(x), str(x)) for x in ours] == [(type(x), str(x)) for x in theirs]
 
 
-def test_two_stage_latex_parsing_gives_what_ll_parsing_gives(monkeypatch):
+def test_two_stage_latex_parsing_gives_what_ll_parsing_gives():
     from latex2sympy2_extended.latex2sympy2 import _Latex2Sympy
     from math_verify import LatexExtractionConfig
-    from math_verify.parser import parse_latex_cached
 
     answers = ["(-2,1)", "\\left[ \\frac{\\pi^2}{8}, \\frac{5 \\pi^2}{4} \\right]", "\\{1\\pm\\sqrt{5},-2\\}",
                "x \\in [-2,7]", "(a+5)(b+2)", "\\left(\\frac{3}{5},\\frac{8}{3}\\right]", "1,2,3", "3,333", "x^2+2x+1",
                "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\frac{1}{2} \\text{ units}", "2 \\le x < 5", "a ="]
-    math_answer._two_stage_latex_parser()
+    math_shortcuts.install()
     two_stage = [str(math_answer._parse(a, [LatexExtractionConfig()], 60)) for a in answers]
-    assert getattr(_Latex2Sympy.create_parser, "two_stage", False)  # the speed-up is in place
-    monkeypatch.setattr(_Latex2Sympy, "create_parser", _Latex2Sympy.create_parser.ll)
-    parse_latex_cached.cache_clear()  # math-verify's own small cache would answer from the first pass
-    assert [str(math_answer._parse(a, [LatexExtractionConfig()], 60)) for a in answers] == two_stage
+    assert _Latex2Sympy.create_parser is math_shortcuts._two_stage_create_parser  # the speed-up is in place
+    with math_shortcuts.plain_math_verify():  # LL only (and math-verify's small parse caches emptied)
+        assert [str(math_answer._parse(a, [LatexExtractionConfig()], 60)) for a in answers] == two_stage
 
 
 def _reward_telemetry(completions: list[str], verifiers: list[str]) -> tuple[list[float], dict[str, float]]:
