@@ -82,8 +82,6 @@ def extract_final_answer(text: str) -> tuple[str | None, str]:
     return (phrase, "final answer phrase") if phrase is not None else (None, "")
 
 
-_GOLD_CACHE: dict[str, list] = {}
-_VERDICTS: dict[tuple, tuple[bool, str]] = {}  # (gold, answer, limits) -> equivalent()'s answer
 WALL_BACKSTOP_S = 60  # math-verify's own timeouts are wall-clock: set far out of reach, a backstop only
 _INTEGER = re.compile(r"-?\d{1,40}")
 # LaTeX of the kinds competition answers take, parsed before workers fork (warm_up_parser): it fills the
@@ -130,21 +128,19 @@ def _parse(latex: str, configs: list, wall_s: float | None) -> list:
     return parse(f"${latex}$", extraction_config=configs, parsing_timeout=wall_s)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_gold(gold: str) -> list:
-    """The gold answer parsed by math-verify, cached only on success: a failure is raised each time, never
-    remembered. Gold is trusted data: its parse is bounded by the guard's CPU-time limit of the row, and
-    math-verify's wall-clock timeout is only a far backstop, so the verdict does not depend on machine load.
-    Newlines (as in `90\\text{ square\nunits}`) are spaces to LaTeX and become spaces here."""
-    if gold not in _GOLD_CACHE:
-        from math_verify import LatexExtractionConfig
+    """The gold answer parsed by math-verify, cached only on success: a failure raises, and lru_cache keeps
+    no exception, so it is raised each time, never remembered. Gold is trusted data: its parse is bounded by
+    the guard's CPU-time limit of the row, and math-verify's wall-clock timeout is only a far backstop, so
+    the verdict does not depend on machine load. Newlines (as in `90\\text{ square\nunits}`) are spaces to
+    LaTeX and become spaces here."""
+    from math_verify import LatexExtractionConfig
 
-        parsed = _parse(gold, [LatexExtractionConfig()], WALL_BACKSTOP_S)
-        if not parsed:
-            raise RowError(f"ground truth {gold[:80]!r} could not be parsed by math-verify")
-        if len(_GOLD_CACHE) > 4096:
-            _GOLD_CACHE.clear()
-        _GOLD_CACHE[gold] = parsed
-    return _GOLD_CACHE[gold]
+    parsed = _parse(gold, [LatexExtractionConfig()], WALL_BACKSTOP_S)
+    if not parsed:
+        raise RowError(f"ground truth {gold[:80]!r} could not be parsed by math-verify")
+    return parsed
 
 
 def equivalent(gold: str, answer: str, parse_timeout_s: float = 1, compare_timeout_s: float = 2) -> tuple[bool, str]:
@@ -153,21 +149,16 @@ def equivalent(gold: str, answer: str, parse_timeout_s: float = 1, compare_timeo
     past them; math-verify's wall-clock timeouts are a backstop WALL_BACKSTOP_S away. An answer written
     exactly as the gold answer is equal without either. A decided pair is remembered (an RL group's
     completions often give the same answer); a timeout, which raises, never is."""
-    key = (" ".join(gold.split()), " ".join(answer.split()), parse_timeout_s, compare_timeout_s)
-    if key not in _VERDICTS:
-        decided = _decide(gold, answer, parse_timeout_s, compare_timeout_s)
-        if len(_VERDICTS) > 4096:
-            _VERDICTS.clear()
-        _VERDICTS[key] = decided
-    return _VERDICTS[key]
+    return _decide(" ".join(gold.split()), " ".join(answer.split()), parse_timeout_s, compare_timeout_s)
 
 
+@functools.lru_cache(maxsize=4096)  # keeps no exception: a CpuTimeout is decided again next time
 def _decide(gold: str, answer: str, parse_timeout_s: float, compare_timeout_s: float) -> tuple[bool, str]:
     from math_verify import verify
 
     install_shortcuts()
     gold_parsed = parse_gold(gold)
-    if " ".join(answer.split()) == " ".join(gold.split()):
+    if answer == gold:  # both whitespace-normalised by equivalent()
         return True, f"equivalent (the gold answer's own text): {answer[:60]!r}"
     gold_int, answer_int = _integer(gold), _integer(answer)
     if gold_int is not None and answer_int is not None:  # both parse to sympy Integers: verify compares values

@@ -38,7 +38,7 @@ def _plain_verdict(gold: str, answer: str) -> bool:
 
 
 def _disagreements(pairs: list[tuple[str, str]]) -> list[tuple[str, str, bool]]:
-    math_answer._VERDICTS.clear()  # decided afresh, through every shortcut
+    math_answer._decide.cache_clear()  # decided afresh, through every shortcut
     ours = [math_answer.equivalent(gold, answer)[0] for gold, answer in pairs]
     return [(g, a, mine) for (g, a), mine in zip(pairs, ours) if mine != _plain_verdict(g, a)]
 
