@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from posttrain.data import read_rows
 from posttrain.eval.metrics import CONFIDENCE, wilson_ci
 from posttrain.eval.skills import bootstrap, holm, mcnemar_p, paired, per_item, two_sided_p
 
@@ -140,10 +141,6 @@ def compare_table(items: dict, skills: dict, pairs: list[tuple[str, str]]) -> st
 
 # ---------- what each selection picked ----------
 
-def rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def correct(picked: list[dict]) -> list[float]:
     """Each picked response scored by its skill's verifier (the eval's check)."""
     from posttrain.rewards.batch import score_rows
@@ -160,7 +157,7 @@ def picked_table(runs: list[Path], selections: list[str]) -> str:
     lines = ["| selection | rows (arithmetic / format / code) | correct % (arithmetic / format / code) | "
              "teachers picked, per skill (sum over seeds) |", "|---|---|---|---|"]
     for sel in selections:
-        picked = [r for run in runs for r in rows(run / sel / "data.jsonl")]
+        picked = [r for run in runs for r in read_rows(run / sel / "data.jsonl")]
         by_skill = Counter(r["skill"] for r in picked)
         right = Counter()
         for r, score in zip(picked, correct(picked)):
@@ -181,8 +178,8 @@ def paser_table(runs: list[Path], selections: list[str]) -> str:
     lines = [head, "|---|---|---|---|---|---|" + "---|" * len(selections)]
     notes = []
     for run in runs:
-        skill_of = {r["id"]: r["skill"] for r in rows(run / "pool" / "data.jsonl")}
-        audit = rows(run / "paser" / "audit.jsonl")
+        skill_of = {r["id"]: r["skill"] for r in read_rows(run / "pool" / "data.jsonl")}
+        audit = read_rows(run / "paser" / "audit.jsonl")
         summary = json.loads((run / "paser" / "summary.json").read_text())["paser"]
         cluster_skill = {}
         for c in range(summary["k"]):
@@ -190,7 +187,7 @@ def paser_table(runs: list[Path], selections: list[str]) -> str:
             cluster_skill[c] = members.most_common(1)[0][0] if members else "?"
             if members and members.most_common(1)[0][1] < sum(members.values()):
                 notes.append(f"{run.name} cluster {c} mixes skills {dict(members)}")
-        kept = {s: Counter(r["skill"] for r in rows(run / s / "data.jsonl")) for s in selections}
+        kept = {s: Counter(r["skill"] for r in read_rows(run / s / "data.jsonl")) for s in selections}
         for skill in SKILL_OF:
             cl = [c for c in summary["clusters"] if cluster_skill[c["cluster"]] == skill]
             size = sum(c["size"] for c in cl)
