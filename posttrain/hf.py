@@ -32,6 +32,80 @@ CHAT_TEMPLATES = {
 END_OF_TURN = {"tulu": None, "chatml": "<|im_end|>"}
 
 
+def template_problem(value: str) -> str | None:
+    """Why `value` is not a chat_template: `model`, a built-in name, or a Jinja template that renders every message
+    of a test conversation. A mistyped name (tulu3, chatm1) would otherwise become a template whose whole output is
+    that text: every prompt "chatm1", every response empty."""
+    if value == "model" or value in CHAT_TEMPLATES:
+        return None
+    if "{{" not in value and "{%" not in value:
+        from posttrain.schema import suggest
+
+        names = ["model", *CHAT_TEMPLATES]
+        return (f"unknown chat template {value!r:.80}{suggest(value.strip().lower(), names)}: give model (the "
+                f"checkpoint's own), {' or '.join(CHAT_TEMPLATES)}, or a Jinja template")
+    problem = dropped_turns(lambda messages: render_template(value, messages), ("user", "assistant"))
+    return problem and f"not a usable Jinja chat template: {problem}"
+
+
+def chat_template_field():
+    """The `chat_template` key of every stage that applies one, checked by template_problem at validation."""
+    from dataclasses import field
+
+    return field(default="model", metadata={"check": template_problem, "help": (
+        f"model (the checkpoint's own), {', '.join(CHAT_TEMPLATES)}, or a Jinja template (it must render every turn)")})
+
+
+def render_template(template: str, messages: list[dict]) -> str:
+    """`messages` rendered by a Jinja chat template as transformers renders it, without a tokenizer."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    return render_jinja_template([messages], chat_template=template, bos_token="<s>", eos_token="</s>")[0][0]
+
+
+def dropped_turns(render, roles: tuple[str, ...]) -> str | None:
+    """What is wrong when `render` (messages -> text) loses a turn of a conversation with these roles (a role the
+    template does not know renders as nothing) or cannot render it at all; None when every turn shows."""
+    messages = [{"role": role, "content": f"posttrain-probe-{i}"} for i, role in enumerate(roles)]
+    try:
+        text = render(messages)
+    except Exception as e:  # a Jinja error, or the template's own raise_exception
+        return f"the chat template cannot render turns {', '.join(roles)}: {type(e).__name__}: {str(e)[:200]}"
+    lost = list(dict.fromkeys(m["role"] for m in messages if m["content"] not in text))
+    return (f"the chat template drops {', '.join(map(repr, lost))} turns (their text would vanish from training); "
+            "use roles it renders (system, user, assistant) or a template that renders these") if lost else None
+
+
+class TurnCheck:
+    """Checks conversations against a chat template: a DataError naming the row when a turn would not be rendered.
+    One test render per distinct sequence of roles."""
+
+    def __init__(self, render):
+        self.render, self.seen = render, {}
+
+    def __call__(self, messages: list[dict], where: str) -> list[dict]:
+        from posttrain.data import DataError
+
+        roles = tuple(m["role"] for m in messages)
+        if roles not in self.seen:
+            self.seen[roles] = dropped_turns(self.render, roles)
+        if self.seen[roles]:
+            raise DataError(f"{where}: {self.seen[roles]}")
+        return messages
+
+    @classmethod
+    def of_tokenizer(cls, tokenizer) -> "TurnCheck":
+        return cls(lambda messages: tokenizer.apply_chat_template(messages, tokenize=False))
+
+    @classmethod
+    def of_setting(cls, chat_template: str) -> "TurnCheck | None":
+        """Validation's check: known from the recipe for a built-in or Jinja template, None for the model's own."""
+        if chat_template == "model" or template_problem(chat_template):
+            return None
+        template = CHAT_TEMPLATES.get(chat_template, chat_template)
+        return cls(lambda messages: render_template(template, messages))
+
+
 def split_revision(model: str) -> tuple[str, str | None]:
     """`org/name@rev` -> ("org/name", "rev"); a local folder (which may contain '@') or an id without a
     revision -> (model, None). The revision is a branch, tag or commit, as from_pretrained takes it."""

@@ -30,9 +30,9 @@ def _builtin_context(name: str, spec) -> tuple[int, str] | None:
     """The context of the model a pretrain stage builds from builtin:tiny, with its architecture overrides."""
     if spec.kind != "pretrain" or spec.config.model != BUILTIN:
         return None
-    from posttrain.worlds.tinyworld import DEFAULT_ARCH
+    from posttrain.stages.pretrain import TinyArchitecture
 
-    n = {**DEFAULT_ARCH, **spec.config.architecture}["max_position_embeddings"]
+    n = (spec.config.architecture or TinyArchitecture()).max_position_embeddings
     return (n, f"stage '{name}' builds {BUILTIN}") if isinstance(n, int) else None
 
 

@@ -2,7 +2,7 @@
 
 Supported annotations: int, float, str, bool, Any, `X | None`, Literal[...], list[X], dict[str, X],
 nested dataclasses, and the artifact types of posttrain.stage (Model, Dataset, Results, Report).
-Range limits come from field metadata: ge, gt, le, lt.
+Range limits come from field metadata: ge, gt, le, lt; `check`: a function of the value returning a problem or None.
 """
 import copy
 import dataclasses
@@ -16,7 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Literal, Union
 
-from posttrain.stage import ARTIFACT_TYPES, Dataset, File, Model, is_ref, parse_ref
+from posttrain.stage import ARTIFACT_TYPES, REF_PREFIX, Dataset, File, Model, is_ref, parse_ref
 
 # (key path, message); the recipe loader adds file and line.
 Problem = tuple[str, str]
@@ -30,6 +30,7 @@ DATASET_SCHEMES = ("hf:", "builtin:")
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 FLOAT_MAX = sys.float_info.max  # a bigger int would overflow float()
 NAME_MAX, PATH_MAX = 255, 4096  # Linux limits on one path component and a whole path, in bytes
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # huggingface_hub's repo id: [org/]name
 UNRESOLVED = object()  # a value whose interpolation failed: already reported, not checked again
 
 
@@ -74,6 +75,8 @@ def build(cls, data: Any, path: str, problems: list[Problem], ref_types: RefType
             value = check_value(hints[name], data[name], _join(path, name), problems, ref_types, local)
         if len(problems) == before:
             _check_range(f, value, _join(path, name), problems)
+        if len(problems) == before and "check" in f.metadata and (problem := f.metadata["check"](value)):
+            problems.append((_join(path, name), problem))
         if isinstance(value, Model) and value.startswith("builtin:") and not f.metadata.get("builtin"):
             problems.append((_join(path, name), f"{value:.40} is built only by a pretrain stage; "
                                                 "use its output here: ${stages.NAME.output.model}"))
@@ -164,6 +167,8 @@ def check_value(tp, value: Any, path: str, problems: list[Problem], ref_types: R
     if tp is str:
         if not isinstance(value, str):
             problems.append((path, f"expected a string, got {value!r:.80}"))
+        elif problem := _embedded_reference(value):
+            problems.append((path, problem))
         return value
     raise TypeError(f"schema: unsupported annotation {tp!r} at {path}")
 
@@ -193,6 +198,9 @@ def _check_artifact(tp, value, path: str, problems: list[Problem], ref_types: Re
     if not value.strip():
         problems.append((path, f"empty {want}: give a path, an id or ${{stages.NAME.output.KEY}}"))
         return tp(value)
+    if problem := _embedded_reference(value):
+        problems.append((path, problem))
+        return tp(value)
     if problem := path_problem(value):
         problems.append((path, problem))
         return tp(value)
@@ -207,20 +215,37 @@ def _check_artifact(tp, value, path: str, problems: list[Problem], ref_types: Re
             problems.append((path, f"{what} not found: {given:.200}{read_as}"))
     elif tp is Model and "@" in value and not all(value.rpartition("@")[::2]):
         problems.append((path, f"{value:.200}: a hub model with a revision is org/name@revision (a branch, tag or commit)"))
+    elif tp is Model and not value.startswith("builtin:") and not HUB_ID.fullmatch(value.partition("@")[0]):
+        problems.append((path, f"{value!r:.200} is neither a hub id (org/name, optionally @revision) nor a local folder "
+                               "(a path starting with ./, ../ or /)"))
     elif tp is Dataset and value.startswith("hf:") and "@" in value.split(":")[1] \
             and not all(value.split(":")[1].rpartition("@")[::2]):
         problems.append((path, f"{value:.200}: a hub dataset with a revision is hf:org/name@revision[:config][:split]"))
     return tp(value)
 
 
+def _embedded_reference(value: str) -> str | None:
+    """A stage reference that is not the whole value (`x${stages.a.output.model}` resolves to text, not an edge),
+    or an escaped, unresolved interpolation (`\\${...}`): neither names a file, an id or a setting."""
+    if is_ref(value):
+        return "a stage's output (${stages.%s.output.%s}) is an input; this key takes a setting" % parse_ref(value)
+    if REF_PREFIX in value:
+        written = re.sub(re.escape(REF_PREFIX) + r"([^/\s]+)/([\w]+)", r"${stages.\1.output.\2}", value)
+        return ("a reference ${stages.NAME.output.KEY} must be the whole value, with nothing around it; here it is "
+                f"joined with text: {written!r:.120}")
+    if "${" in value:
+        return f"{value!r:.120} holds an uninterpolated '${{' (escaped?): write the value itself or a whole reference"
+    return None
+
+
 def is_local(tp, value: str) -> bool:
     """A value that names a local file or folder: any dataset but a hub id or built-in, any file, and a model
-    given as a path (starting with . or /; `org/name` is a hub id)."""
+    given as a path (starting with . or /, or with more than one '/': `org/name` is a hub id)."""
     if tp is Dataset:
         return not value.startswith(DATASET_SCHEMES)
     if tp is File:
         return True
-    return tp is Model and value.startswith((".", "/"))
+    return tp is Model and (value.startswith((".", "/")) or value.partition("@")[0].count("/") > 1)
 
 
 def key_path(dotted: str) -> str:

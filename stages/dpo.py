@@ -36,7 +36,7 @@ class DPOStageConfig:
     label_smoothing: float = field(default=0.0, metadata={"ge": 0, "lt": 0.5})
     precompute_ref_log_probs: bool = True
     max_length: int = field(default=2048, metadata={"ge": 8})
-    chat_template: str = "model"
+    chat_template: str = hf.chat_template_field()
     on_bad_rows: Literal["error", "skip"] = "error"
     lora: Lora | None = field(default=None, metadata={"help": "train adapters; the reference is then the adapter-free model"})
     train: TrainArgs = field(default_factory=lambda: TrainArgs(learning_rate=5e-7))

@@ -1,7 +1,7 @@
 """Causal-LM training on raw text. With `model: builtin:tiny` it first builds the tiny world's
 tokenizer and a randomly initialised small Llama, which is how the built-in base model is made."""
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 from posttrain import hf
 from posttrain.worlds import tinyworld
@@ -14,10 +14,27 @@ BUILTIN = "builtin:tiny"
 
 
 @dataclass
+class TinyArchitecture:
+    """The LlamaConfig settings of the built-in tiny model a recipe may change (unknown ones are errors, not ignored)."""
+
+    hidden_size: int = field(default=tinyworld.DEFAULT_ARCH["hidden_size"], metadata={"ge": 1})
+    num_hidden_layers: int = field(default=tinyworld.DEFAULT_ARCH["num_hidden_layers"], metadata={"ge": 1})
+    num_attention_heads: int = field(default=tinyworld.DEFAULT_ARCH["num_attention_heads"], metadata={"ge": 1})
+    num_key_value_heads: int = field(default=tinyworld.DEFAULT_ARCH["num_key_value_heads"], metadata={"ge": 1})
+    intermediate_size: int = field(default=tinyworld.DEFAULT_ARCH["intermediate_size"], metadata={"ge": 1})
+    max_position_embeddings: int = field(default=tinyworld.DEFAULT_ARCH["max_position_embeddings"], metadata={"ge": 8})
+    hidden_act: Literal["silu", "gelu", "relu"] = "silu"
+    rms_norm_eps: float = field(default=1e-6, metadata={"gt": 0})
+    attention_bias: bool = False
+    mlp_bias: bool = False
+
+
+@dataclass
 class PretrainConfig:
     model: Model = field(metadata={"help": "builtin:tiny, or an HF model to continue pretraining", "builtin": True})
     data: Dataset = field(metadata={"help": "rows with a `text` field"})
-    architecture: dict[str, Any] = field(default_factory=dict, metadata={"help": "LlamaConfig overrides for builtin:tiny"})
+    architecture: TinyArchitecture | None = field(default=None, metadata={
+        "help": "the built-in tiny model's LlamaConfig (keys not given keep their defaults)"})
     max_length: int = field(default=256, metadata={"ge": 8})
     packing: bool = True
     train: TrainArgs = field(default_factory=TrainArgs)
@@ -47,7 +64,7 @@ class Pretrain(TrainingStage):
 
         if cfg.model == BUILTIN:
             tokenizer = tinyworld.build_tokenizer()
-            model = tinyworld.build_model(tokenizer, seed=cfg.train.seed, **cfg.architecture)
+            model = tinyworld.build_model(tokenizer, seed=cfg.train.seed, **asdict(cfg.architecture or TinyArchitecture()))
         else:
             tokenizer = hf.load_tokenizer(ctx.path(cfg.model))
             model = hf.load_model(ctx.path(cfg.model))

@@ -27,7 +27,7 @@ class RewardModelConfig:
     max_length: int = field(default=2048, metadata={"ge": 8, "help": "longer pairs are dropped (TRL), and counted"})
     center_rewards_coefficient: float | None = field(default=None, metadata={
         "ge": 0, "help": "pulls rewards towards 0 (e.g. 0.01), so scores of different runs are comparable"})
-    chat_template: str = "model"
+    chat_template: str = hf.chat_template_field()
     on_bad_rows: Literal["error", "skip"] = "error"
     lora: Lora | None = field(default=None, metadata={"help": "train adapters and the new score head; merged on export"})
     train: TrainArgs = field(default_factory=lambda: TrainArgs(learning_rate=3e-6))

@@ -68,7 +68,7 @@ class RLVRConfig:
     num_iterations: int = field(default=1, metadata={"ge": 1})
     epsilon: float = field(default=0.2, metadata={"gt": 0})
     scale_rewards: Literal["group", "batch", "none"] = "group"
-    chat_template: str = "model"
+    chat_template: str = hf.chat_template_field()
     reward_timeout_s: float = field(default=5.0, metadata={"gt": 0, "help": "CPU seconds per completion (or the verifier's own, if longer); wall-clock backstop 3x + 1 s"})
     max_reward_failure_fraction: float = field(default=0.5, metadata={"ge": 0, "le": 1})
     vllm: VLLM = field(default_factory=VLLM)

@@ -30,7 +30,7 @@ class Source:
 class SFTStageConfig:
     model: Model
     data: Dataset | list[Source] = field(metadata={"help": "one file, or a mixture of sources (docs/data.md)"})
-    chat_template: str = field(default="model", metadata={"help": "model (the checkpoint's own), tulu, chatml, or a Jinja string"})
+    chat_template: str = hf.chat_template_field()
     assistant_only_loss: bool = True
     loss_reduction: Literal["token_mean", "sum"] = field(default="token_mean", metadata={
         "help": "token_mean: mean over trained tokens; sum: summed over a micro-batch's tokens (Tülu 3)"})
