@@ -18,36 +18,20 @@ from posttrain.data import DataError, shared_data_dir
 from posttrain.model_context import check_max_length, coverage_warnings
 from posttrain.reward_terms import reward_model_refs
 from posttrain.stage import STAGES, Stage, is_ref, make_ref, parse_ref
+from posttrain.yaml_reader import RecipeError, TooLarge, YamlLoader, line_map, parse
 
 TOP_LEVEL_KEYS = {"name": "the recipe's name (the default run folder is runs/<name>)",
                   "description": "free text",
                   "vars": "free-form values for ${vars.X} interpolation",
                   "stages": "the named stages"}
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-MAX_RECIPE_VALUES = 100_000  # far beyond any real recipe; guards against YAML alias bombs
-
-class YamlLoader(yaml.SafeLoader):
-    """PyYAML resolves YAML 1.1, where 1e-3 and 1.0e3 are strings; YAML 1.2 reads every such form as a number."""
-
-
-YamlLoader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
-    r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$"), list("-+.0123456789"))
-YamlLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?0o[0-7]+$"), list("-+0"))
-
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: `$` would let a name end in a newline
+MAX_MESSAGE = 1000  # characters of one problem's message
 
 def _shared_data(relative: str) -> str:
     return str(shared_data_dir() / relative)  # a missing file is reported by the dataset check, with its line
 
 
 OmegaConf.register_resolver("shared_data", _shared_data, replace=True)
-
-
-class RecipeError(Exception):
-    """A recipe with problems. str() lists every one."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__(f"{len(problems)} problem(s) in the recipe:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
 @dataclass
@@ -90,94 +74,14 @@ def canonical_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _line_map(root: yaml.Node | None) -> dict[str, int]:
-    """Key path -> 1-based line of that key in the YAML text."""
-    lines: dict[str, int] = {}
-
-    def walk(node, path):
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                p = f"{path}.{key.value}" if path else str(key.value)
-                lines[p] = key.start_mark.line + 1
-                walk(value, p)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                p = f"{path}[{i}]"
-                lines[p] = item.start_mark.line + 1
-                walk(item, p)
-
-    walk(root, "")
-    return lines
-
-
-def _parse(path: Path) -> tuple[Any, yaml.Node | None]:
-    """The recipe's data and its YAML node graph, or a RecipeError for anything that is not a sane YAML file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise RecipeError([f"{path}: cannot read the recipe: {e}"]) from None
-    try:
-        root = yaml.compose(text, Loader=YamlLoader)
-        data = yaml.load(text, Loader=YamlLoader) if text.strip() else {}
-        size, duplicates = _expanded_size(root), _duplicate_keys(root)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
-        hint = (" (an interpolation inside [...] or {...} must be quoted: '${...}')"
-                if "${" in line and ("[" in line or "{" in line.replace("${", "")) else "")
-        raise RecipeError([f"{path}:{mark.line + 1 if mark else '?'}: not valid YAML: {getattr(e, 'problem', e)}{hint}"]) from None
-    except RecursionError:
-        raise RecipeError([f"{path}: nested too deeply to be a recipe"]) from None
-    if size > MAX_RECIPE_VALUES:
-        raise RecipeError([f"{path}: YAML aliases expand this recipe to {size:,} values (limit {MAX_RECIPE_VALUES:,})"])
-    if duplicates:
-        raise RecipeError([f"{path}:{line}: duplicate key '{key}' (YAML would silently keep only the last one)"
-                           for key, line in duplicates])
-    return data, root
-
-
-def _expanded_size(root: yaml.Node | None) -> int:
-    """How many values the node graph expands to; aliases make a short text exponentially large."""
-    sizes: dict[int, int] = {}
-
-    def size(node) -> int:
-        if id(node) not in sizes:
-            children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else \
-                node.value if isinstance(node, yaml.SequenceNode) else []
-            sizes[id(node)] = 1 + sum(size(c) for c in children)  # computed once per node, however often aliased
-        return sizes[id(node)]
-
-    return size(root) if root is not None else 0
-
-
-def _duplicate_keys(root: yaml.Node | None) -> list[tuple[str, int]]:
-    found, seen_nodes = [], set()
-
-    def walk(node):
-        if id(node) in seen_nodes:
-            return
-        seen_nodes.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            keys = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
-            found.extend((k.value, k.start_mark.line + 1) for i, (k, _) in enumerate(node.value)
-                         if isinstance(k, yaml.ScalarNode) and k.value in keys[:i] and k.value != "<<")
-            for pair in node.value:
-                for n in pair:
-                    walk(n)
-        elif isinstance(node, yaml.SequenceNode):
-            for n in node.value:
-                walk(n)
-
-    walk(root)
-    return found
-
-
 class _Problems:
     def __init__(self, path: Path, lines: dict[str, int], overrides: list[str]):
         self.path, self.lines, self.items = path, lines, []
         self.overridden = {schema.key_path(o.split("=", 1)[0].strip()): o for o in overrides}
 
     def add(self, key: str, message: str) -> None:
+        if len(message) > MAX_MESSAGE:  # a huge value is named, not echoed
+            message = f"{message[:MAX_MESSAGE]}… (message cut at {MAX_MESSAGE} of {len(message):,} characters)"
         self.items.append(self.where(key, message))
 
     def where(self, key: str, message: str) -> str:
@@ -200,9 +104,10 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
     except OSError as e:  # e.g. a name too long for the filesystem: say so without echoing all of it
         raise RecipeError([f"{str(path)[:80]}…: cannot be read as a recipe file ({e.strerror})"]) from None
     if not found:
-        raise RecipeError([f"{path}: no such recipe file"])
-    data, root = _parse(path)
-    problems = _Problems(path, _line_map(root), list(overrides))
+        kind = "a directory" if path.is_dir() else "not a regular file (a device, a pipe or a socket)"
+        raise RecipeError([f"{path}: {kind}; give a recipe YAML file" if path.exists() else f"{path}: no such recipe file"])
+    data, root = parse(path)
+    problems = _Problems(path, line_map(root), list(overrides))
     try:
         cfg = OmegaConf.create(data)
     except OmegaConfBaseException as e:  # e.g. a YAML date or binary value, which OmegaConf cannot hold
@@ -264,16 +169,48 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
 
 
 def _apply_overrides(cfg: DictConfig, overrides, problems: "_Problems") -> None:
-    """key=value, values parsed as YAML, replacing what was there; list items by index (stages.eval.tasks.0.limit=20)."""
+    """key=value, values parsed as YAML, replacing what was there (a whole block too); list items by index
+    (stages.eval.tasks.0.limit=20, tasks[0].limit=20, tasks.-1.limit=20)."""
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            problems.add("", f"override '{item}' is not key=value")
+        key, shown = key.strip(), (f"{item[:80]}… ({len(item):,} characters)" if len(item) > 80 else item)
+        if not sep or not key:
+            problems.add("", f"override '{shown}' is not key=value")
+            continue
+        if problem := _index_problem(cfg, key):
+            problems.add(key, problem)
             continue
         try:
-            OmegaConf.update(cfg, key.strip(), yaml.load(value, Loader=YamlLoader) if value.strip() else "", merge=False)
-        except (OmegaConfBaseException, yaml.YAMLError) as e:
-            problems.add(key.strip(), f"cannot apply override '{item}': {str(e).splitlines()[0]}")
+            parsed = yaml.load(value, Loader=YamlLoader) if value.strip() else ""
+            OmegaConf.update(cfg, key, parsed, merge=False)
+        except (OmegaConfBaseException, yaml.YAMLError, TooLarge, TypeError, ValueError, RecursionError) as e:
+            problems.add(key, f"cannot apply override '{shown}': {str(e).splitlines()[0][:200]}")
+
+
+def _index_problem(cfg: DictConfig, key: str) -> str | None:
+    """What is wrong with an override key's list indexes: a name where a list needs a number, a number past the
+    end, or a number into a list the recipe does not have (OmegaConf would make it a mapping {0: ...})."""
+    parts = re.findall(r"[^.\[\]]+", key)
+    node, where = cfg, []
+    for i, part in enumerate(parts):
+        if isinstance(node, ListConfig):
+            if not re.fullmatch(r"-?\d+", part) or not -len(node) <= int(part) < len(node):
+                return (f"{'.'.join(where)} is a list of {len(node)} item(s): '{part:.40}' is not an index of it "
+                        f"(0 to {len(node) - 1}, or -1 for the last)")
+            node = node._get_node(int(part))
+        elif isinstance(node, DictConfig):
+            if part not in node:
+                rest = parts[i + 1:]
+                if rest and re.fullmatch(r"-?\d+", rest[0]):
+                    whole = ".".join(where + [part])
+                    return (f"{whole} is not in the recipe, so it has no item {rest[0]}: set the whole list, e.g. "
+                            f"{whole}=[...]")
+                return None
+            node = node._get_node(part)
+        else:
+            return None
+        where.append(part)
+    return None
 
 
 def _inject_outputs(stages_cfg: DictConfig, problems: _Problems) -> dict[str, str]:
@@ -295,7 +232,7 @@ def _inject_outputs(stages_cfg: DictConfig, problems: _Problems) -> dict[str, st
         except OmegaConfBaseException:  # a broken interpolation: reported when the leaves are resolved
             continue
         if not isinstance(kind, str) or kind not in STAGES:
-            problems.add(f"{spath}.kind", f"unknown stage kind {kind!r}{schema.suggest(kind, STAGES)}; kinds: {', '.join(sorted(STAGES))}")
+            problems.add(f"{spath}.kind", f"unknown stage kind {kind!r:.80}{schema.suggest(kind, STAGES)}; kinds: {', '.join(sorted(STAGES))}")
             continue
         kinds[str(sname)] = kind
         scfg["output"] = {out: make_ref(str(sname), out) for out in STAGES[kind].outputs}
@@ -356,6 +293,18 @@ def _refs(value) -> set[str]:
     return {parse_ref(value)[0]} if is_ref(value) else set()
 
 
+def _ref_key(value, stage: str, path: str = "") -> str | None:
+    """The first key (dotted, [i] for list items) whose value references `stage`: the key that makes that edge."""
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else []
+    for k, v in items:
+        here = f"{path}[{k}]" if isinstance(value, list) else f"{path}.{k}" if path else str(k)
+        if is_ref(v) and parse_ref(v)[0] == stage:
+            return here
+        if found := _ref_key(v, stage, here):
+            return found
+    return None
+
+
 def _topological_order(specs: dict[str, StageSpec], problems: _Problems) -> list[str]:
     """Order stages by their references (recipe order breaks ties); report cycles."""
     order, state = [], {}
@@ -365,7 +314,8 @@ def _topological_order(specs: dict[str, StageSpec], problems: _Problems) -> list
             return
         if state.get(name) == "active":
             cycle = trail[trail.index(name):] + [name]
-            problems.add(f"stages.{name}", f"dependency cycle: {' -> '.join(cycle)}")
+            edges = [f"stages.{a}.{_ref_key(specs[a].raw, b)} uses stage {b}" for a, b in zip(cycle, cycle[1:])]
+            problems.add(f"stages.{name}", f"dependency cycle: {' -> '.join(cycle)} ({'; '.join(edges)})")
             return
         state[name] = "active"
         for dep in specs[name].deps:

@@ -35,6 +35,8 @@ UNRESOLVED = object()  # a value whose interpolation failed: already reported, n
 
 
 def suggest(word: str, choices) -> str:
+    if len(str(word)) > 200:  # no name is that long; difflib would take a while to say so
+        return ""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
@@ -130,7 +132,7 @@ def check_value(tp, value: Any, path: str, problems: list[Problem], ref_types: R
         return value
     if origin is Literal:
         if value not in args:
-            problems.append((path, f"{value!r} is not one of {', '.join(map(repr, args))}{suggest(value, args)}"))
+            problems.append((path, f"{value!r:.80} is not one of {', '.join(map(repr, args))}{suggest(value, args)}"))
         return value
     if origin is list:
         if not isinstance(value, list):

@@ -171,7 +171,8 @@ ALIAS_BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
     (ALIAS_BOMB, "YAML aliases expand"),
     ("name: x\nstages: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
     ("name: x\nstages:\n  a: {kind: [sft]}\n", "unknown stage kind"),
-    ("name: x\nstages:\n  a: {kind: tinyworld, sft_rows: 2020-01-01}\n", "unsupported value"),
+    ("name: x\nstages:\n  a: {kind: tinyworld, sft_rows: !!timestamp 2020-01-01}\n", "unsupported value"),
+    ("name: x\nstages:\n  a: {kind: tinyworld, sft_rows: 2020-01-01}\n", "expected an integer, got '2020-01-01'"),
     ("name: x\nstages:\n  a: {kind: tinyworld, sft_rows: !!binary aGk=}\n", "stages.a.sft_rows"),
     ("- a list\n- not a mapping\n", "a recipe is a mapping"),
 ])
