@@ -1,5 +1,5 @@
 """posttrain: run, validate, plan, inspect, status and report. Exit codes: 0 ok, 1 a stage failed,
-2 a bad recipe or bad command line, 3 the run folder is locked."""
+2 a bad recipe, bad data (found by validation or while a stage runs) or bad command line, 3 the run folder is locked."""
 import argparse
 import json
 import logging
@@ -318,7 +318,7 @@ def main(argv=None) -> int:
         return 3
     except StageFailed as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e.__cause__, DataError) else 1  # bad data found at run time is still bad input
 
 
 if __name__ == "__main__":

@@ -255,11 +255,13 @@ def first_rows_problem(path: str, convert: Callable[[dict, str], Any], rows: int
             or not Path(path).is_file():
         return None  # a value of the wrong type is reported by the schema check, not here
     try:
+        read = 0
         for where, row in itertools.islice(located_rows(path), rows):
             convert(row, where)
+            read += 1
     except DataError as e:
         return str(e)
-    return None
+    return None if read else f"{path}: no rows (only blank lines)"
 
 
 def shared_data_dir() -> Path:

@@ -7,6 +7,7 @@ conversations, or HH-RLHF transcripts. Candidate rows (the select stage's GRAPE 
 + `candidates: [{source, response}]`. RL, generation and eval prompts: a string or a chat (`as_chat`).
 A row that fits no format is a DataError naming `where` (file:line).
 """
+import json
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -22,6 +23,16 @@ HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
 
 def _keys(row: dict) -> str:
     return ", ".join(sorted(row)[:8]) or "none"
+
+
+def prompt_problem(prompt) -> str | None:
+    """Why a prompt (RL, generation) is unusable: it must be a non-empty string or a list of {role, content}."""
+    if isinstance(prompt, str) and prompt.strip():
+        return None
+    if isinstance(prompt, list) and prompt and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in prompt):
+        return None
+    return f"a prompt is a non-empty string or a list of {{role, content}} messages; got {json.dumps(prompt, default=str)[:120]}"
 
 
 def as_chat(prompt: str | list[dict]) -> list[dict]:
@@ -99,11 +110,24 @@ def _split_pair(chosen: list[dict], rejected: list[dict], where: str) -> tuple[l
     return before, chosen, rejected
 
 
+def _check_turns(value, where: str, column: str) -> None:
+    """A prompt, chosen or rejected value is a string or a list of {role, content} messages (strings)."""
+    if isinstance(value, str) or (isinstance(value, list) and value and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value)):
+        return
+    raise DataError(f"{where}: `{column}` must be a string or a non-empty list of {{role, content}} messages with "
+                    f"string values; got {json.dumps(value, default=str)[:120]}")
+
+
 def to_preference(row: dict, where: str) -> dict:
-    """A preference row in TRL's conversational prompt/chosen/rejected form."""
+    """A preference row in TRL's conversational prompt/chosen/rejected form: chosen and rejected are the answers
+    only (assistant turns after the shared prompt), and differ."""
     chosen, rejected = row.get("chosen"), row.get("rejected")
     if chosen is None or rejected is None:
         raise DataError(f"{where}: a preference row needs `chosen` and `rejected`; it has: {_keys(row)}")
+    for column in ("prompt", "chosen", "rejected"):
+        if row.get(column) is not None:
+            _check_turns(row[column], where, column)
     if isinstance(chosen, str) and isinstance(rejected, str) and "prompt" not in row and HH_TURN.search("\n\n" + chosen.lstrip("\n")):
         chosen, rejected = _hh_messages(chosen), _hh_messages(rejected)
     prompt = row.get("prompt")
@@ -121,7 +145,15 @@ def to_preference(row: dict, where: str) -> dict:
                             "give chosen/rejected as completions only, or drop `prompt`")
         prompt = before
     as_turn = lambda x: [{"role": "assistant", "content": x}] if isinstance(x, str) else x  # noqa: E731
-    return {"prompt": as_chat(prompt), "chosen": as_turn(chosen), "rejected": as_turn(rejected)}
+    pair = {"prompt": as_chat(prompt), "chosen": as_turn(chosen), "rejected": as_turn(rejected)}
+    for side in ("chosen", "rejected"):
+        other = next((m["role"] for m in pair[side] if m["role"] != "assistant"), None)
+        if other is not None:  # it would be trained as part of the answer
+            raise DataError(f"{where}: `{side}` holds a '{other}' turn after the prompt; give chosen and rejected in the "
+                            "same shape: both answers only, or both whole conversations that share the prompt")
+    if pair["chosen"] == pair["rejected"]:
+        raise DataError(f"{where}: chosen and rejected are the same answer; the pair teaches nothing")
+    return pair
 
 
 # ---------- the select stage's view: (prompt, response) examples and candidate rows ----------

@@ -38,6 +38,25 @@ def _verifiers_for(rows: list[dict], verifier: str | None, options: dict | None)
     return [built[name] for name in names]
 
 
+def row_problem(verifier: str, row: dict, options: dict | None = None) -> str | None:
+    """Why `verifier` could not score any completion for this row (a field it reads is missing or malformed), found
+    by checking an empty completion here, unguarded; None when it could. The code verifier's check runs the row's
+    tests, so for it only the fields are looked at. Bad options are the recipe's problem, reported there."""
+    from posttrain.rewards.core import RowError
+
+    if verifier == "code":
+        fields = (row.get("entry_point") and row.get("test")) or row.get("test_list")
+        return None if fields else (f"the code verifier needs HumanEval fields (prompt, test, entry_point) or MBPP's "
+                                    f"test_list; the row has: {', '.join(sorted(row)[:8])}")
+    try:
+        get_verifier(verifier, **(options or {})).verify_unguarded("", row)
+    except RowError as e:
+        return str(e)
+    except (TypeError, ValueError, KeyError):
+        return None
+    return None
+
+
 def score_rows(completions: list, rows: list[dict], verifier: str | None = None, *, timeout_s: float = 5.0,
                max_failure_fraction: float = 0.5, options: dict | None = None) -> list[Verdict]:
     """One Verdict per (completion, row), in order.

@@ -92,16 +92,25 @@ def extract_answer(text: str, modes: Iterable[str] = EXTRACT_MODES) -> tuple[Fra
 
 
 def ground_truth(row: dict) -> Fraction:
+    """The row's expected number: exactly one number (a list, or text holding two numbers, is a RowError rather than
+    its first number)."""
     if row.get("ground_truth") is not None:
-        raw = row["ground_truth"]
-        value = Fraction(raw) if isinstance(raw, int) else parse_number(str(raw))
-        source = "ground_truth"
+        raw, source = row["ground_truth"], "ground_truth"
+        if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+            raise RowError(f"{row_label(row)}: ground_truth {raw!r:.80} is a {type(raw).__name__}; the numeric "
+                           "verifier needs one number")
+        if isinstance(raw, int):
+            return Fraction(raw)
     elif isinstance(row.get("answer"), str) and "####" in row["answer"]:
-        raw = row["answer"].rsplit("####", 1)[1]
-        value, source = parse_number(raw), "answer's #### line"
+        raw, source = row["answer"].rsplit("####", 1)[1], "answer's #### line"
     else:
         raise RowError(f"{row_label(row)}: numeric verifier needs 'ground_truth' or a GSM8K 'answer' "
                        f"with a '#### N' line (fields present: {sorted(row)})")
+    matches = list(_NUMBER.finditer(str(raw)))
+    if len(matches) > 1:
+        raise RowError(f"{row_label(row)}: {source} {str(raw)[:80]!r} holds {len(matches)} numbers; a ground truth is "
+                       "one number")
+    value = to_fraction(matches[0]) if matches else None
     if value is None:
         raise RowError(f"{row_label(row)}: {source} {str(raw)[:80]!r} is not a number")
     return value

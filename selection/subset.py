@@ -65,14 +65,14 @@ def _ifd(cfg, ctx, pool: Pool, n: int, k: int):
     return decisions, {}
 
 
-def _plain_text(row: dict, where: str) -> str:
+def plain_text(row: dict, where: str) -> str:
     return row["text"] if isinstance(row.get("text"), str) else row_text(row, where)
 
 
 def _dsir(cfg, ctx, pool: Pool, n: int, k: int):
     target_path = ctx.path(cfg.dsir.target)
-    target = (_plain_text(r, locate(where, r)) for where, r in located_rows(target_path))
-    weights = baselines.dsir_log_weights((_plain_text(r, w) for w, r in pool.rows()), target, cfg.dsir.buckets)
+    target = (plain_text(r, locate(where, r)) for where, r in located_rows(target_path))
+    weights = baselines.dsir_log_weights((plain_text(r, w) for w, r in pool.rows()), target, cfg.dsir.buckets)
     order = gumbel_top_k(weights, k, np.random.default_rng(cfg.seed))
     return by_rank(order, k, [{"scores": {"dsir_log_weight": float(w)}} for w in weights], "not drawn"), {}
 

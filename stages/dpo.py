@@ -79,6 +79,10 @@ class DPO(TrainingStage):
         # is loaded like the policy (same dtype), so at step 0 both give the same log-probs.
         reference = None if cfg.lora else load_trainable(ctx.path(cfg.reference) if cfg.reference else model_path,
                                                          tokenizer, cfg.train, cfg.launcher)
+        truncated = prepared.get("truncated", 0)  # a copy prepared before pairs were counted has none
+        if truncated:
+            ctx.info(f"{truncated} of {len(dataset)} pairs are longer than max_length={cfg.max_length} and "
+                     "will be truncated")
         repeated = repeated_pairs_warning(len(dataset), args)
         if repeated:
             ctx.warn(repeated)
@@ -86,7 +90,7 @@ class DPO(TrainingStage):
                              peft_config=peft_config(cfg.lora))
         metrics = train_and_save(trainer, tokenizer, ctx, merge_into=model_path if cfg.lora and cfg.lora.merge else None)
         last = next((h for h in reversed(trainer.state.log_history) if "rewards/margins" in h), {})
-        return {**metrics, "pairs": len(dataset), "skipped_rows": prepared["skipped_rows"],
+        return {**metrics, "pairs": len(dataset), "skipped_rows": prepared["skipped_rows"], "truncated": truncated,
                 **{k: last[k] for k in ("rewards/margins", "rewards/accuracies") if k in last},
                 **({"warnings": [repeated]} if repeated else {})}
 
@@ -95,7 +99,8 @@ def preference_problems(cfg) -> list[tuple[str, str]]:
     """`columns` and the first rows of `data`, for every stage that reads preference rows (dpo, reward_model)."""
     if columns_problem(cfg.columns):
         return [("columns", columns_problem(cfg.columns))]
-    bad = cfg.on_bad_rows == "error" and first_rows_problem(cfg.data, lambda r, w: _pair(cfg, r, w))
+    turns = hf.TurnCheck.of_setting(cfg.chat_template)
+    bad = cfg.on_bad_rows == "error" and first_rows_problem(cfg.data, lambda r, w: _pair(cfg, r, w, turns))
     return [("data", bad)] if bad else []
 
 
@@ -105,7 +110,8 @@ def preference_dataset(cfg, ctx: Context, tokenizer):
     DPO's data, columns, max_length and on_bad_rows keys."""
     def build():
         stats = ReadStats()
-        return read_pairs(cfg, ctx, tokenizer, stats), {"skipped_rows": stats.skipped}
+        pairs = read_pairs(cfg, ctx, tokenizer, stats)
+        return pairs, {"skipped_rows": stats.skipped, "truncated": count_truncated(pairs, tokenizer, cfg.max_length)}
 
     return prepared_dataset(ctx.out_dir / "dataset", build)
 
@@ -113,14 +119,30 @@ def preference_dataset(cfg, ctx: Context, tokenizer):
 def read_pairs(cfg, ctx: Context, tokenizer, stats: ReadStats) -> list[dict]:
     """The preference rows, each message cut as it is read where it can no longer reach the first max_length
     tokens, so a huge row costs what max_length costs (see formats.content_budget)."""
-    budget = content_budget(tokenizer, cfg.max_length)
+    budget, turns = content_budget(tokenizer, cfg.max_length), hf.TurnCheck.of_tokenizer(tokenizer)
     return convert_rows(ctx.path(cfg.data), lambda row, where: {k: clip_messages(v, budget) for k, v in
-                                                                _pair(cfg, row, where).items()},
+                                                                _pair(cfg, row, where, turns).items()},
                         cfg.on_bad_rows, stats)
 
 
-def _pair(cfg, row: dict, where: str) -> dict:
-    return to_preference(rename_columns(row, cfg.columns, where), where)
+def count_truncated(pairs: list[dict], tokenizer, max_length: int, batch: int = 500) -> int:
+    """How many pairs the trainer cuts: prompt + chosen or prompt + rejected longer than max_length tokens."""
+    count = 0
+    for start in range(0, len(pairs), batch):
+        part = pairs[start:start + batch]
+        texts = tokenizer.apply_chat_template([p["prompt"] + p[side] for p in part for side in ("chosen", "rejected")],
+                                              tokenize=False)
+        lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        count += sum(max(lengths[2 * i], lengths[2 * i + 1]) > max_length for i in range(len(part)))
+    return count
+
+
+def _pair(cfg, row: dict, where: str, turns: "hf.TurnCheck | None" = None) -> dict:
+    pair = to_preference(rename_columns(row, cfg.columns, where), where)
+    if turns:
+        for side in ("chosen", "rejected"):
+            turns(pair["prompt"] + pair[side], where)
+    return pair
 
 
 def repeated_pairs_warning(pairs: int, args) -> str | None:

@@ -6,13 +6,14 @@ Resume: with `chunk_prompts` set, the prompts are sampled and scored a chunk at 
 (chunks/NNNNN.jsonl) as it completes; a killed run continues after the last saved chunk and ends with what
 an uninterrupted run of the same config draws (each chunk's batch seeds follow on from the previous chunk's)."""
 import math
+from itertools import islice
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from posttrain import hf
-from posttrain.data import DataError, read_rows, write_rows
-from posttrain.formats import as_chat
+from posttrain.data import DataError, first_rows_problem, located_rows, read_rows, write_rows
+from posttrain.formats import as_chat, prompt_problem, to_preference
 from posttrain.stage import Context, Dataset, Model, Stage, register
 
 CHUNKS = "chunks"  # the stage's progress: one file of audit records per finished chunk
@@ -64,6 +65,22 @@ def make_pairs(rows: list[dict], audit: list[dict]) -> tuple[list[dict], dict[st
     return pairs, skipped
 
 
+def prompt_row(row: dict, cfg: GenerateConfig, where: str) -> dict:
+    """A prompt row that can be sampled and scored: a usable `prompt`, a known verifier (the stage's, else the row's
+    `verifier` column) and the fields that verifier reads; a DataError naming the row otherwise."""
+    from posttrain.rewards import list_verifiers, row_problem
+
+    if "prompt" not in row or (problem := prompt_problem(row["prompt"])):
+        raise DataError(f"{where}: `prompt`: " + (problem if "prompt" in row else f"missing; it has: {', '.join(sorted(row)[:8])}"))
+    name = cfg.verifier or row.get("verifier")
+    if not isinstance(name, str) or name not in list_verifiers():
+        raise DataError(f"{where}: the row's `verifier` {name!r:.80} names no verifier (and the stage sets none); known: "
+                        f"{', '.join(list_verifiers())}")
+    if problem := row_problem(name, row):
+        raise DataError(f"{where}: {problem}")
+    return row
+
+
 @register
 class Generate(Stage):
     kind = "generate"
@@ -80,6 +97,10 @@ class Generate(Stage):
 
             problems.append(("verifier", f"unknown verifier '{cfg.verifier}'{suggest(cfg.verifier, list_verifiers())}; "
                                          f"known: {', '.join(list_verifiers())}"))
+        if not problems and (bad := first_rows_problem(cfg.prompts, lambda row, where: prompt_row(row, cfg, where))):
+            problems.append(("prompts", bad))
+        if not problems and cfg.extra_pairs and (bad := first_rows_problem(cfg.extra_pairs, to_preference)):
+            problems.append(("extra_pairs", bad))
         return problems
 
     def progress(self, cfg: GenerateConfig, out_dir: Path) -> str | None:
@@ -87,7 +108,9 @@ class Generate(Stage):
         return f"{done} chunk(s) of {cfg.chunk_prompts} prompts sampled" if done else None
 
     def run(self, cfg: GenerateConfig, ctx: Context) -> dict:
-        rows = read_rows(ctx.path(cfg.prompts))[: cfg.limit]
+        rows = [prompt_row(row, cfg, where) for where, row in islice(located_rows(ctx.path(cfg.prompts)), cfg.limit)]
+        if not rows:
+            raise DataError(f"{ctx.path(cfg.prompts)}: no usable rows")
         size = cfg.chunk_prompts or max(len(rows), 1)
         audit, model = [], _Model(ctx.path(cfg.model), cfg.backend)
         for c, start in enumerate(range(0, len(rows), size)):
@@ -105,7 +128,8 @@ class Generate(Stage):
             raise DataError(f"no prompt gave a pair: all {cfg.num_samples} samples of each of the {len(rows)} prompts scored "
                             f"the same (mean score {mean_score:.3f}); raise num_samples or temperature, or start from a "
                             f"stronger model (samples: {ctx.out_dir / 'samples.jsonl'})")
-        extra = read_rows(ctx.path(cfg.extra_pairs)) if cfg.extra_pairs else []
+        extra = [row for where, row in located_rows(ctx.path(cfg.extra_pairs)) if to_preference(row, where)] \
+            if cfg.extra_pairs else []
         write_rows(ctx.output("pairs"), pairs + extra)
         return {"prompts": len(rows), "samples": len(all_scores), "pairs": len(pairs), "mean_sample_score": mean_score,
                 "skipped_all_equal": sum(skipped.values()), **{f"skipped_{why}": n for why, n in skipped.items()},

@@ -1,11 +1,12 @@
 """Causal-LM training on raw text. With `model: builtin:tiny` it first builds the tiny world's
 tokenizer and a randomly initialised small Llama, which is how the built-in base model is made."""
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from posttrain import hf
 from posttrain.worlds import tinyworld
-from posttrain.data import read_rows
+from posttrain.data import DataError, ReadStats, convert_rows, first_rows_problem
 from posttrain.formats import content_budget
 from posttrain.stage import Context, Dataset, Model, register
 from posttrain.training import TrainingStage, TrainArgs, check_trl_args, train_and_save, trl_config
@@ -56,6 +57,8 @@ class Pretrain(TrainingStage):
         problems = check_trl_args("SFTConfig", cfg.train, _sft_args(cfg))
         if cfg.architecture and cfg.model != BUILTIN:
             problems.append(("architecture", f"only applies to {BUILTIN}; a pretrained model keeps its own"))
+        if bad := first_rows_problem(cfg.data, text_row):
+            problems.append(("data", bad))
         return problems
 
     def run(self, cfg: PretrainConfig, ctx: Context) -> dict:
@@ -70,8 +73,26 @@ class Pretrain(TrainingStage):
             model = hf.load_model(ctx.path(cfg.model))
         # Unpacked, a row trains only its first max_length tokens: a huge one is cut first (formats.content_budget).
         budget = None if cfg.packing else content_budget(tokenizer, cfg.max_length)
-        rows = [{"text": r["text"][:budget]} for r in read_rows(ctx.path(cfg.data))]
+        rows = convert_rows(ctx.path(cfg.data), lambda row, where: {"text": text_row(row, where)[:budget]}, "error",
+                            ReadStats())
+        truncated = 0 if cfg.packing else _count_truncated(rows, tokenizer, cfg.max_length)
+        if truncated:
+            ctx.info(f"{truncated} of {len(rows)} rows are longer than max_length={cfg.max_length} and will be truncated")
         args = trl_config(SFTConfig, cfg.train, ctx, **_sft_args(cfg))
         trainer = SFTTrainer(model=model, args=args, train_dataset=HFDataset.from_list(rows), processing_class=tokenizer)
         metrics = train_and_save(trainer, tokenizer, ctx)
-        return {**metrics, "parameters": sum(p.numel() for p in model.parameters())}
+        return {**metrics, "parameters": sum(p.numel() for p in model.parameters()), "truncated": truncated}
+
+
+def text_row(row: dict, where: str) -> str:
+    """A pretraining row's text: its `text` field, a non-empty string."""
+    if not isinstance(row.get("text"), str) or not row["text"].strip():
+        got = f"`text` is {json.dumps(row['text'])[:80]}" if "text" in row else f"no `text`; it has: {', '.join(sorted(row)[:8])}"
+        raise DataError(f"{where}: a pretraining row needs `text`, a non-empty string; {got}")
+    return row["text"]
+
+
+def _count_truncated(rows: list[dict], tokenizer, max_length: int, batch: int = 1000) -> int:
+    """How many rows training cuts at max_length (unpacked, each row is one example)."""
+    return sum(len(ids) > max_length for start in range(0, len(rows), batch)
+               for ids in tokenizer([r["text"] for r in rows[start:start + batch]])["input_ids"])

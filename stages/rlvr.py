@@ -16,8 +16,8 @@ from typing import Any, Callable, Literal
 
 from posttrain import dynamic_sampling, hf, vllm_correction
 from posttrain.dynamic_sampling import DynamicSampling
-from posttrain.data import DataError, located_rows
-from posttrain.formats import as_chat
+from posttrain.data import DataError, first_rows_problem, located_rows
+from posttrain.formats import as_chat, prompt_problem
 from posttrain.stage import Context, Dataset, Model, register
 from posttrain.async_rl import AsyncGeneration, check_async, run_async
 from posttrain.tools import Tools, check_tools, grpo_tool_args, prepare_tokenizer, tool_functions
@@ -109,14 +109,42 @@ def reward_functions(cfg: RLVRConfig, stop_ids: list[int], path: Callable[[str],
 
 
 def routed(row: dict, cfg: RLVRConfig, where: str) -> dict:
-    """The row with `verifier` set from its route column (mapped through route_map) when a term routes by row."""
+    """The row as RLVR trains on it, with `verifier` set from its route column (mapped through route_map) when a term
+    routes by row; a DataError naming the row when its prompt is not a prompt, its verifier is unknown, or a term's
+    verifier lacks a field it reads (found before training, not at the step that samples the row)."""
+    from posttrain.reward_terms import MODEL_TERM
+    from posttrain.rewards import list_verifiers, row_problem
+
     by_row = any(t.name == ROUTE_BY_ROW for t in cfg.rewards)
     missing = [c for c in (cfg.prompt_column, cfg.route_column if by_row else None) if c and c not in row]
     if missing:
         raise DataError(f"{where}: missing column `{missing[0]}`; it has: {', '.join(sorted(row)[:8])}")
+    if problem := prompt_problem(row[cfg.prompt_column]):
+        raise DataError(f"{where}: `{cfg.prompt_column}`: {problem}")
     if by_row:
-        row = {**row, "verifier": cfg.route_map.get(row[cfg.route_column], row[cfg.route_column])}
+        value = row[cfg.route_column]
+        name = cfg.route_map.get(value, value) if isinstance(value, str) else value
+        if name not in list_verifiers():
+            from posttrain.schema import suggest
+
+            raise DataError(f"{where}: `{cfg.route_column}` {value!r:.80} names no verifier{suggest(value, list_verifiers())}; known: "
+                            f"{', '.join(list_verifiers())} (route_map maps other names to them)")
+        row = {**row, "verifier": name}
+    for term in cfg.rewards:
+        if term.name != MODEL_TERM:
+            name = row["verifier"] if term.name == ROUTE_BY_ROW else term.name
+            options = term.options.get(name, {}) if term.name == ROUTE_BY_ROW else term.options
+            if problem := row_problem(name, row, options if isinstance(options, dict) else {}):
+                raise DataError(f"{where}: reward term '{term.name}': {problem}")
     return row
+
+
+def _rows(cfg: RLVRConfig, ctx: Context) -> list[dict]:
+    path = ctx.path(cfg.data)
+    rows = [routed(r, cfg, where) for where, r in located_rows(path)]
+    if not rows:
+        raise DataError(f"{path}: no usable rows (RLVR would take no step and export its input model unchanged)")
+    return rows
 
 
 def _steps_per_generation(cfg: RLVRConfig) -> int:
@@ -188,13 +216,15 @@ class RLVR(TrainingStage):
             problems += vllm_correction.check(cfg.vllm.importance_sampling, cfg.loss_type)
         problems += dynamic_sampling.check(cfg.dynamic_sampling, cfg.train.per_device_train_batch_size,
                                            _steps_per_generation(cfg), cfg.num_generations)
+        if not problems and (bad := first_rows_problem(cfg.data, lambda row, where: routed(row, cfg, where))):
+            problems.append(("data", bad))
         return problems
 
     def run(self, cfg: RLVRConfig, ctx: Context) -> dict:
         from datasets import Dataset as HFDataset
         from trl import GRPOConfig, GRPOTrainer
 
-        rows = [routed(r, cfg, where) for where, r in located_rows(ctx.path(cfg.data))]
+        rows = _rows(cfg, ctx)
         # Rows differ in their fields across verifiers; one JSON column keeps each row whole for its verifier.
         dataset = HFDataset.from_list([{"prompt": as_chat(r[cfg.prompt_column]), "row_json": json.dumps(r)} for r in rows])
         model_path = ctx.path(cfg.model)

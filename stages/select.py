@@ -36,7 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from posttrain.data import ReadStats, atomic_open, iter_rows, write_json
+from posttrain.data import ReadStats, atomic_open, first_rows_problem, iter_rows, write_json
+from posttrain.formats import candidates, to_example
+from posttrain.selection.subset import plain_text
 from posttrain.selection import filters, ranks
 from posttrain.selection.filters import DecontaminateOptions
 from posttrain.selection.grape import run_candidates
@@ -116,6 +118,10 @@ class Select(Stage):
             if None not in sizes and sizes[0] != sizes[1]:
                 problems.append(("paser.reference_model", f"vocabulary size {sizes[1]} differs from model's {sizes[0]}: "
                                  "the JSD needs both models to share one vocabulary"))
+        # the row format the method reads: candidate rows, SFT rows (model scoring), or any text (the rest)
+        convert = candidates if m in CANDIDATE_METHODS else to_example if m in MODEL_METHODS else plain_text
+        if cfg.on_bad_rows == "error" and (bad := first_rows_problem(cfg.data, convert)):
+            problems.append(("data", bad))
         return problems + _launcher_problems(cfg) + (filters.check_tasks(cfg.decontaminate) if cfg.decontaminate else [])
 
     def files(self, cfg: SelectConfig) -> list[Path]:

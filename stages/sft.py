@@ -43,10 +43,11 @@ class SFTStageConfig:
     launcher: Launcher = field(default_factory=Launcher)
 
 
-def mix(sources: list[Source], ctx: Context, seed: int, on_bad_rows: str, max_chars: int | None = None
-        ) -> tuple[list[dict], dict]:
+def mix(sources: list[Source], ctx: Context, seed: int, on_bad_rows: str, max_chars: int | None = None,
+        turns: hf.TurnCheck | None = None) -> tuple[list[dict], dict]:
     """The resolved mixture: rows from each source by explicit count or fraction, upsampled by repetition.
-    max_chars: each message cut to this many characters as it is read (see _clipped_mix)."""
+    max_chars: each message cut to this many characters as it is read (see _clipped_mix). turns: the chat
+    template's check that every turn of a row is rendered (a role it does not know would vanish from training)."""
     import random
 
     rng = random.Random(seed)
@@ -54,7 +55,7 @@ def mix(sources: list[Source], ctx: Context, seed: int, on_bad_rows: str, max_ch
     for src in sources:
         path = ctx.path(src.path)
         stats = ReadStats()
-        convs = convert_rows(path, lambda row, where: {"messages": clip_messages(_chat(src, row, where), max_chars)},
+        convs = convert_rows(path, lambda row, where: {"messages": clip_messages(_chat(src, row, where, turns), max_chars)},
                              on_bad_rows, stats)
         want = src.count if src.count is not None else round(len(convs) * src.fraction) if src.fraction is not None else len(convs)
         order = list(range(len(convs)))
@@ -68,8 +69,9 @@ def mix(sources: list[Source], ctx: Context, seed: int, on_bad_rows: str, max_ch
     return rows, record
 
 
-def _chat(src: Source, row: dict, where: str) -> list[dict]:
-    return to_messages(rename_columns(row, src.columns, where), src.format, where)
+def _chat(src: Source, row: dict, where: str, turns: hf.TurnCheck | None = None) -> list[dict]:
+    messages = to_messages(rename_columns(row, src.columns, where), src.format, where)
+    return turns(messages, where) if turns else messages
 
 
 def _sources(cfg: SFTStageConfig) -> list[Source]:
@@ -105,13 +107,14 @@ class SFT(TrainingStage):
 
     def check(self, cfg: SFTStageConfig) -> list[tuple[str, str]]:
         problems = check_launcher(cfg.launcher) + check_lora(cfg.lora) + check_trl_args("SFTConfig", cfg.train, _sft_args(cfg))
+        turns = hf.TurnCheck.of_setting(cfg.chat_template)
         for i, src in enumerate(_sources(cfg)):
             if src.count is not None and src.fraction is not None:
                 problems.append((f"data[{i}]", "give either count or fraction, not both"))
             key = "data" if isinstance(cfg.data, str) else f"data[{i}]"
             if columns_problem(src.columns):
                 problems.append((f"{key}.columns", columns_problem(src.columns)))
-            elif bad := cfg.on_bad_rows == "error" and first_rows_problem(src.path, lambda r, w: _chat(src, r, w)):
+            elif bad := cfg.on_bad_rows == "error" and first_rows_problem(src.path, lambda r, w: _chat(src, r, w, turns)):
                 problems.append((key if isinstance(cfg.data, str) else f"{key}.path", bad))
         return problems
 
@@ -133,7 +136,8 @@ class SFT(TrainingStage):
 def _clipped_mix(cfg: SFTStageConfig, ctx: Context, tokenizer) -> tuple[list[dict], dict]:
     """The mixture with each message cut where it can no longer reach the first max_length tokens, so a huge
     row costs what max_length costs (see formats.content_budget)."""
-    return mix(_sources(cfg), ctx, cfg.mix_seed, cfg.on_bad_rows, content_budget(tokenizer, cfg.max_length))
+    return mix(_sources(cfg), ctx, cfg.mix_seed, cfg.on_bad_rows, content_budget(tokenizer, cfg.max_length),
+               hf.TurnCheck.of_tokenizer(tokenizer))
 
 
 def _sft_args(cfg: SFTStageConfig) -> dict:
