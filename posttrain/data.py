@@ -249,19 +249,24 @@ def convert_rows(path: str, convert: Callable[[dict, str], dict], on_bad_rows: s
 def first_rows_problem(path: str, convert: Callable[[dict, str], Any], rows: int = 20) -> str | None:
     """Validation's cheap look at a local data file: read and convert its first rows. The first problem
     (naming file:line), or None; other stages' outputs and hub ids are read only at run time."""
+    return first_rows(path, convert, rows)[1]
+
+
+def first_rows(path: str, convert: Callable[[dict, str], Any], rows: int = 20) -> tuple[list[tuple[str, Any]], str | None]:
+    """(where, converted row) for the first rows of a local data file, and the first problem (None if none); ([],
+    None) for what validation does not read (another stage's output, a hub id)."""
     from posttrain.stage import is_ref
 
     if not isinstance(path, (str, Path)) or is_ref(path) or str(path).startswith(("hf:", "builtin:")) \
             or not Path(path).is_file():
-        return None  # a value of the wrong type is reported by the schema check, not here
+        return [], None  # a value of the wrong type is reported by the schema check, not here
+    read = []
     try:
-        read = 0
         for where, row in itertools.islice(located_rows(path), rows):
-            convert(row, where)
-            read += 1
+            read.append((where, convert(row, where)))
     except DataError as e:
-        return str(e)
-    return None if read else f"{path}: no rows (only blank lines)"
+        return read, str(e)
+    return read, None if read else f"{path}: no rows (only blank lines)"
 
 
 def shared_data_dir() -> Path:

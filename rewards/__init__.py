@@ -29,10 +29,10 @@ a crashed verifier, a program stopped by a sandbox limit) says so in `failure`; 
 share per verifier, which RLVR logs. `register_verifier(name, factory)` adds one.
 """
 from posttrain.rewards import code_exec, ifeval, math_answer, numeric, shaping  # noqa: F401 - they register
-from posttrain.rewards.batch import VerifierFailure, failure_shares, row_problem, score_rows
+from posttrain.rewards.batch import VerifierFailure, failure_shares, bad_rows, score_rows
 from posttrain.rewards.core import RowError, Verdict, Verifier
 from posttrain.rewards.ifeval import ifeval_details
 from posttrain.rewards.registry import combine, get_verifier, list_verifiers, register_verifier
 
-__all__ = ["Verdict", "Verifier", "RowError", "VerifierFailure", "get_verifier", "list_verifiers", "score_rows", "failure_shares", "row_problem",
+__all__ = ["Verdict", "Verifier", "RowError", "VerifierFailure", "get_verifier", "list_verifiers", "score_rows", "failure_shares", "bad_rows",
            "combine", "register_verifier", "ifeval_details"]

@@ -38,23 +38,22 @@ def _verifiers_for(rows: list[dict], verifier: str | None, options: dict | None)
     return [built[name] for name in names]
 
 
-def row_problem(verifier: str, row: dict, options: dict | None = None) -> str | None:
-    """Why `verifier` could not score any completion for this row (a field it reads is missing or malformed), found
-    by checking an empty completion here, unguarded; None when it could. The code verifier's check runs the row's
-    tests, so for it only the fields are looked at. Bad options are the recipe's problem, reported there."""
-    from posttrain.rewards.core import RowError
-
-    if verifier == "code":
-        fields = (row.get("entry_point") and row.get("test")) or row.get("test_list")
-        return None if fields else (f"the code verifier needs HumanEval fields (prompt, test, entry_point) or MBPP's "
-                                    f"test_list; the row has: {', '.join(sorted(row)[:8])}")
-    try:
-        get_verifier(verifier, **(options or {})).verify_unguarded("", row)
-    except RowError as e:
-        return str(e)
-    except (TypeError, ValueError, KeyError):
-        return None
-    return None
+def bad_rows(rows: list[dict], verifier: str | None = None, options: dict | None = None) -> list[tuple[int, str]]:
+    """(index, why) for each row its verifier cannot score any completion for (a field it reads is missing or
+    malformed), found as training finds it: an empty completion scored in the reward workers (a check never runs in
+    this process, which forks them). The code verifier's check would run the row's tests, so for its rows only the
+    fields are looked at. `verifier`, `options`: as score_rows takes them."""
+    found, scored = [], []
+    for index, row in enumerate(rows):
+        if (verifier or row.get("verifier")) != "code":
+            scored.append(index)
+        elif not ((row.get("entry_point") and row.get("test")) or row.get("test_list")):
+            found.append((index, f"the code verifier needs HumanEval fields (prompt, test, entry_point) or MBPP's "
+                                 f"test_list; the row has: {', '.join(sorted(row)[:8])}"))
+    verdicts = score_rows([""] * len(scored), [rows[i] for i in scored], verifier, max_failure_fraction=1.0,
+                          options=options) if scored else []
+    found += [(i, v.reason) for i, v in zip(scored, verdicts) if v.failure == "bad_row"]
+    return sorted(found)
 
 
 def score_rows(completions: list, rows: list[dict], verifier: str | None = None, *, timeout_s: float = 5.0,

@@ -48,6 +48,8 @@ def constraint(row: dict) -> tuple[str, Callable[[str], bool]]:
     truth = row["ground_truth"]
     try:
         spec = json.loads(truth) if isinstance(truth, str) else dict(truth)
+        if not isinstance(spec, dict):  # e.g. "4": JSON, but not open-instruct's object
+            raise TypeError
     except (ValueError, TypeError):
         raise RowError(f"{row_label(row)}: an ifeval row needs instruction_id_list/kwargs (IFEval) or a ground_truth "
                        f"with open-instruct's JSON {{\"func_name\": ...}}; got {str(truth)[:120]!r}") from None

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from posttrain import hf
-from posttrain.data import DataError, first_rows_problem, located_rows, read_rows, write_rows
+from posttrain.data import DataError, first_rows, first_rows_problem, located_rows, read_rows, write_rows
 from posttrain.formats import as_chat, prompt_problem, to_preference
 from posttrain.stage import Context, Dataset, Model, Stage, register
 
@@ -68,7 +68,7 @@ def make_pairs(rows: list[dict], audit: list[dict]) -> tuple[list[dict], dict[st
 def prompt_row(row: dict, cfg: GenerateConfig, where: str) -> dict:
     """A prompt row that can be sampled and scored: a usable `prompt`, a known verifier (the stage's, else the row's
     `verifier` column) and the fields that verifier reads; a DataError naming the row otherwise."""
-    from posttrain.rewards import list_verifiers, row_problem
+    from posttrain.rewards import list_verifiers
 
     if "prompt" not in row or (problem := prompt_problem(row["prompt"])):
         raise DataError(f"{where}: `prompt`: " + (problem if "prompt" in row else f"missing; it has: {', '.join(sorted(row)[:8])}"))
@@ -76,9 +76,15 @@ def prompt_row(row: dict, cfg: GenerateConfig, where: str) -> dict:
     if not isinstance(name, str) or name not in list_verifiers():
         raise DataError(f"{where}: the row's `verifier` {name!r:.80} names no verifier (and the stage sets none); known: "
                         f"{', '.join(list_verifiers())}")
-    if problem := row_problem(name, row):
-        raise DataError(f"{where}: {problem}")
     return row
+
+
+def field_problem(cfg: GenerateConfig, located: list[tuple[str, dict]]) -> str | None:
+    """The first row whose verifier cannot read it (a field missing or malformed), naming it."""
+    from posttrain.rewards import bad_rows
+
+    bad = bad_rows([row for _, row in located], cfg.verifier)
+    return f"{located[bad[0][0]][0]}: {bad[0][1]}" if bad else None
 
 
 @register
@@ -97,8 +103,10 @@ class Generate(Stage):
 
             problems.append(("verifier", f"unknown verifier '{cfg.verifier}'{suggest(cfg.verifier, list_verifiers())}; "
                                          f"known: {', '.join(list_verifiers())}"))
-        if not problems and (bad := first_rows_problem(cfg.prompts, lambda row, where: prompt_row(row, cfg, where))):
-            problems.append(("prompts", bad))
+        if not problems:
+            located, bad = first_rows(cfg.prompts, lambda row, where: prompt_row(row, cfg, where))
+            if bad := bad or (located and field_problem(cfg, located)):
+                problems.append(("prompts", bad))
         if not problems and cfg.extra_pairs and (bad := first_rows_problem(cfg.extra_pairs, to_preference)):
             problems.append(("extra_pairs", bad))
         return problems
@@ -108,9 +116,12 @@ class Generate(Stage):
         return f"{done} chunk(s) of {cfg.chunk_prompts} prompts sampled" if done else None
 
     def run(self, cfg: GenerateConfig, ctx: Context) -> dict:
-        rows = [prompt_row(row, cfg, where) for where, row in islice(located_rows(ctx.path(cfg.prompts)), cfg.limit)]
-        if not rows:
+        located = [(where, prompt_row(row, cfg, where)) for where, row in islice(located_rows(ctx.path(cfg.prompts)), cfg.limit)]
+        if not located:
             raise DataError(f"{ctx.path(cfg.prompts)}: no usable rows")
+        if problem := field_problem(cfg, located):
+            raise DataError(problem)
+        rows = [row for _, row in located]
         size = cfg.chunk_prompts or max(len(rows), 1)
         audit, model = [], _Model(ctx.path(cfg.model), cfg.backend)
         for c, start in enumerate(range(0, len(rows), size)):

@@ -16,7 +16,7 @@ from typing import Any, Callable, Literal
 
 from posttrain import dynamic_sampling, hf, vllm_correction
 from posttrain.dynamic_sampling import DynamicSampling
-from posttrain.data import DataError, first_rows_problem, located_rows
+from posttrain.data import DataError, first_rows, located_rows
 from posttrain.formats import as_chat, prompt_problem
 from posttrain.stage import Context, Dataset, Model, register
 from posttrain.async_rl import AsyncGeneration, check_async, run_async
@@ -110,10 +110,9 @@ def reward_functions(cfg: RLVRConfig, stop_ids: list[int], path: Callable[[str],
 
 def routed(row: dict, cfg: RLVRConfig, where: str) -> dict:
     """The row as RLVR trains on it, with `verifier` set from its route column (mapped through route_map) when a term
-    routes by row; a DataError naming the row when its prompt is not a prompt, its verifier is unknown, or a term's
-    verifier lacks a field it reads (found before training, not at the step that samples the row)."""
-    from posttrain.reward_terms import MODEL_TERM
-    from posttrain.rewards import list_verifiers, row_problem
+    routes by row; a DataError naming the row when its prompt is not a prompt or its verifier is unknown
+    (field_problem checks the fields each term's verifier reads)."""
+    from posttrain.rewards import list_verifiers
 
     by_row = any(t.name == ROUTE_BY_ROW for t in cfg.rewards)
     missing = [c for c in (cfg.prompt_column, cfg.route_column if by_row else None) if c and c not in row]
@@ -130,21 +129,36 @@ def routed(row: dict, cfg: RLVRConfig, where: str) -> dict:
             raise DataError(f"{where}: `{cfg.route_column}` {value!r:.80} names no verifier{suggest(value, list_verifiers())}; known: "
                             f"{', '.join(list_verifiers())} (route_map maps other names to them)")
         row = {**row, "verifier": name}
+    return row
+
+
+def field_problem(cfg: RLVRConfig, located: list[tuple[str, dict]]) -> str | None:
+    """The first routed row some term's verifier cannot read (a field missing or malformed), naming the row: found
+    before training, not at the step that samples it."""
+    from posttrain.reward_terms import MODEL_TERM
+    from posttrain.rewards import bad_rows
+
+    rows = [row for _, row in located]
     for term in cfg.rewards:
         if term.name != MODEL_TERM:
-            name = row["verifier"] if term.name == ROUTE_BY_ROW else term.name
-            options = term.options.get(name, {}) if term.name == ROUTE_BY_ROW else term.options
-            if problem := row_problem(name, row, options if isinstance(options, dict) else {}):
-                raise DataError(f"{where}: reward term '{term.name}': {problem}")
-    return row
+            try:
+                bad = bad_rows(rows, None if term.name == ROUTE_BY_ROW else term.name, term.options)
+            except (TypeError, ValueError):  # options a verifier does not take: the recipe check's to report
+                continue
+            if bad:
+                index, why = bad[0]
+                return f"{located[index][0]}: reward term '{term.name}': {why}"
+    return None
 
 
 def _rows(cfg: RLVRConfig, ctx: Context) -> list[dict]:
     path = ctx.path(cfg.data)
-    rows = [routed(r, cfg, where) for where, r in located_rows(path)]
-    if not rows:
+    located = [(where, routed(r, cfg, where)) for where, r in located_rows(path)]
+    if not located:
         raise DataError(f"{path}: no usable rows (RLVR would take no step and export its input model unchanged)")
-    return rows
+    if problem := field_problem(cfg, located):
+        raise DataError(problem)
+    return [row for _, row in located]
 
 
 def _steps_per_generation(cfg: RLVRConfig) -> int:
@@ -216,8 +230,10 @@ class RLVR(TrainingStage):
             problems += vllm_correction.check(cfg.vllm.importance_sampling, cfg.loss_type)
         problems += dynamic_sampling.check(cfg.dynamic_sampling, cfg.train.per_device_train_batch_size,
                                            _steps_per_generation(cfg), cfg.num_generations)
-        if not problems and (bad := first_rows_problem(cfg.data, lambda row, where: routed(row, cfg, where))):
-            problems.append(("data", bad))
+        if not problems:
+            located, bad = first_rows(cfg.data, lambda row, where: routed(row, cfg, where))
+            if bad := bad or (located and field_problem(cfg, located)):
+                problems.append(("data", bad))
         return problems
 
     def run(self, cfg: RLVRConfig, ctx: Context) -> dict:

@@ -156,7 +156,7 @@ def test_bad_rows_end_to_end_error_then_skip_counts_in_manifest(tmp_path, capsys
     short = ["stages.base.train.max_steps=2", "stages.sft.train.max_steps=2", "stages.dpo.train.max_steps=2"]
     run_dir = tmp_path / "run"
 
-    assert main(["run", str(recipe), "--out", str(run_dir), *short]) == 1
+    assert main(["run", str(recipe), "--out", str(run_dir), *short]) == 2  # bad data, found at run time
     err = capsys.readouterr().err
     assert f"{sft}:{bad_line}: malformed row" in err and "Traceback" not in err
     failed = json.loads((run_dir / "sft" / "manifest.json").read_text())
