@@ -99,15 +99,15 @@ def marked_copy(template: str, eot: str) -> str:
     )
 
 
-def expected_spans(tokenizer, messages: list[dict], eot: str, template: str | None = None) -> list[str]:
-    """What each assistant turn of `messages` should train under the original template: the text after its
-    generation prompt through the first end-of-turn token. TemplateProblem when a turn's generation prompt is
-    not what precedes the turn in the whole conversation."""
+def expected_spans(tokenizer, messages: list[dict], eot: str, template: str | None = None,
+                   last_only: bool = False) -> list[str]:
+    """What each assistant turn of `messages` (or the last one) should train under the original template: the
+    text after its generation prompt through the first end-of-turn token. TemplateProblem when a turn's
+    generation prompt is not what precedes the turn in the whole conversation."""
     full = _render(tokenizer, messages, template)
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     spans = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
+    for i in turns[-1:] if last_only else turns:
         prompt = _render(tokenizer, messages[:i], template, generation_prompt=True)
         if not full.startswith(prompt):
             raise TemplateProblem(f"the conversation before assistant message {i} renders as a generation prompt "
@@ -191,9 +191,10 @@ def training_template(tokenizer) -> tuple[str, str]:
 
 
 def prompt_problem(tokenizer) -> str | None:
-    """Why the tokenizer's template cannot split a conversation into prompt and completion (DPO) or give the
-    prompt to generate from (RLVR, eval), or None: each probe's last assistant turn must follow its generation
-    prompt exactly and end with an end-of-turn token."""
+    """Why the tokenizer's template cannot split a conversation into prompt and completion as TRL's DPO does
+    (the prompt rendered with its generation prompt, then the common prefix with prompt + completion), or None:
+    each probe's last assistant turn must follow its generation prompt exactly and end with an end-of-turn
+    token."""
     from jinja2 import TemplateError
 
     try:
@@ -201,7 +202,7 @@ def prompt_problem(tokenizer) -> str | None:
         for name, messages in PROBES.items():
             if not _refuses(tokenizer, messages, None):
                 try:
-                    expected_spans(tokenizer, messages, eot)
+                    expected_spans(tokenizer, messages, eot, last_only=True)
                 except TemplateProblem as e:
                     return f"{name}: {e}"
     except (TemplateError, TemplateProblem) as e:
@@ -223,8 +224,9 @@ def carrying(tokenizer, template: str):
 
 
 def check_model_template(model: str, chat_template: str, assistant_only_loss: bool) -> list[tuple[str, str]]:
-    """Validation: the problems of the template a stage would train with, where its tokenizer is cheap to load
-    (a local model folder; other models are checked when the stage loads the tokenizer, before the model)."""
+    """Validation (sft: assistant_only_loss as set; dpo: False): the problems of the template a stage would train
+    with, where its tokenizer is cheap to load (a local model folder; other models are checked when the stage
+    loads the tokenizer, before the model)."""
     from pathlib import Path
 
     from posttrain import hf

@@ -46,6 +46,18 @@ def smollm2_folder(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def family_tok(smollm2_folder):
+    """family -> (tokenizer, spec), each built once per module (tests restore any template they swap in)."""
+    built = {}
+
+    def get(family: str):
+        if family not in built:
+            built[family] = family_tokenizer(smollm2_folder, family)
+        return built[family]
+    return get
+
+
 def family_tokenizer(folder: Path, family: str):
     """SmolLM2's tokenizer with the family's special tokens, BOS/EOS and add-BOS behaviour, and its template."""
     from tokenizers.processors import TemplateProcessing
@@ -84,8 +96,8 @@ def expected_turns(family: str, spec: dict, messages: list[dict]) -> list[str]:
 
 
 @pytest.mark.parametrize("family", MARKABLE)
-def test_trains_exactly_the_assistant_turns(smollm2_folder, family):
-    tok, spec = family_tokenizer(smollm2_folder, family)
+def test_trains_exactly_the_assistant_turns(family_tok, family):
+    tok, spec = family_tok(family)
     template, _ = chat_templates.training_template(tok)
     for name, messages in CONVERSATIONS.items():
         if not _usable(tok, messages):
@@ -97,8 +109,8 @@ def test_trains_exactly_the_assistant_turns(smollm2_folder, family):
 
 
 @pytest.mark.parametrize("family", [f for f in MARKABLE if json.loads((FIXTURES / f"{f}.json").read_text())["default_system"]])
-def test_default_system_prompt_is_in_the_prompt_never_trained_and_replaced_by_a_system_message(smollm2_folder, family):
-    tok, spec = family_tokenizer(smollm2_folder, family)
+def test_default_system_prompt_is_in_the_prompt_never_trained_and_replaced_by_a_system_message(family_tok, family):
+    tok, spec = family_tok(family)
     template, _ = chat_templates.training_template(tok)
     plain = tok.apply_chat_template([Q1, A1], tokenize=False)
     with_system = tok.apply_chat_template([SYSTEM, Q1, A1], tokenize=False)
@@ -113,11 +125,11 @@ def test_default_system_prompt_is_in_the_prompt_never_trained_and_replaced_by_a_
 
 
 @pytest.mark.parametrize("family", MARKABLE)
-def test_generation_prompt_is_where_the_trained_turn_starts(smollm2_folder, family):
+def test_generation_prompt_is_where_the_trained_turn_starts(family_tok, family):
     """RLVR and eval generate from this prompt; DPO's completion starts after it."""
     from posttrain.eval.generation import prompt_texts
 
-    tok, spec = family_tokenizer(smollm2_folder, family)
+    tok, spec = family_tok(family)
     prompt = prompt_texts(tok, [[Q1]], chat=True)[0]
     assert prompt.endswith(GENERATION_PROMPT[family])
     full = tok.apply_chat_template([Q1, A1], tokenize=False)
@@ -125,20 +137,20 @@ def test_generation_prompt_is_where_the_trained_turn_starts(smollm2_folder, fami
 
 
 @pytest.mark.parametrize("family", MARKABLE)
-def test_generation_stops_at_the_end_of_turn_token(smollm2_folder, family):
-    tok, spec = family_tokenizer(smollm2_folder, family)
+def test_generation_stops_at_the_end_of_turn_token(family_tok, family):
+    tok, spec = family_tok(family)
     assert chat_templates.end_of_turn(tok) == spec["end_of_turn"]
     # save_model writes these as the exported generation_config's eos_token_id; RLVR's EOS penalty reads them
     assert tok.convert_tokens_to_ids(spec["end_of_turn"]) in hf.end_of_turn_ids(tok)
 
 
 @pytest.mark.parametrize("family", MARKABLE)
-def test_no_double_bos(smollm2_folder, family):
+def test_no_double_bos(family_tok, family):
     """TRL's SFT/DPO/GRPO paths tokenize through apply_chat_template, eval through encode_prompts: a template that
     writes the BOS gets exactly one, whether or not the tokenizer would add one to plain text."""
     from posttrain.eval.generation import encode_prompts
 
-    tok, spec = family_tokenizer(smollm2_folder, family)
+    tok, spec = family_tok(family)
     bos = tok.bos_token_id
     assert (tok("x")["input_ids"][0] == bos) == spec["add_bos"]  # the pairing adds a BOS as the family does
     writes_bos = tok.apply_chat_template([Q1], tokenize=False).startswith(spec["bos_token"] or "\0")
@@ -148,24 +160,24 @@ def test_no_double_bos(smollm2_folder, family):
         assert (ids[0] == bos) == writes_bos, family
 
 
-def test_trl_training_template_is_used_where_it_is_exact_and_refused_where_not(smollm2_folder):
+def test_trl_training_template_is_used_where_it_is_exact_and_refused_where_not(family_tok):
     from trl.chat_template_utils import get_training_chat_template
 
-    tok, _ = family_tokenizer(smollm2_folder, "llama3")
+    tok, _ = family_tok("llama3")
     assert chat_templates.training_template(tok)[1] == "TRL's training template"
     # TRL's Qwen2.5 copy also trains the newline of the generation prompt and the one after <|im_end|>
-    tok, _ = family_tokenizer(smollm2_folder, "qwen2_5")
+    tok, _ = family_tok("qwen2_5")
     problem = chat_templates.verify(tok, get_training_chat_template(tok), "<|im_end|>")
     assert problem and "'\\nposttrain-probe-assistant-1<|im_end|>\\n'" in problem
     assert chat_templates.training_template(tok)[1] == "posttrain's marked copy"
 
 
-def test_refused_template_is_a_validation_error_with_the_reason(smollm2_folder, tmp_path, sft_file):
+def test_refused_template_is_a_validation_error_with_the_reason(family_tok, tmp_path, sft_file):
     """Mistral v0.3's template writes the system message only into a final user turn: a trained conversation
     loses it while the generation prompt has it. posttrain refuses to mark it, at validation."""
     from posttrain.stages.sft import SFT, SFTStageConfig
 
-    tok, _ = family_tokenizer(smollm2_folder, "mistral_v0_3")
+    tok, _ = family_tok("mistral_v0_3")
     with pytest.raises(chat_templates.TemplateProblem, match="system message: the conversation before assistant "
                                                             "message 2 renders as a generation prompt"):
         chat_templates.training_template(tok)
@@ -174,7 +186,7 @@ def test_refused_template_is_a_validation_error_with_the_reason(smollm2_folder, 
     assert [k for k, _ in problems] == ["chat_template"] and "cannot mark" in problems[0][1]
     # Without assistant-only loss it still cannot give DPO/RLVR a prompt that matches the trained conversation
     assert chat_templates.check_model_template(str(tmp_path / "model"), "model", False)
-    smol, _ = family_tokenizer(smollm2_folder, "smollm2")
+    smol, _ = family_tok("smollm2")
     smol.save_pretrained(tmp_path / "smol")
     assert SFT().check(SFTStageConfig(model=str(tmp_path / "smol"), data=str(sft_file))) == []
 
@@ -188,13 +200,13 @@ def _tiny_model(vocab: int):
                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256))
 
 
-def test_trl_sft_trains_exactly_the_assistant_tokens_of_smollm2s_template(smollm2_folder, tmp_path):
+def test_trl_sft_trains_exactly_the_assistant_tokens_of_smollm2s_template(family_tok, tmp_path):
     """The real path: TRL's SFTTrainer tokenizes the data with the template posttrain's SFT stage gives it and its
     collator builds the labels it trains. SmolLM2's own template has no markers and TRL does not know it."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    tok, spec = family_tokenizer(smollm2_folder, "smollm2")
+    tok, spec = family_tok("smollm2")
     original = tok.chat_template
     rows = [{"messages": CONVERSATIONS["multi turn"]}, {"messages": CONVERSATIONS["system message"]}]
     args = SFTConfig(output_dir=str(tmp_path), assistant_only_loss=True, max_length=256, report_to=[],
@@ -220,13 +232,13 @@ def test_trl_sft_trains_exactly_the_assistant_tokens_of_smollm2s_template(smollm
         assert runs == expected_turns("smollm2", spec, row["messages"])
 
 
-def test_trl_dpo_splits_prompt_and_completion_where_the_template_does(smollm2_folder, tmp_path):
+def test_trl_dpo_splits_prompt_and_completion_where_the_template_does(family_tok, tmp_path):
     """DPO tokenizes with the model's own template: the prompt is the generation prompt (default system prompt
     included), each completion the assistant turn with its end-of-turn token."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    tok, _ = family_tokenizer(smollm2_folder, "smollm2")
+    tok, _ = family_tok("smollm2")
     row = {"prompt": [Q1], "chosen": [A1], "rejected": [{"role": "assistant", "content": "Five."}]}
     args = DPOConfig(output_dir=str(tmp_path), max_length=256, report_to=[], per_device_train_batch_size=1,
                      use_cpu=True, precompute_ref_log_probs=False)
