@@ -22,7 +22,8 @@ CHUNKS = "chunks"  # the stage's progress: one file of audit records per finishe
 @dataclass
 class GenerateConfig:
     model: Model
-    prompts: Dataset = field(metadata={"help": "rows with `prompt` and what the verifier needs (`ground_truth`, ...)"})
+    prompts: Dataset = field(metadata={"help": "rows with a prompt and what the verifier needs (`ground_truth`, ...)"})
+    prompt_column: str = field(default="prompt", metadata={"help": "the column holding the prompt (GSM8K: question)"})
     limit: int | None = field(default=None, metadata={"ge": 1, "help": "use only the first N prompts"})
     num_samples: int = field(default=4, metadata={"ge": 2})
     temperature: float = field(default=0.7, metadata={"gt": 0})
@@ -70,8 +71,12 @@ def prompt_row(row: dict, cfg: GenerateConfig, where: str) -> dict:
     `verifier` column) and the fields that verifier reads; a DataError naming the row otherwise."""
     from posttrain.rewards import list_verifiers
 
-    if "prompt" not in row or (problem := prompt_problem(row["prompt"])):
-        raise DataError(f"{where}: `prompt`: " + (problem if "prompt" in row else f"missing; it has: {', '.join(sorted(row)[:8])}"))
+    column = cfg.prompt_column
+    if column not in row:
+        raise DataError(f"{where}: no `{column}` column (prompt_column); it has: {', '.join(sorted(row)[:8])}")
+    if problem := prompt_problem(row[column]):
+        raise DataError(f"{where}: `{column}`: {problem}")
+    row = row if column == "prompt" else {**row, "prompt": row[column]}
     name = cfg.verifier or row.get("verifier")
     if not isinstance(name, str) or name not in list_verifiers():
         raise DataError(f"{where}: the row's `verifier` {name!r:.80} names no verifier (and the stage sets none); known: "
@@ -135,12 +140,15 @@ class Generate(Stage):
         write_rows(ctx.out_dir / "samples.jsonl", audit)
         all_scores = [s for record in audit for s in record["scores"]]
         mean_score = sum(all_scores) / max(len(all_scores), 1)
-        if not pairs:
+        extra = [row for where, row in located_rows(ctx.path(cfg.extra_pairs)) if to_preference(row, where)] \
+            if cfg.extra_pairs else []
+        if not pairs and not extra:
             raise DataError(f"no prompt gave a pair: all {cfg.num_samples} samples of each of the {len(rows)} prompts scored "
                             f"the same (mean score {mean_score:.3f}); raise num_samples or temperature, or start from a "
                             f"stronger model (samples: {ctx.out_dir / 'samples.jsonl'})")
-        extra = [row for where, row in located_rows(ctx.path(cfg.extra_pairs)) if to_preference(row, where)] \
-            if cfg.extra_pairs else []
+        if not pairs:
+            ctx.warn(f"no on-policy pair: all {cfg.num_samples} samples of each of the {len(rows)} prompts scored the same "
+                     f"(mean score {mean_score:.3f}); the pairs are the {len(extra)} extra_pairs alone")
         write_rows(ctx.output("pairs"), pairs + extra)
         return {"prompts": len(rows), "samples": len(all_scores), "pairs": len(pairs), "mean_sample_score": mean_score,
                 "skipped_all_equal": sum(skipped.values()), **{f"skipped_{why}": n for why, n in skipped.items()},

@@ -73,7 +73,7 @@ def test_a_text_file_named_parquet_fails_validation(chain, tmp_path):
 
 def test_rlvr_reads_every_row_before_training(tmp_path):
     """Past the 20 rows validation reads, and a file of blank lines: errors before any model loads."""
-    from posttrain.stages.rlvr import RLVRConfig, _rows as rl_rows
+    from posttrain.stages.rlvr.stage import RLVRConfig, _rows as rl_rows
 
     cfg = RLVRConfig(model="org/model", data=str(tmp_path / "rl.jsonl"))
     ctx = Context("rlvr", tmp_path, tmp_path, {})
