@@ -118,8 +118,10 @@ class Select(Stage):
             if None not in sizes and sizes[0] != sizes[1]:
                 problems.append(("paser.reference_model", f"vocabulary size {sizes[1]} differs from model's {sizes[0]}: "
                                  "the JSD needs both models to share one vocabulary"))
-        # the row format the method reads: candidate rows, SFT rows (model scoring), or any text (the rest)
-        convert = candidates if m in CANDIDATE_METHODS else to_example if m in MODEL_METHODS else plain_text
+        # the row format the method reads: candidate rows, SFT rows (model scoring, length), text (dsir), or any
+        # object (random, qurating: its score_key is checked as it is read)
+        convert = candidates if m in CANDIDATE_METHODS else to_example if m in (*MODEL_METHODS, "length") else \
+            plain_text if m == "dsir" else (lambda row, where: row)
         if cfg.on_bad_rows == "error" and (bad := first_rows_problem(cfg.data, convert)):
             problems.append(("data", bad))
         return problems + _launcher_problems(cfg) + (filters.check_tasks(cfg.decontaminate) if cfg.decontaminate else [])
