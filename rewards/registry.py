@@ -38,6 +38,20 @@ def get_verifier(name: str, **options: Any) -> Verifier:
         raise TypeError(f"verifier {name!r}: {e}. Options it accepts: {', '.join(accepted)}") from None
 
 
+def option_problems(name: str, options: dict[str, Any]) -> list[str]:
+    """What is wrong with `options` for verifier `name`, read off its factory's signature without building it (a
+    name it does not take would crash the first scoring with a TypeError)."""
+    factory, preset = _FACTORIES[name]
+    params = inspect.signature(factory).parameters
+    accepted = {p for p, v in params.items() if v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)}
+    if any(v.kind is v.VAR_KEYWORD for v in params.values()):  # **base: the options every verifier takes
+        accepted |= {p for p in inspect.signature(Verifier.__init__).parameters if p != "self"}
+    accepted -= set(preset)
+    return [f"{name} takes no option {key!r}" + (f" (did you mean {close[0]!r}?)" if (
+        close := difflib.get_close_matches(str(key), sorted(accepted), n=1, cutoff=0.6)) else "")
+            + f"; it takes: {', '.join(sorted(accepted))}" for key in options if key not in accepted]
+
+
 class Weighted(Verifier):
     """score = sum(weight * term score) / sum(weights), so it stays in [0, 1]."""
 

@@ -3,9 +3,9 @@
 - `format`: 1 when the required answer format is present. Option `require`: "answer_is" (a number after
   "The answer is"), "hashes" (a number after ####), "boxed" (a closed \\boxed{...}); or `pattern`, a
   regex from the recipe (never from the model).
-- `eos`: 1 when the completion ended with EOS rather than hitting the length limit. Reads
-  row["finish_reason"] ("stop"/"eos" vs "length", as generation servers report it); without that
-  field, option `eos_token` (e.g. "<|im_end|>") must be given and the text must end with it.
+- `eos`: 1 when the completion ended with EOS rather than hitting the length limit. With option `eos_token`
+  (e.g. "<|im_end|>") the text must end with it, whatever the row says; without it, reads row["finish_reason"]
+  ("stop"/"eos" vs "length", as generation servers report it). RLVR refuses an eos term (use its eos_penalty).
 - `length`: 1 up to `budget_chars` characters, falling linearly to 0 at `zero_at_chars`.
 """
 from __future__ import annotations
@@ -59,7 +59,7 @@ class EosVerifier(Verifier):
 
     def check(self, text: str, row: dict) -> Verdict:
         reason = row.get("finish_reason")
-        if reason is not None:
+        if reason is not None and self.eos_token is None:  # the eos_token option, when given, wins over the row
             ended = reason in ("stop", "eos")
             return Verdict(float(ended), f"finish_reason={reason}")
         if self.eos_token is None:

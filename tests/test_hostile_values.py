@@ -213,3 +213,29 @@ def test_fuzz_silent_values_are_validation_errors(chain, data):
     else:
         override, key = f"stages.{stage}.train.max_steps=0", "train.max_steps"
     assert any(f"stages.{stage}.{key}:" in p for p in problems(recipe, [override]))
+
+
+# -- items 4 and 7: reward terms ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("rewards,says", [
+    ("[{name: numeric, options: {extrac: [answer_is]}}]", "numeric takes no option 'extrac' (did you mean 'extract'?)"),
+    ("[{name: numeric, options: {math: {parse_timeout_s: 2}}}]", "keyed by math, but this term is scored by numeric alone"),
+    ("[{name: verifier, options: {extract: [answer_is]}}]", "a routed term's options are keyed by verifier name"),
+    ("[{name: verifier, options: {numeric: {bogus: 1}}}]", "numeric takes no option 'bogus'"),
+    ("[{name: verifier}, {name: eos, options: {eos_token: '<|im_end|>'}}]", "use eos_penalty"),
+])
+def test_reward_term_options_are_checked(chain, rewards, says):
+    [p] = problems(chain[0], [f"stages.rlvr.rewards={rewards}"])
+    assert "stages.rlvr.rewards[" in p and says in p, p
+
+
+def test_options_a_verifier_takes_validate(chain):
+    load(chain[0], ["stages.rlvr.rewards=[{name: verifier, options: {numeric: {extract: [answer_is]}}}, "
+                    "{name: length, options: {budget_chars: 100, time_limit_s: 1}}]"])
+
+
+def test_the_eos_token_option_wins_over_the_rows_finish_reason():
+    from posttrain.rewards import get_verifier
+
+    eos = get_verifier("eos", eos_token="<|im_end|>")
+    assert eos("cut at the length limit", {"finish_reason": "stop"}).score == 0.0
+    assert eos("done<|im_end|>", {"finish_reason": "length"}).score == 1.0

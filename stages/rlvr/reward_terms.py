@@ -148,6 +148,29 @@ def term_problems(terms: list) -> list[tuple[str, str]]:
     return problems
 
 
+def option_problems(terms: list, route_by_row: str) -> list[tuple[str, str]]:
+    """Each verifier term's options against what its verifier takes. A routed term's options are keyed by verifier
+    name; a named term's are its verifier's own (keyed by another verifier's name, they would be dropped)."""
+    from posttrain.rewards import list_verifiers
+    from posttrain.rewards.registry import option_problems as unknown
+
+    known, problems = set(list_verifiers()), []
+    for i, term in enumerate(terms):
+        if term.name == MODEL_TERM or (term.name != route_by_row and term.name not in known) or not term.options:
+            continue
+        keyed = all(isinstance(v, dict) for v in term.options.values()) and set(term.options) <= known
+        if term.name == route_by_row and not keyed:
+            problems.append((f"rewards[{i}].options", "a routed term's options are keyed by verifier name, e.g. "
+                             "{numeric: {extract: [answer_is]}}; not: " + ", ".join(sorted(map(str, set(term.options) - known)))))
+        elif term.name != route_by_row and keyed and set(term.options) != {term.name}:
+            problems.append((f"rewards[{i}].options", f"keyed by {', '.join(sorted(set(term.options) - {term.name}))}, "
+                             f"but this term is scored by {term.name} alone: give {term.name}'s own options"))
+        else:
+            by_name = term.options if keyed else {term.name: term.options}
+            problems += [(f"rewards[{i}].options", p) for name, opts in by_name.items() for p in unknown(name, opts)]
+    return problems
+
+
 def reward_model_refs(terms: list, kinds: dict[str, str]) -> list[tuple[str, str]]:
     """(key, message) for each `model` term that names another stage's model when that stage does not train a
     reward model: every other stage kind outputs a causal LM, which is found out only when the term loads it.

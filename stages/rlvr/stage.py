@@ -208,7 +208,7 @@ class RLVR(TrainingStage):
         from posttrain.rewards import list_verifiers
         from posttrain.schema import suggest
 
-        from posttrain.stages.rlvr.reward_terms import MODEL_TERM, term_problems
+        from posttrain.stages.rlvr.reward_terms import MODEL_TERM, option_problems, term_problems
 
         problems = (check_launcher(cfg.launcher) + check_lora(cfg.lora) + term_problems(cfg.rewards)
                     + check_trl_args("GRPOConfig", cfg.train, _grpo_args(cfg, reward_weights=None)))
@@ -218,9 +218,14 @@ class RLVR(TrainingStage):
             if name not in known:
                 problems.append((f"route_map.{value}", f"unknown verifier '{name}'{suggest(name, known)}"))
         for i, term in enumerate(cfg.rewards):
+            if term.name == "eos":  # neither what it reads describes the completion being scored
+                problems.append((f"rewards[{i}].name", "an eos term reads a row's finish_reason, which describes the data, "
+                                 "not this completion, or the completion's text, from which TRL strips the end-of-turn "
+                                 "token: use eos_penalty, which reads the completion's token ids"))
             if term.name not in (ROUTE_BY_ROW, MODEL_TERM) and term.name not in known:
                 problems.append((f"rewards[{i}].name", f"unknown verifier '{term.name}'{suggest(term.name, known)}; "
                                                        f"known: {ROUTE_BY_ROW}, {MODEL_TERM}, {', '.join(known)}"))
+        problems += option_problems(cfg.rewards, ROUTE_BY_ROW)
         world = cfg.launcher.num_processes * cfg.launcher.num_machines
         if (cfg.train.per_device_train_batch_size * world) % cfg.num_generations:
             problems.append(("train.per_device_train_batch_size", f"counts completions: "
