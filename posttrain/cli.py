@@ -222,7 +222,9 @@ def stage_reference(kinds: list[str] | None = None) -> str:
     parts = [] if kinds else ["# Stage reference\n\nEvery stage kind, its outputs and its recipe keys, generated from the "
                               "code: `posttrain keys > docs/stages.md` (a test fails when this file is stale). A kind's code "
                               "is one file, `stages/<kind>.py`, or a folder, `stages/<kind>/`, when it has parts no other "
-                              "kind uses.\n"]
+                              "kind uses. Where a training stage's default differs from TRL 1.16's, the meaning gives "
+                              "TRL's value and why ours differs (posttrain/trl_defaults.py); `posttrain config` marks "
+                              "those defaults.\n"]
     for kind in kinds or sorted(STAGES):
         stage = STAGES[kind]
         outs = ", ".join(f"`{o}` ({t.__name__.lower()})" for o, t in stage.outputs.items())
@@ -230,9 +232,17 @@ def stage_reference(kinds: list[str] | None = None) -> str:
         code = f"stages/{room[0]}/" if len(room) > 1 else f"stages/{room[0]}.py"
         parts.append(f"### `{kind}`: {stage.description}\n\nOutputs: {outs}. Code: `{code}`\n\n"
                      "| key | type | default | meaning |\n|---|---|---|---|")
-        parts += [f"| `{k}` | {t.replace(' | ', ' or ')} | {d} | {h} |" for k, t, d, h in describe(stage.Config)]
+        parts += [f"| `{k}` | {t.replace(' | ', ' or ')} | {d} | {h}{_trl_note(kind, k)} |" for k, t, d, h in describe(stage.Config)]
         parts.append("")
     return "\n".join(parts)
+
+
+def _trl_note(kind: str, key: str) -> str:
+    """Where our default differs from TRL's: TRL's value and why."""
+    from posttrain.trl_defaults import trl_default
+
+    found = trl_default(kind, key)
+    return f" TRL 1.16's default: `{found[0]!r}`; ours differs: {found[1]}." if found else ""
 
 
 def cmd_keys(args) -> int:

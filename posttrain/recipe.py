@@ -41,6 +41,7 @@ class StageSpec:
     config: Any                     # the Config dataclass instance
     raw: dict                       # the resolved plain config (for config.resolved.yaml)
     deps: list[str] = field(default_factory=list)
+    written: dict = field(default_factory=dict)  # the config as written, interpolations unresolved (${vars.seed})
 
 
 @dataclass
@@ -116,7 +117,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
         raise RecipeError([f"{path}: nested too deeply to be a recipe"]) from None
     if not isinstance(cfg, DictConfig):
         raise RecipeError([f"{path}: a recipe is a mapping with 'name' and 'stages', got {type(cfg).__name__}"])
-    _apply_overrides(cfg, overrides, problems)
+    override_warnings = _apply_overrides(cfg, overrides, problems)
 
     for key in cfg:
         if key not in TOP_LEVEL_KEYS:
@@ -157,22 +158,26 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
             found += [(f"{spath}.{k}" if k else spath, m) for k, m in stage.check(config)]
         for key, message in found:
             problems.add(key, message)
-        specs[sname] = StageSpec(sname, kind, stage, config, raw, sorted(_refs(raw)))
+        written = OmegaConf.to_container(stages_cfg[sname], resolve=False)
+        specs[sname] = StageSpec(sname, kind, stage, config, raw, sorted(_refs(raw)), written)
     for key, message in check_max_length(specs):
         problems.add(key, message)
     for sname, spec in specs.items():  # inputs that only some upstream stage kinds can feed
         for key, message in spec.stage.check_upstream(spec.config, kinds) if spec.config is not None else []:
             problems.add(f"stages.{sname}.{key}", message)
-    warnings = [] if problems.items else [problems.where(key, message) for key, message in coverage_warnings(specs)]
+    warnings = [] if problems.items else [problems.where(key, message)
+                                          for key, message in override_warnings + coverage_warnings(specs)]
     order = _topological_order(specs, problems)
     if problems.items:
         raise RecipeError(problems.items)
     return Recipe(name, path, {n: specs[n] for n in order}, resolved, warnings)
 
 
-def _apply_overrides(cfg: DictConfig, overrides, problems: "_Problems") -> None:
-    """key=value, values parsed as YAML, replacing what was there (a whole block too); list items by index
-    (stages.eval.tasks.0.limit=20, tasks[0].limit=20, tasks.-1.limit=20)."""
+def _apply_overrides(cfg: DictConfig, overrides, problems: "_Problems") -> list[tuple[str, str]]:
+    """key=value, values parsed as YAML, replacing what was there (a whole block too, with a warning naming the
+    recipe's keys it drops); list items by index (stages.eval.tasks.0.limit=20, tasks[0].limit=20, tasks.-1.limit=20).
+    Returns the warnings (key, message)."""
+    warnings = []
     for item in overrides:
         key, sep, value = item.partition("=")
         key, shown = key.strip(), (f"{item[:80]}… ({len(item):,} characters)" if len(item) > 80 else item)
@@ -184,9 +189,25 @@ def _apply_overrides(cfg: DictConfig, overrides, problems: "_Problems") -> None:
             continue
         try:
             parsed = yaml.load(value, Loader=YamlLoader) if value.strip() else ""
+            dropped = _dropped_keys(cfg, key, parsed)
             OmegaConf.update(cfg, key, parsed, merge=False)
+            if dropped:
+                warnings.append((key, f"this override replaces the whole block: the recipe's {', '.join(dropped)} "
+                                      f"no longer apply (their defaults do); set one key with {key}.KEY=VALUE"))
         except (OmegaConfBaseException, yaml.YAMLError, TooLarge, TypeError, ValueError, RecursionError) as e:
             problems.add(key, f"cannot apply override '{shown}': {str(e).splitlines()[0][:200]}")
+    return warnings
+
+
+def _dropped_keys(cfg: DictConfig, key: str, value) -> list[str]:
+    """The keys of the recipe's block at `key` that a mapping override would drop (the block is replaced)."""
+    if not isinstance(value, dict):
+        return []
+    try:
+        node = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+    except OmegaConfBaseException:
+        return []
+    return [str(k) for k in node.keys() if k not in value] if isinstance(node, DictConfig) else []
 
 
 def _index_problem(cfg: DictConfig, key: str) -> str | None:

@@ -99,7 +99,8 @@ def test_config_command_shows_every_value_and_its_source(tmp_path, capsys):
     assert rows["beta"] == ["0.2", "[recipe]"]
     assert rows["train.learning_rate"] == ["1e-06", "[recipe]"]  # 1e-6: a number in YAML 1.2
     assert rows["train.save_steps"] == ["7", "[override]"]
-    assert rows["train.logging_steps"] == ["5", "[default]"]
+    assert rows["train.logging_steps"] == ["5", "[default,", "TRL:", "10]"]  # TRL 1.16's default differs
+    assert rows["train.weight_decay"] == ["0.0", "[default]"]
     assert rows["data"] == ['"${stages.data.output.sft_candidates}"', "[recipe]"]
     assert len(rows) == len(schema.leaves(load(path).stages["dpo"].config))
     assert out.startswith("dpo (dpo)") and "pairs (" not in out
@@ -129,3 +130,35 @@ def test_exponent_learning_rate_in_recipe_and_override(tmp_path):
     path = write_recipe(tmp_path, RECIPE.replace("LR", "3e-4"))
     assert load(path).stages["dpo"].config.train.learning_rate == 3e-4
     assert load(path, ["stages.dpo.train.learning_rate=2e-5"]).stages["dpo"].config.train.learning_rate == 2e-5
+
+
+def test_config_sources_of_block_vars_and_index_overrides(tmp_path, capsys):
+    """A block override replaces the block (its keys not given are defaults, with a warning naming the recipe's
+    dropped keys); a vars override marks what interpolates it; tasks[0] and tasks.-1 name list items."""
+    path = write_recipe(tmp_path, """
+name: sources
+vars: {seed: 3}
+stages:
+  data: {kind: tinyworld, sft_rows: 10}
+  sft:
+    kind: sft
+    model: org/model
+    data: ${stages.data.output.sft_candidates}
+    train: {learning_rate: 1.0e-4, max_steps: 4, seed: "${vars.seed}"}
+  eval:
+    kind: eval
+    models: {m: org/model}
+    tasks: [{name: tinyworld, limit: 10}, {name: tinyworld_code, limit: 10}]
+""")
+    assert main(["config", str(path), "stages.sft.train={max_steps: 3, seed: 1}", "vars.seed=5",
+                 "stages.eval.tasks[0].limit=20", "stages.eval.tasks.-1.limit=30"]) == 0
+    captured = capsys.readouterr()
+    rows = {line.split()[0]: " ".join(line.split()[1:]) for line in captured.out.splitlines() if line.startswith("  ")}
+    assert rows["train.max_steps"] == "3 [override]" and rows["train.learning_rate"].startswith("1e-05 [default")
+    assert "the recipe's learning_rate no longer apply" in captured.err
+    assert main(["config", str(path), "vars.seed=5", "--stage", "sft"]) == 0
+    rows = {line.split()[0]: " ".join(line.split()[1:]) for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert rows["train.seed"] == "5 [override]" and rows["train.learning_rate"] == "0.0001 [recipe]"
+    assert main(["config", str(path), "stages.eval.tasks[0].limit=20", "stages.eval.tasks.-1.limit=30", "--stage", "eval"]) == 0
+    rows = {line.split()[0]: " ".join(line.split()[1:]) for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert rows["tasks[0].limit"] == "20 [override]" and rows["tasks[1].limit"] == "30 [override]"
