@@ -108,7 +108,34 @@ def cycle(draw, recipe):
     return _set(recipe, TRAINING[first], "model", f"${{stages.{TRAINING[last]}.output.model}}"), "dependency cycle"
 
 
-MUTATIONS = [wrong_type, huge_number, unknown_key, dangling_reference, cycle]
+@st.composite
+def bad_chat_template(draw, recipe):
+    """A name that is not a built-in (tulu3, Chatml, 'tulu '), or text that renders no conversation."""
+    stage = draw(st.sampled_from(["sft", "dpo", "rlvr"]))
+    value = draw(st.sampled_from(["tulu3", "Chatml", "tulu ", "", "chatm1", "{{ 'no messages' }}"]))
+    return _set(recipe, stage, "chat_template", value), f"stages.{stage}.chat_template"
+
+
+@st.composite
+def wrapped_reference(draw, recipe):
+    """A reference joined with text, or escaped: it would lose its graph edge."""
+    stage, key = draw(st.sampled_from([s for s in INPUTS if s[1] == "model"]))
+    value = draw(st.sampled_from(["x${stages.data.output.rl}", "\\${stages.sft.output.model}", "a b"]))
+    return _set(recipe, stage, key, value), f"stages.{stage}.{key}"
+
+
+MUTATIONS = [wrong_type, huge_number, unknown_key, dangling_reference, cycle, bad_chat_template, wrapped_reference]
+YAML_11 = ["1:30", "on", "off", "yes", "no", "1_000", "2020-01-01", "0b101"]  # numbers or booleans in YAML 1.1 only
+
+
+@SETTINGS
+@given(data=st.data())
+def test_yaml_11_forms_are_strings_and_refused_where_a_number_is_needed(valid, data):
+    root, recipe = valid
+    stage, key = data.draw(st.sampled_from(NUMERIC))
+    text = yaml.safe_dump(_set(copy.deepcopy(recipe), stage, key, "PLACEHOLDER"), sort_keys=False)
+    problems = problems_of(root, text.replace("PLACEHOLDER", data.draw(st.sampled_from(YAML_11))))
+    assert any(f"stages.{stage}.{key}: expected" in p for p in problems), problems
 
 
 @SETTINGS

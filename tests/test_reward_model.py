@@ -99,7 +99,8 @@ def test_gated_model_term_scores_only_verified_answers(rm_run, tmp_path):
     from posttrain.stages.rlvr.stage import reward_functions
 
     out = rm_run[2].output("model")
-    cfg, problems = rlvr_config({"model": str(out), "data": str(write_rows(tmp_path / "rl.jsonl", [])), "rewards": [
+    cfg, problems = rlvr_config({"model": str(out), "data": str(write_rows(tmp_path / "rl.jsonl", [
+        {"prompt": "2+2?", "ground_truth": "4", "verifier": "numeric"}])), "rewards": [
         {"name": "model", "model": str(out), "weight": 0.5, "gate": "verifier"}, {"name": "verifier"}]})
     assert not problems, problems
     (model, verifier), weights = reward_functions(cfg, stop_ids=[0])

@@ -207,12 +207,13 @@ def test_failed_stage_is_recorded_and_not_consumed(tmp_path, sft_file):
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(MINI_RECIPE.replace("SFT_DATA", str(sft_file)))
-    # Valid JSON without a completion, past the rows validation reads (the first 20): the SFT stage must fail
+    # Valid JSON without a completion, past the rows validation reads (the first 20): the SFT stage must fail, and
+    # exit 2 (bad data, found at run time)
     with open(sft_file, "a") as f:
         f.write('{"prompt": "only a prompt"}\n')
     bad_line = len(sft_file.read_text().splitlines())
     proc = posttrain_cli("run", recipe, "--out", tmp_path / "run")
-    assert proc.returncode == 1 and f"{sft_file}:{bad_line}: " in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and f"{sft_file}:{bad_line}: " in proc.stderr and "Traceback" not in proc.stderr
     m = manifest(tmp_path / "run", "sft")
     assert m["status"] == "failed" and "fits no SFT format" in m["error"]
     assert not (tmp_path / "run" / "sft" / "model").exists()
