@@ -1,12 +1,15 @@
 """The `math` verifier: the final answer of a competition-math solution, checked with math-verify.
 
 Row fields: `ground_truth`, else `answer` (MATH-500's LaTeX answer, e.g. "\\frac{14}{3}"). The gold answer is
-parsed once per worker, bounded by the row's CPU-time limit, and cached only on success (`parse_gold`).
+parsed once per worker, bounded by the row's CPU-time limit, and cached only on success (`parse_gold`); one
+that does not parse to an expression is a RowError (a bad row), whatever the completion says.
 
-The completion's answer is the content of its last `\\boxed{...}` (braces balanced by a linear scan),
-or else what follows its last "final answer is". Equivalence (fractions, `\\frac` vs `/`, `\\dfrac`,
-roots, pi, intervals, sets, percentages, units, 0.5 vs 1/2) is math-verify's: both sides are parsed
-as LaTeX by its parser, never by `sympify` of raw text. Answers longer than `max_answer_chars` or nested
+The completion's answer is the content of its visible `\\boxed{...}` (braces balanced by a linear scan; several
+different boxes are several candidates, read as a set), or else the math of the sentence after its last "final
+answer is" / "Final Answer:". It must be one visible value (math_screen.py refuses relations, negations,
+hidden text and several candidates; docs/rewards.md has examples). Equivalence (fractions, `\\frac` vs `/`,
+`\\dfrac`, roots, pi, intervals, sets, units, 0.5 vs 1/2) is math-verify's, on the whole answer: both sides are
+parsed as LaTeX by its parser, never by `sympify` of raw text. Answers longer than `max_answer_chars` or nested
 deeper than `max_depth` braces are refused before parsing; the answer's parse and the comparison each
 have a CPU-time limit (a row that hits one scores 0 with failure "timeout"), and the guard's limits bound
 everything. Shortcuts give math-verify's own verdict without its cost: an answer written as the gold

@@ -16,8 +16,8 @@ Options:
 
 After an anchor ("The answer is", "####") there must be one number. Another number joined to it ("18 or 19",
 "17-19", "18, 19", "18 to 20", with up to two words between: "18 apples or 19") makes it several candidates,
-and a self-correction after it (a correction word such as "wait", "actually", "sorry", "I mean", followed
-later by a number of another value: "The answer is 18... no wait, it is 20") makes it hedged: both score 0
+and a self-correction after it (a correction word such as "wait", "actually", "sorry", "I mean", after which
+the text's last number has another value: "The answer is 18... no wait, it is 20") makes it hedged: both score 0
 (a re-check that ends on the same value is fine). To correct itself, a completion states the anchor again
 ("... The answer is 20."): the last anchor counts. The `last_number` mode has no anchor and no such rule.
 
