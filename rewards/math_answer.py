@@ -66,16 +66,15 @@ def _visible(match: re.Match, hidden: list[tuple[int, int]]) -> bool:
 def boxed_answers(text: str) -> list[str]:
     """The contents of every visible \\boxed{} (one that no hiding command covers), in order, without
     repeats; a box inside another's braces is part of it. Linear: each brace group is scanned once."""
-    hidden, found, at = hidden_intervals(text), [], 0
+    hidden, found, at = hidden_intervals(text), {}, 0  # a dict: ordered, and a linear look-up
     while (match := _BOXED.search(text, at)) is not None:
         content = _box_content(text, match.end())
         if content is None:  # never closes: nothing after it is a box of its own
             break
-        normalised = " ".join(content.split())
-        if _visible(match, hidden) and normalised not in found:
-            found.append(normalised)
+        if _visible(match, hidden):
+            found.setdefault(" ".join(content.split()))
         at = match.end() + len(content) + 1
-    return found
+    return list(found)
 
 
 def _after_final_answer(text: str) -> list[str]:
