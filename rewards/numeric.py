@@ -49,7 +49,7 @@ _ANCHORS = {
 }
 _BETWEEN_ANCHOR_AND_NUMBER = re.compile(r"[\s*$\\{(:=]*(?:boxed\{)?[\s*$]*")
 _ANOTHER_NUMBER = re.compile(  # right after the answer's number: a list or a range of numbers
-    r"[*$}]*(?:\s+[A-Za-z]+){0,2}?\s*(?:,|;|\bor\b|\band\b|\bto\b|-|\u2013|\u2014|\u2212|~)\s*[-+\u2212]?"
+    r"[*$}]*(?:\s+[A-Za-z]+){0,2}?\s*(?:,|;|\bor\b|\band\b|\bto\b|-|\u2013|\u2014|\u2212|~)[\s*\\{(]*[-+\u2212]?"
     r"[$\u20ac\u00a3\u00a5\u20b9]?\s?\.?\d", re.IGNORECASE)
 _CORRECTION = re.compile(r"\b(?:wait|actually|sorry|oops|correction|I mean|mistake|on second thought|"
                          r"re-?check\w*|recalculat\w*|recomput\w*|let me (?:re)?(?:check|calculate|compute|verify))\b",
