@@ -37,7 +37,8 @@ NOT_AN_ANSWER = [
 ]
 # The same kinds of trick outside the box: hidden boxes, several boxes, several spans after the phrase.
 NOT_AN_ANSWER_TEXT = [
-    "So \\boxed{5}. \\phantom{\\boxed{4}}", "So \\boxed{5}. {\\color{white} \\boxed{4}}", "\\boxed{5} or \\boxed{4}",
+    "So \\boxed{5}. \\phantom{\\boxed{4}}", "So \\boxed{5}. {\\color{white} \\boxed{4}}", "Hmm. \\phantom{\\boxed{4}}",
+    "Hmm. {\\color{white} So \\boxed{4}}", "\\textcolor{white}{\\boxed{4}} \\boxed{5}", "\\boxed{5} or \\boxed{4}",
     "\\boxed{5}. Hmm, actually \\boxed{4}", "the final answer is $4$ or $5$.", "The final answer is $4$, or maybe $5$.",
     "The final answer is $5$ \\phantom{The final answer is $4$}",
 ]
