@@ -129,7 +129,7 @@ def test_capital_word_tokens_agree_with_nltks_tokenizer_on_random_sentences():
               "HE'LL", "GONNA", "OK!", "WHY?NOT", "<TAG>", "A--B", "FOO_BAR", "C++", "hello", "World", "I", "a", "DOGS'",
               "'HELLO'", '"HI"', "A.B", "\u00c9COLE", "A\u2013B", "x"]
     rng = random.Random(0)
-    texts = [" ".join(rng.choice(pieces) for _ in range(rng.randint(1, 8))) for _ in range(2000)]
+    texts = [" ".join(rng.choice(pieces) for _ in range(rng.randint(1, 8))) for _ in range(300)]
     assert [t for t in texts if capital_words(t) != sum(w.isupper() for w in nltk_tokenizer.tokenize(t))] == []
 
 
