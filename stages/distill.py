@@ -127,6 +127,12 @@ class Distill(TrainingStage):
         tokenizer.padding_side = "left"  # TRL generates from left-padded prompts
         dataset, prepared = _dataset(cfg, ctx)
         args = trl_config(DistillationConfig, cfg.train, ctx, cfg.launcher, **_distill_args(cfg))
+        # TRL samples whole generation batches and drops the rest: fewer prompts than one batch would train nothing.
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        if len(dataset) < batch:
+            raise DataError(f"{ctx.path(cfg.data)}: {len(dataset)} prompts, fewer than one generation batch of {batch} "
+                            f"(train.per_device_train_batch_size x gradient_accumulation_steps x processes): add prompts "
+                            "or lower the batch")
         # Loaded after the TRL config on purpose: under ZeRO-3 they then load partitioned (see load_trainable).
         student = load_trainable(student_path, tokenizer, cfg.train, cfg.launcher, cfg.lora.quantize if cfg.lora else "none")
         teacher = load_trainable(teacher_path, tokenizer, cfg.train, cfg.launcher)
