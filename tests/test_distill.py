@@ -166,7 +166,7 @@ def test_crash_mid_stage_then_resume_is_exact(finished, tmp_path, caplog, monkey
         return training_step(self, *args, **kwargs)
 
     monkeypatch.setattr(DistillationTrainer, "training_step", crash_after_step_6)
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="RuntimeError: crash"):
         run(load(recipe), crashed, echo=lambda m: None)
     monkeypatch.undo()
     assert manifest(crashed, "distill")["status"] == "failed" and actions(recipe, crashed)["distill"] == "resume"
@@ -193,6 +193,21 @@ def test_kill_9_mid_stage_then_resume_is_exact(finished, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="posttrain")
     run(load(recipe), killed, echo=lambda m: None)
     _resume_is_exact(killed, run_dir, caplog.text)
+
+
+@pytest.mark.slow  # two workers under accelerate: ~60 s of start-up on 2 cores
+def test_two_processes_under_accelerate(finished, tmp_path):
+    """Each rank generates for its share of the batch; rank 0 alone writes the export and the curves."""
+    recipe, run_dir = finished
+    launched = _without_distill(run_dir, tmp_path / "launched")
+    run(load(recipe, ["stages.distill.launcher={type: accelerate, num_processes: 2}"]), launched, echo=lambda m: None)
+    m = manifest(launched, "distill")
+    assert m["status"] == "complete" and m["distributed"]["world_size"] == 2, m.get("distributed")
+    assert m["metrics"]["global_step"] == 12 and m["metrics"]["final_loss"] < 0.5 * m["metrics"]["first_loss"]
+    assert [r["step"] for r in map(json.loads, (launched / "distill" / "metrics.jsonl").read_text().splitlines())
+            if "loss" in r] == list(range(1, 13))
+    assert held_out_divergence(launched / "distill" / "model", run_dir / "sft" / "model") < 0.3 * held_out_divergence(
+        run_dir / "base" / "model", run_dir / "sft" / "model")
 
 
 def test_lora_student_is_exported_merged(finished, tmp_path):
