@@ -183,9 +183,10 @@ def training_template(tokenizer) -> tuple[str, str]:
         if not problem:
             return trl_template, "TRL's training template"
         reasons.append(f"TRL's training template for it does not render it exactly ({problem})")
-    problem = verify(tokenizer, marked_copy(original, eot), eot)
+    marked = marked_copy(original, eot)
+    problem = verify(tokenizer, marked, eot)
     if not problem:
-        return marked_copy(original, eot), "posttrain's marked copy"
+        return marked, "posttrain's marked copy"
     reasons.append(problem)
     raise TemplateProblem("posttrain cannot mark its assistant turns safely: " + "; ".join(reasons))
 

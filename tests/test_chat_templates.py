@@ -248,3 +248,18 @@ def test_trl_dpo_splits_prompt_and_completion_where_the_template_does(family_tok
     assert tok.decode(example["prompt_ids"]) == tok.apply_chat_template([Q1], tokenize=False, add_generation_prompt=True)
     assert tok.decode(example["chosen_ids"]).startswith(A1["content"] + "<|im_end|>")
     assert tok.decode(example["rejected_ids"]).startswith("Five.<|im_end|>")
+
+
+def test_a_row_the_marked_copy_refuses_is_named_before_training(family_tok):
+    """SmolLM2's default system prompt is written only before a first message: an assistant turn that opens the
+    conversation has no generation prompt that precedes it as trained, so the SFT stage names that row."""
+    from posttrain.data import DataError
+    from posttrain.stages.sft import _count_truncated
+
+    tok, _ = family_tok("smollm2")
+    template, _ = chat_templates.training_template(tok)
+    rows = [{"messages": [Q1, A1]}, {"messages": [A2, Q1, A1]}]
+    assert _count_truncated(rows[:1], tok, 8) == 1
+    with chat_templates.carrying(tok, template), pytest.raises(
+            DataError, match=r"example 1 of the mixture \(it starts 'Six.'.*before message 0 \(an assistant turn\)"):
+        _count_truncated(rows, tok, 256)
