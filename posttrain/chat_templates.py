@@ -123,19 +123,25 @@ def expected_spans(tokenizer, messages: list[dict], eot: str, template: str | No
 
 def trained_spans(tokenizer, messages: list[dict], template: str) -> list[str]:
     """The text of each run of consecutive tokens the assistant mask trains, as transformers computes the mask
-    (and TRL trains it)."""
+    (and TRL trains it). Read off the rendered text through the tokens' character offsets where the tokenizer
+    gives them (decoding a run alone can drop a SentencePiece word's leading space), else decoded."""
     enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
                                         chat_template=template)
-    runs, current = [], []
-    for tid, trained in zip(enc["input_ids"], enc["assistant_masks"]):
-        if trained:
-            current.append(tid)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
-    return [tokenizer.decode(run) for run in runs]
+    ids, mask = enc["input_ids"], enc["assistant_masks"]
+    runs, start = [], None
+    for i, trained in enumerate([*mask, 0]):
+        if trained and start is None:
+            start = i
+        elif not trained and start is not None:
+            runs.append((start, i))
+            start = None
+    text = _render(tokenizer, messages, template)
+    if getattr(tokenizer, "is_fast", False):
+        plain = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        if plain["input_ids"] == ids:
+            offsets = plain["offset_mapping"]
+            return [text[offsets[a][0]:offsets[b - 1][1]] for a, b in runs]
+    return [tokenizer.decode(ids[a:b]) for a, b in runs]
 
 
 def verify(tokenizer, marked: str, eot: str) -> str | None:
