@@ -137,11 +137,16 @@ def test_generation_prompt_is_where_the_trained_turn_starts(family_tok, family):
 
 
 @pytest.mark.parametrize("family", MARKABLE)
-def test_generation_stops_at_the_end_of_turn_token(family_tok, family):
+def test_generation_stops_at_the_end_of_turn_token(family_tok, family, tmp_path):
+    """The exported generation_config stops at the turn's end (Gemma's <end_of_turn> is not its EOS), and so
+    do RLVR's EOS penalty and eval's cut (hf.end_of_turn_ids)."""
+    from transformers import GenerationConfig
+
     tok, spec = family_tok(family)
     assert chat_templates.end_of_turn(tok) == spec["end_of_turn"]
-    # save_model writes these as the exported generation_config's eos_token_id; RLVR's EOS penalty reads them
-    assert tok.convert_tokens_to_ids(spec["end_of_turn"]) in hf.end_of_turn_ids(tok)
+    hf.save_model(_tiny_model(len(tok)), tok, tmp_path / "model")
+    stop = GenerationConfig.from_pretrained(tmp_path / "model").eos_token_id
+    assert tok.convert_tokens_to_ids(spec["end_of_turn"]) in (stop if isinstance(stop, list) else [stop])
 
 
 @pytest.mark.parametrize("family", MARKABLE)
@@ -263,3 +268,27 @@ def test_a_row_the_marked_copy_refuses_is_named_before_training(family_tok):
     with chat_templates.carrying(tok, template), pytest.raises(
             DataError, match=r"example 1 of the mixture \(it starts 'Six.'.*before message 0 \(an assistant turn\)"):
         _count_truncated(rows, tok, 256)
+
+
+def test_sft_stage_on_smollm2s_tokenizer_trains_and_exports_its_own_template(family_tok, tmp_path):
+    """posttrain's SFT stage end to end on a 2-layer model with SmolLM2's real tokenizer and template."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from posttrain.stage import STAGES, Context
+    from posttrain.stages.sft import SFTStageConfig
+
+    tok, _ = family_tok("smollm2")
+    hf.save_model(_tiny_model(len(tok)), tok, tmp_path / "base")
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in CONVERSATIONS.values()))
+    cfg = SFTStageConfig(model=str(tmp_path / "base"), data=str(data), max_length=128)
+    cfg.train.max_steps, cfg.train.per_device_train_batch_size = 2, 2
+    stage = STAGES["sft"]()
+    assert stage.check(cfg) == []
+    (tmp_path / "sft").mkdir()
+    result = stage.run(cfg, Context("sft", tmp_path / "sft", tmp_path, stage.outputs))
+    assert result["assistant_mask"] == "posttrain's marked copy" and result["rows"] == 4
+    out = tmp_path / "sft" / "model"
+    assert AutoTokenizer.from_pretrained(out).chat_template == tok.chat_template  # the model's own, unmarked
+    stop = GenerationConfig.from_pretrained(out).eos_token_id
+    assert tok.convert_tokens_to_ids("<|im_end|>") in (stop if isinstance(stop, list) else [stop])
