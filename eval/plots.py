@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from posttrain.stages.rlvr import ROUTE_BY_ROW  # noqa: E402
+from posttrain.stages.rlvr.stage import ROUTE_BY_ROW  # noqa: E402
 
 # Panels a training stage may have: (title, y label, matcher over logged keys). A stage gets the
 # panels for which it logged something.

@@ -347,7 +347,7 @@ def test_reward_panel_names_identical_lines_and_terms_not_verifiers():
 
 
 def test_routed_rlvr_term_logs_each_verifiers_reward():
-    from posttrain.stages.rlvr import RLVRConfig, reward_functions
+    from posttrain.stages.rlvr.stage import RLVRConfig, reward_functions
 
     logged: dict[str, float] = {}
     funcs, _ = reward_functions(RLVRConfig(model="m", data="d"), stop_ids=[])
