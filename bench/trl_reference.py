@@ -29,12 +29,16 @@ def _checkpointing(config_cls) -> dict:
     return {name: False}
 
 
-def sft(model_path: str, rows: list[dict], out: str, **args):
-    """rows: {"messages": [...]}; args: SFTConfig's (learning_rate, max_steps, max_length, assistant_only_loss...)."""
+def sft(model_path: str, rows: list[dict], out: str, chat_template: str | None = None, **args):
+    """rows: {"messages": [...]}; args: SFTConfig's (learning_rate, max_steps, max_length, assistant_only_loss...).
+    chat_template: a template with {% generation %} markers, for a model whose own has none (TRL's docs: "manually
+    modify the chat template for training")."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     model, tokenizer = _model_and_tokenizer(model_path)
+    if chat_template:
+        tokenizer.chat_template = chat_template
     config = SFTConfig(output_dir=out, **CPU_ARGS, **_checkpointing(SFTConfig), **args)
     return _timed(SFTTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows), processing_class=tokenizer))
 

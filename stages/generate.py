@@ -103,11 +103,14 @@ class Generate(Stage):
         write_rows(ctx.out_dir / "samples.jsonl", audit)
         all_scores = [s for record in audit for s in record["scores"]]
         mean_score = sum(all_scores) / max(len(all_scores), 1)
-        if not pairs:
+        extra = read_rows(ctx.path(cfg.extra_pairs)) if cfg.extra_pairs else []
+        if not pairs and not extra:
             raise DataError(f"no prompt gave a pair: all {cfg.num_samples} samples of each of the {len(rows)} prompts scored "
                             f"the same (mean score {mean_score:.3f}); raise num_samples or temperature, or start from a "
                             f"stronger model (samples: {ctx.out_dir / 'samples.jsonl'})")
-        extra = read_rows(ctx.path(cfg.extra_pairs)) if cfg.extra_pairs else []
+        if not pairs:
+            ctx.warn(f"no on-policy pair: all {cfg.num_samples} samples of each of the {len(rows)} prompts scored the same "
+                     f"(mean score {mean_score:.3f}); the pairs are the {len(extra)} extra_pairs alone")
         write_rows(ctx.output("pairs"), pairs + extra)
         return {"prompts": len(rows), "samples": len(all_scores), "pairs": len(pairs), "mean_sample_score": mean_score,
                 "skipped_all_equal": sum(skipped.values()), **{f"skipped_{why}": n for why, n in skipped.items()},

@@ -144,11 +144,18 @@ class SFT(TrainingStage):
             if truncated:
                 ctx.info(f"{truncated} of {len(dataset)} examples are longer than max_length={cfg.max_length} and will be truncated")
             trainer = _trainer(cfg, ctx, tokenizer, dataset)
+        # TRL drops examples whose truncation left no trained token (a prompt that fills max_length): say so
+        dropped = len(dataset) - len(trainer.train_dataset)
+        warnings = [f"{dropped} of {len(dataset)} examples have no trained token within max_length={cfg.max_length} "
+                    "(the prompt fills it) and are not trained on; raise max_length to keep them"] if dropped else []
+        for warning in warnings:
+            ctx.warn(warning)
         merge_into = ctx.path(cfg.model) if cfg.lora and cfg.lora.merge else None
         metrics = train_and_save(trainer, tokenizer, ctx, merge_into=merge_into)
         if trainer.is_world_process_zero():  # one writer per run folder, however many ranks and nodes
             write_json(ctx.out_dir / "mixture.json", mixture)
-        return {**metrics, "rows": len(dataset), "truncated": truncated, "loss_reduction": cfg.loss_reduction,
+        return {**metrics, "rows": len(dataset), "truncated": truncated, "dropped_no_trained_token": dropped,
+                **({"warnings": warnings} if warnings else {}), "loss_reduction": cfg.loss_reduction,
                 "skipped_rows": mixture["skipped_rows"], "assistant_mask": how}
 
 

@@ -31,6 +31,41 @@ def _assert_same_losses(ours: list[dict], theirs: list[dict], steps: int) -> Non
         assert ours[step] == pytest.approx(theirs[step], rel=RTOL), f"step {step}: posttrain {ours[step]}, TRL {theirs[step]}"
 
 
+def test_sft_equals_trl(tmp_path, smollm2_cut):
+    from transformers import AutoTokenizer
+
+    from posttrain import chat_templates
+
+    rows = read_rows(REPO.parent / "shared/data/gsm8k/train.jsonl")[:8]
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(__import__("json").dumps({"prompt": r["question"], "completion": r["answer"]}) + "\n" for r in rows))
+    metrics, stage_dir = _posttrain(tmp_path, "sft", f"""
+    kind: sft
+    model: {smollm2_cut}
+    data: {data}
+    max_length: 128
+    train: {{learning_rate: 2.0e-4, max_steps: 3, per_device_train_batch_size: 2, logging_steps: 1, save_steps: 3}}
+""")
+    messages = load_from_disk(str(stage_dir / "dataset")).to_list()  # the mixture, in posttrain's order
+    # The model's ChatML template has no generation markers: TRL refuses it for assistant-only loss, so the TRL
+    # user marks it by hand; posttrain's marked copy is that template (tests/test_chat_templates.py checks it).
+    marked, _ = chat_templates.training_template(AutoTokenizer.from_pretrained(smollm2_cut))
+    reference = trl_reference.sft(str(smollm2_cut), messages, str(tmp_path / "trl"), chat_template=marked, **TRAIN,
+                                  max_length=128, assistant_only_loss=True)
+    _assert_same_losses(metrics, reference.state.log_history, 3)
+    ours = {r["step"]: r for r in metrics if "num_tokens" in r}
+    theirs = {r["step"]: r for r in reference.state.log_history if "num_tokens" in r}
+    assert all(ours[s]["num_tokens"] == theirs[s]["num_tokens"] for s in theirs)  # the same tokens seen
+    manifest = __import__("json").loads((stage_dir / "manifest.json").read_text())
+    assert manifest["metrics"]["dropped_no_trained_token"] == len(messages) - len(reference.train_dataset) == 1
+    tokenizer = reference.processing_class  # what trains: the answer and its end-of-turn token, nothing before it
+    for row in reference.train_dataset:
+        example = reference.data_collator([row])
+        text = tokenizer.decode(example["input_ids"][0][example["labels"][0] != -100])
+        answer = row["messages"][-1]["content"] + "<|im_end|>"
+        assert text and answer.startswith(text) and (len(example["input_ids"][0]) == 128 or text == answer)
+
+
 def test_dpo_equals_trl(tmp_path, smollm2_cut):
     rows = [r for r in read_rows(REPO.parent / "shared/data/hh_rlhf_harmless_base/test.jsonl.gz")[:6]]
     data = tmp_path / "pairs.jsonl"
