@@ -5,7 +5,7 @@ from typing import Any
 
 # The TRL config each training stage kind builds.
 TRL_CONFIG = {"pretrain": "SFTConfig", "sft": "SFTConfig", "dpo": "DPOConfig", "rlvr": "GRPOConfig",
-              "reward_model": "RewardConfig"}
+              "reward_model": "RewardConfig", "distill": "DistillationConfig"}
 # Ours and TRL's mean the same though they are written differently: precision auto is TRL's bf16=None (bf16 where
 # supported), an empty lr_scheduler_kwargs is TRL's None.
 SAME_MEANING = {"precision", "lr_scheduler_kwargs"}
@@ -42,6 +42,7 @@ _BY_KIND = {
                                             "2048): set it in the recipe")},
     "reward_model": {"learning_rate": (1e-4, "Tülu 3's 8B reward model"),
                      "max_length": (1024, "Tülu 3's max_length (2048)")},
+    "distill": {"max_completion_length": (512, "short rollouts for the default small models and CPU runs, as rlvr's")},
 }
 
 
@@ -53,7 +54,7 @@ def trl_default(kind: str, key: str) -> tuple[Any, str] | None:
     name = key.removeprefix("train.")
     by_kind = _BY_KIND[kind]
     if key.startswith("train."):
-        return by_kind.get(name) if name == "learning_rate" else _SHARED.get(name)
+        return by_kind.get(name) if name == "learning_rate" else _SHARED.get(name)  # distill's lr is TRL's
     return by_kind.get(name) if name != "learning_rate" else None
 
 
@@ -62,4 +63,4 @@ def table(kind: str) -> dict[str, tuple[Any, str]]:
     if kind not in TRL_CONFIG:
         return {}
     keys = [f"train.{k}" for k in _SHARED] + ["train.learning_rate"] + [k for k in _BY_KIND[kind] if k != "learning_rate"]
-    return {key: trl_default(kind, key) for key in keys}
+    return {key: found for key in keys if (found := trl_default(kind, key))}

@@ -38,7 +38,7 @@ class DistillConfig:
         "ge": 0, "le": 1, "help": "generalised JSD: 0 forward KL, 0.5 JSD, 1 reverse KL (TRL's default)"})
     temperature: float = field(default=1.0, metadata={"gt": 0, "help": "for sampling and for both distributions"})
     max_completion_length: int = field(default=256, metadata={"ge": 1, "help": "new tokens per student completion"})
-    chat_template: str = "model"
+    chat_template: str = hf.chat_template_field()
     on_bad_rows: Literal["error", "skip"] = "error"
     lora: Lora | None = field(default=None, metadata={"help": "train student adapters; merged on export"})
     train: TrainArgs = field(default_factory=lambda: TrainArgs(learning_rate=1e-6))  # TRL DistillationConfig's
