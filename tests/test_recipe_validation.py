@@ -176,7 +176,8 @@ def test_rlvr_save_steps_must_fall_on_generation_buffer_boundaries(tmp_path, ove
 
 # The experiment recipes start from the demo's models (vars, a relative path to runs/tiny/...); they are made by
 # `make demo`, so here they are stood in for by an empty folder.
-DEMO_MODELS = {"grape_ablation.yaml": ["base_model"], "paser_recovery.yaml": ["base_model", "original_model"]}
+DEMO_MODELS = {"grape_ablation.yaml": ["base_model"], "paser_recovery.yaml": ["base_model", "original_model"],
+               "distill_tiny.yaml": ["student_model", "teacher_model"]}
 
 
 @pytest.mark.parametrize("recipe", sorted((REPO / "recipes").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
