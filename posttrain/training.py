@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from posttrain import hf, tracking
+from posttrain import hf, tracking, train_checks
 from posttrain.data import read_rows, write_rows
 from posttrain.stage import Context, Stage
 
@@ -113,7 +113,7 @@ def check_trl_args(config_name: str, train: TrainArgs, stage_args: dict[str, Any
     """Problems with the `train` block: scheduler and optimizer names as transformers knows them, and
     `train.trl_args` against the fields of TRL's `config_name` (e.g. "SFTConfig") and the arguments set
     elsewhere: by trl_config itself, by a TrainArgs key, or by the stage (`stage_args`, the dict it passes)."""
-    problems = _check_names(train) + tracking.check(train.report_to) + _check_scheduler_kwargs(train)
+    problems = _check_names(train) + tracking.check(train.report_to) + train_checks.scheduler_kwargs_problems(train)
     if train.max_steps == 0:  # TRL would still take one step (at learning rate 0) and the stage would say complete
         problems.append(("train.max_steps", "0 steps trains nothing; give a positive number, or -1 to train "
                                             "num_train_epochs"))
@@ -132,24 +132,8 @@ def check_trl_args(config_name: str, train: TrainArgs, stage_args: dict[str, Any
         elif key in reserved:
             problems.append((f"train.trl_args.{key}", "set by posttrain or by a recipe key of its own; set that key instead"))
         else:
-            problems += _trl_value_problems(config_cls, key, train.trl_args[key])
+            problems += train_checks.trl_value_problems(config_cls, key, train.trl_args[key])
     return problems
-
-
-def _trl_value_problems(config_cls, key: str, value) -> list[tuple[str, str]]:
-    """A trl_args value against the type TRL's dataclass declares for it (the schema's checks); a type the schema
-    cannot read (a class, a bare dict) is left to TRL."""
-    import typing
-
-    from posttrain import schema
-
-    try:
-        hint = typing.get_type_hints(config_cls)[key]
-        found: list = []
-        schema.check_value(hint, value, f"train.trl_args.{key}", found, lambda *_: "not an input here")
-    except (TypeError, NameError):
-        return []
-    return found
 
 
 def set_by_posttrain() -> set[str]:
@@ -158,31 +142,6 @@ def set_by_posttrain() -> set[str]:
 
     recorded = trl_config(lambda **kwargs: kwargs, TrainArgs(), SimpleNamespace(checkpoints_dir=Path(".")), Launcher())
     return set(recorded) | CHECKPOINTING_NAMES  # which of the two is set depends on the transformers version
-
-
-def _check_scheduler_kwargs(train: TrainArgs) -> list[tuple[str, str]]:
-    """lr_scheduler_kwargs against the arguments of the scheduler transformers builds (an unknown one would crash the
-    first step, or, for constant schedules, be silently ignored)."""
-    if not train.lr_scheduler_kwargs:
-        return []
-    import inspect
-
-    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
-
-    from posttrain.schema import suggest
-
-    try:
-        kind = SchedulerType(train.lr_scheduler_type)
-    except ValueError:
-        return []  # reported by _check_names
-    params = inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[kind]).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return []  # passed through to a class whose own errors name them
-    given_by_trainer = {"optimizer", "num_warmup_steps", "num_training_steps"}
-    takes = [] if kind in (SchedulerType.CONSTANT, SchedulerType.CONSTANT_WITH_WARMUP) else \
-        [p for p in params if p not in given_by_trainer]  # transformers passes nothing more to constant schedules
-    return [(f"train.lr_scheduler_kwargs.{key}", f"not an argument of the {kind.value} schedule{suggest(key, takes)}; "
-             f"it takes: {', '.join(takes) or 'none'}") for key in train.lr_scheduler_kwargs if key not in takes]
 
 
 def _check_names(train: TrainArgs) -> list[tuple[str, str]]:
