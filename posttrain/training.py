@@ -140,7 +140,8 @@ def set_by_posttrain() -> set[str]:
 
 
 def _check_names(train: TrainArgs) -> list[tuple[str, str]]:
-    """lr_scheduler_type and optim against transformers' own lists; imported only for a non-default name."""
+    """lr_scheduler_type and optim against transformers' own lists, read from its source: importing
+    transformers.trainer_utils would import torch, and validate/plan/config must stay cheap."""
     from posttrain.schema import suggest
 
     defaults, problems = TrainArgs(), []
@@ -148,13 +149,23 @@ def _check_names(train: TrainArgs) -> list[tuple[str, str]]:
         value = getattr(train, key)
         if value == getattr(defaults, key):
             continue
-        import importlib
-
-        module, enum = where.rsplit(".", 1)
-        known = [e.value for e in getattr(importlib.import_module(f"transformers.{module}"), enum)]
+        known = transformers_enum_values(*where.split("."))
         if value not in known:
             problems.append((f"train.{key}", f"unknown {key} {value!r:.80}{suggest(value, known)}; known: {', '.join(known)}"))
     return problems
+
+
+def transformers_enum_values(module: str, enum: str) -> list[str]:
+    """The string values of enum `enum` in transformers/<module>.py, parsed without importing it."""
+    import ast
+    import importlib.util
+
+    source = Path(importlib.util.find_spec("transformers").origin).parent / f"{module}.py"
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.ClassDef) and node.name == enum:
+            return [stmt.value.value for stmt in node.body if isinstance(stmt, ast.Assign)
+                    and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)]
+    raise LookupError(f"transformers/{module}.py has no class {enum}")
 
 
 def trl_config(config_cls, train: TrainArgs, ctx: Context, launcher: "Launcher | None" = None, **stage_args):
