@@ -107,7 +107,7 @@ def cmd_run(args) -> int:
     capture = (lambda name, stage_dir: stage_output(name, stage_dir, console)) if stream else \
         (lambda name, stage_dir: nullcontext())
     steps = run(recipe, run_dir, args.only, args.start, args.force, args.resume,
-                echo=lambda m: console.print(escape(m), soft_wrap=True), capture=capture)
+                echo=lambda m: console.print(escape(m), soft_wrap=True), capture=capture, command_line=args.argv)
     done = [s.name for s in steps if s.action == "cached"]
     if done and len(done) == len([s for s in steps if s.action != "skip"]):
         console.print(f"[green]nothing to do[/]: all {len(done)} stages cached in {run_dir}")
@@ -295,7 +295,9 @@ def main(argv=None) -> int:
     from posttrain.store import LockedError
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
+    args.argv = ["posttrain", *map(str, argv)]
     # key=value overrides may come after options (argparse stops collecting positionals at the first option)
     if extra and (not hasattr(args, "overrides") or any("=" not in x or x.startswith("-") for x in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

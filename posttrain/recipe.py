@@ -67,6 +67,7 @@ class Recipe:
     stages: dict[str, StageSpec]    # in run order
     resolved: dict
     warnings: list[str] = field(default_factory=list)  # file:line: key: what may surprise at run time
+    overrides: list[str] = field(default_factory=list)  # the key=value overrides applied, as given
 
     @property
     def hash(self) -> str:
@@ -260,7 +261,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
     order = _topological_order(specs, problems)
     if problems.items:
         raise RecipeError(problems.items)
-    return Recipe(name, path, {n: specs[n] for n in order}, resolved, warnings)
+    return Recipe(name, path, {n: specs[n] for n in order}, resolved, warnings, list(overrides))
 
 
 def _apply_overrides(cfg: DictConfig, overrides, problems: "_Problems") -> None:

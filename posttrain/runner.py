@@ -16,6 +16,7 @@ from posttrain.stage import Context, output_path
 from posttrain.data import atomic_open, follow_umask, remove_stale_temp_files, write_json
 from posttrain.launch import follow, run_launched
 from posttrain.progress import headline
+from posttrain.provenance import command_text, posttrain_source
 
 
 class PlanError(Exception):
@@ -95,8 +96,10 @@ def run_fingerprint(recipe: Recipe, hashes: st.HashCache) -> str:
 
 
 def run(recipe: Recipe, run_dir: Path, only: str | None = None, start: str | None = None, force: bool = False,
-        resume: str = "auto", echo=print, capture=lambda name, stage_dir: nullcontext()) -> list[Step]:
-    """`capture(name, stage_dir)`: a context around each stage's work (the CLI's quiet mode sends its output to a log)."""
+        resume: str = "auto", echo=print, capture=lambda name, stage_dir: nullcontext(),
+        command_line: list[str] | None = None) -> list[Step]:
+    """`capture(name, stage_dir)`: a context around each stage's work (the CLI's quiet mode sends its output to a log).
+    `command_line`: the argv that asked for this run, recorded in run.json and each manifest it writes."""
     nodes, rank = cluster.nodes_needed(recipe), cluster.node_rank()
     cluster.check_environment(nodes)
     if rank != 0:
@@ -111,8 +114,10 @@ def run(recipe: Recipe, run_dir: Path, only: str | None = None, start: str | Non
             fingerprint = run_fingerprint(recipe, run_store.hashes)
             coordinator = cluster.Coordinator(nodes, fingerprint, cluster.store_timeout(recipe))
         remove_stale_temp_files(run_dir, recursive=False)
+        invocation = {"command_line": command_text(command_line), "overrides": recipe.overrides,
+                      "posttrain": posttrain_source()}
         write_json(run_dir / "run.json", {"recipe": recipe.name, "recipe_path": str(recipe.path),
-                                          "recipe_hash": recipe.hash, "stages": list(recipe.stages),
+                                          "recipe_hash": recipe.hash, "stages": list(recipe.stages), **invocation,
                                           "packages": st.package_versions()})
         for step in steps:
             if step.action == "skip":
@@ -123,7 +128,7 @@ def run(recipe: Recipe, run_dir: Path, only: str | None = None, start: str | Non
             echo(f"[{step.name}] {step.action}: {step.reason}")
             error = f"stage '{step.name}' failed"
             _execute(recipe.stages[step.name], step, run_store, resume, echo, coordinator, recipe.upstream(step.name),
-                     capture)
+                     capture, invocation)
         error = None
         return steps
     finally:
@@ -148,7 +153,7 @@ def _follow(recipe: Recipe, run_dir: Path, nodes: int, rank: int, echo) -> None:
 
 
 def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, echo, coordinator=None,
-             lineage: list[str] = (), capture=lambda name, stage_dir: nullcontext()) -> None:
+             lineage: list[str] = (), capture=lambda name, stage_dir: nullcontext(), invocation: dict | None = None) -> None:
     stage_dir = run_store.stage_dir(spec.name)
     previous = run_store.manifest(spec.name)
     if step.action == "run" and stage_dir.exists() and (previous is None or previous.get("fingerprint") != step.fingerprint
@@ -166,7 +171,7 @@ def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, e
         "stage": spec.name, "kind": spec.kind, "status": st.RUNNING, "fingerprint": step.fingerprint,
         "upstream": step.upstream, "inputs": step.inputs, "versions": st.package_versions(),
         "hardware": st.hardware(), "started": st.now_iso(), "ended": None, "wall_time_s": None,
-        "metrics": {}, "artifacts": {}, "error": None, "config": "config.resolved.yaml",
+        "metrics": {}, "artifacts": {}, "error": None, "config": "config.resolved.yaml", **(invocation or {}),
     }
     run_store.write_manifest(spec.name, manifest)
     t0 = time.time()
