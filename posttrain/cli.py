@@ -61,22 +61,25 @@ def cmd_config(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from rich.table import Table
+    from rich.markup import escape
 
     from posttrain.runner import plan
     from posttrain.store import RunStore
 
     recipe = _load(args)
     steps = plan(recipe, RunStore(_run_dir(args, recipe)), args.only, args.start, args.force)
-    table = Table(title=f"{recipe.name} -> {_run_dir(args, recipe)}")
-    for col in ("stage", "kind", "needs", "fingerprint", "action", "why"):
-        table.add_column(col)
+    # One line per stage, never wrapped by us (off a terminal too): the reason, with what changed, comes last.
+    rows = [("stage", "kind", "needs", "fingerprint", "action", "why")] + [
+        (s.name, s.kind, ", ".join(s.upstream) or "-", s.fingerprint, s.action, s.reason) for s in steps]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     colors = {"cached": "green", "run": "yellow", "resume": "cyan", "skip": "dim"}
-    for s in steps:
-        table.add_row(s.name, s.kind, ", ".join(s.upstream) or "-", s.fingerprint,
-                      f"[{colors[s.action]}]{s.action}[/]", s.reason)
     console = _console()
-    console.print(table)
+    console.print(escape(f"{recipe.name} -> {_run_dir(args, recipe)}"))
+    for i, row in enumerate(rows):
+        cells = [escape(text.ljust(width)) for text, width in zip(row, widths)]
+        if i:
+            cells[4] = f"[{colors[row[4]]}]{cells[4]}[/]"
+        console.print("  ".join([*cells, escape(row[5])]))
     _print_drift(console, {s.name: s.warning for s in steps})
     return 0
 

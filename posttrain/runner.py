@@ -15,6 +15,7 @@ from posttrain.recipe import Recipe, StageSpec, canonical_hash, resolved_stage_c
 from posttrain.stage import Context, output_path
 from posttrain.data import atomic_open, follow_umask, remove_stale_temp_files, write_json
 from posttrain.launch import follow, run_launched
+from posttrain.changes import what_changed
 from posttrain.progress import headline
 from posttrain.provenance import command_text, posttrain_source
 
@@ -51,7 +52,7 @@ def plan(recipe: Recipe, run_store: st.RunStore, only: str | None = None, start:
         upstream = {d: steps[d].fingerprint for d in spec.deps}
         inputs = _inputs(spec, run_store.hashes)
         fp = st.fingerprint(spec.kind, resolved_stage_config(spec), upstream, inputs)
-        action, reason = _decide(run_store, spec, fp, forced=name in forced)
+        action, reason = _decide(run_store, spec, fp, forced=name in forced, upstream=upstream, inputs=inputs)
         stale_upstream = [d for d in spec.deps if steps[d].action != "cached"]
         if name in selected and action == "cached" and stale_upstream:
             action, reason = "run", f"upstream {', '.join(stale_upstream)} will run"
@@ -70,7 +71,7 @@ def _inputs(spec: StageSpec, hashes: st.HashCache) -> dict[str, str]:
     return st.inputs(spec.config, spec.stage.files(spec.config), hashes)
 
 
-def _decide(run_store: st.RunStore, spec: StageSpec, fp: str, forced: bool) -> tuple[str, str]:
+def _decide(run_store: st.RunStore, spec: StageSpec, fp: str, forced: bool, upstream: dict, inputs: dict) -> tuple[str, str]:
     name = spec.name
     manifest = run_store.manifest(name)
     if forced:
@@ -78,7 +79,7 @@ def _decide(run_store: st.RunStore, spec: StageSpec, fp: str, forced: bool) -> t
     if manifest is None:
         return "run", "never ran"
     if manifest.get("fingerprint") != fp:
-        return "run", "config or inputs changed"
+        return "run", what_changed(manifest, run_store.stage_dir(name), resolved_stage_config(spec), upstream, inputs)
     if manifest.get("status") == st.COMPLETE:
         missing = run_store.missing_artifacts(manifest)
         return ("run", "; ".join(missing)) if missing else ("cached", "finished with the same fingerprint")
