@@ -12,7 +12,8 @@ import yaml
 from posttrain import cluster
 from posttrain import store as st
 from posttrain.recipe import Recipe, StageSpec, canonical_hash, resolved_stage_config
-from posttrain.stage import Context, output_path
+from posttrain.model_card import write_model_card
+from posttrain.stage import Context, Model, output_path
 from posttrain.data import atomic_open, follow_umask, remove_stale_temp_files, write_json
 from posttrain.launch import follow, run_launched
 from posttrain.changes import what_changed
@@ -115,8 +116,8 @@ def run(recipe: Recipe, run_dir: Path, only: str | None = None, start: str | Non
             fingerprint = run_fingerprint(recipe, run_store.hashes)
             coordinator = cluster.Coordinator(nodes, fingerprint, cluster.store_timeout(recipe))
         remove_stale_temp_files(run_dir, recursive=False)
-        invocation = {"command_line": command_text(command_line), "overrides": recipe.overrides,
-                      "posttrain": posttrain_source()}
+        invocation = {"recipe": recipe.name, "command_line": command_text(command_line),
+                      "overrides": recipe.overrides, "posttrain": posttrain_source()}
         write_json(run_dir / "run.json", {"recipe": recipe.name, "recipe_path": str(recipe.path),
                                           "recipe_hash": recipe.hash, "stages": list(recipe.stages), **invocation,
                                           "packages": st.package_versions()})
@@ -186,6 +187,10 @@ def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, e
         missing = [o for o in outputs if not output_path(stage_dir, o, outputs[o]).exists()]
         if missing:
             raise StageFailed(f"stage '{spec.name}' finished without writing its declared output(s): {', '.join(missing)}")
+        for o in (o for o, kind in outputs.items() if kind is Model):  # before the artifact hashes: it is part of it
+            write_model_card(output_path(stage_dir, o, Model), recipe=(invocation or {}).get("recipe", run_store.run_dir.name), stage=spec.name,
+                             kind=spec.kind, config=config, lineage=list(lineage), metrics=metrics,
+                             versions=manifest["versions"], posttrain=(invocation or {}).get("posttrain"))
     except BaseException as e:
         manifest.update(status=st.FAILED, ended=st.now_iso(), wall_time_s=st.elapsed(t0),
                         error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
