@@ -265,11 +265,21 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
 
 
 def _apply_overrides(cfg: DictConfig, overrides, problems: "_Problems") -> None:
-    """key=value, values parsed as YAML, replacing what was there; list items by index (stages.eval.tasks.0.limit=20)."""
+    """key=value, values parsed as YAML, replacing what was there; list items by index (stages.eval.tasks.0.limit=20).
+    An override may add a stage only by giving it a kind: otherwise a stage name it names must exist (a typo)."""
+    stages = cfg.get("stages") if isinstance(cfg.get("stages"), DictConfig) else {}
+    names = [str(n) for n in stages]
+    added = {k.split(".")[1] for k, _, _ in (o.partition("=") for o in overrides)
+             if re.fullmatch(r"\s*stages\.[^.]+\.kind\s*", k)}
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             problems.add("", f"override '{item}' is not key=value")
+            continue
+        path = key.strip().split(".")
+        if len(path) > 2 and path[0] == "stages" and path[1] not in names and path[1] not in added:
+            problems.add(key.strip(), f"no stage '{path[1]}' in the recipe{schema.suggest(path[1], names)}; stages: "
+                                      f"{', '.join(names)} (an override adds a stage only with stages.{path[1]}.kind)")
             continue
         try:
             OmegaConf.update(cfg, key.strip(), yaml.load(value, Loader=YamlLoader) if value.strip() else "", merge=False)

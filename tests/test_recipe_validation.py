@@ -177,3 +177,13 @@ def test_rlvr_save_steps_must_fall_on_generation_buffer_boundaries(tmp_path, ove
 @pytest.mark.parametrize("recipe", sorted((REPO / "recipes").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO)))
 def test_every_shipped_recipe_validates(recipe: Path):
     load(recipe)
+
+
+def test_a_stage_name_typo_in_an_override_gets_a_did_you_mean(tmp_path, sft_file):
+    text = GOOD.replace("DATA", str(sft_file))
+    problems = problems_of(tmp_path, text, ["stages.stf.train.learning_rate=1e-3"])
+    assert len(problems) == 1 and "stages.stf.train.learning_rate: no stage 'stf' in the recipe (did you mean 'sft'?)" \
+        in problems[0] and "unknown stage kind" not in problems[0], problems
+    # an override that gives the new stage a kind still adds it
+    recipe = load(write_recipe(tmp_path, text), ["stages.more.kind=tinyworld", "stages.more.sft_rows=5"])
+    assert recipe.stages["more"].config.sft_rows == 5
