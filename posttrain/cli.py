@@ -131,21 +131,23 @@ def cmd_status(args) -> int:
     from rich.table import Table
 
     from posttrain.progress import headline
-    from posttrain.store import RunStore, version_drift
+    from posttrain.store import RunStore, stale_stages, version_drift
 
     run_dir = _require_run_dir(args.run_dir)
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     names = info.get("stages") or sorted(p.name for p in run_dir.iterdir() if (p / "manifest.json").exists())
     store = RunStore(run_dir)
+    manifests = {name: store.manifest(name) for name in names}
     # One line per stage at any width: the headline is cut with an ellipsis, never wrapped (the manifest has it all).
-    rows = []
-    for name in names:
-        m = store.manifest(name)
+    rows, stale_from = [], stale_stages(manifests)
+    for name, m in manifests.items():
         if m is None:
             rows.append((name, "-", "not run", "-", "-", ""))
             continue
-        rows.append((name, m["kind"], m["status"], _duration(m["wall_time_s"]), m["fingerprint"][:8],
-                     headline(m["metrics"]) or (m.get("error") or "")))
+        stale = stale_from.get(name)
+        text = f"made from an earlier {', '.join(stale)}" if stale else headline(m["metrics"]) or (m.get("error") or "")
+        rows.append((name, m["kind"], "stale" if stale else m["status"], _duration(m["wall_time_s"]),
+                     m["fingerprint"][:8], text))
     console = _console()
     table = Table(title=f"{info.get('recipe', run_dir.name)} ({run_dir})", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0),
                   show_edge=False)
@@ -156,7 +158,7 @@ def cmd_status(args) -> int:
     table.add_column("headline", no_wrap=True)
     # The headline gets what is left (2 characters between columns), cut with an ellipsis, never wrapped.
     room = max(10, console.width - sum(widths) - 2 * len(widths) - 1)
-    colors = {"complete": "green", "failed": "red", "not run": "dim"}
+    colors = {"complete": "green", "failed": "red", "not run": "dim", "stale": "dim"}
     for name, kind, status, time_, fingerprint, text in rows:
         text = text if len(text) <= room else text[:room - 1] + "…"
         table.add_row(*map(escape, (name, kind)), f"[{colors.get(status, 'yellow')}]{status}[/]",
@@ -324,6 +326,10 @@ def main(argv=None) -> int:
     except StageFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the stage's manifest says interrupted; a traceback would say nothing more
+        print("\ninterrupted" + ("; the same command again resumes where this stopped" if args.command == "run" else ""),
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

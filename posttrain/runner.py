@@ -192,8 +192,10 @@ def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, e
                              kind=spec.kind, config=config, lineage=list(lineage), metrics=metrics,
                              versions=manifest["versions"], posttrain=(invocation or {}).get("posttrain"))
     except BaseException as e:
-        manifest.update(status=st.FAILED, ended=st.now_iso(), wall_time_s=st.elapsed(t0),
-                        error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
+        interrupted = isinstance(e, KeyboardInterrupt)  # Ctrl-C: the next run resumes; no traceback to keep
+        manifest.update(status=st.INTERRUPTED if interrupted else st.FAILED, ended=st.now_iso(), wall_time_s=st.elapsed(t0),
+                        error="interrupted (Ctrl-C)" if interrupted else f"{type(e).__name__}: {e}",
+                        traceback=None if interrupted else traceback.format_exc()[-4000:])
         try:
             run_store.write_manifest(spec.name, manifest)
         except OSError:  # a full or read-only disk: the atomic "running" manifest stays, which is still true

@@ -20,7 +20,7 @@ from posttrain.schema import DATASET_SCHEMES
 from posttrain.stage import ARTIFACT_TYPES, Dataset, Model, is_ref, parse_ref
 
 KEY_PACKAGES = ("posttrain", "torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "datasets", "vllm")
-COMPLETE, RUNNING, FAILED = "complete", "running", "failed"
+COMPLETE, RUNNING, FAILED, INTERRUPTED = "complete", "running", "failed", "interrupted"
 INPUT_TYPES = tuple(ARTIFACT_TYPES.values())
 
 
@@ -51,6 +51,21 @@ def version_drift(manifest: dict | None) -> str:
     changed = [f"{p} {v} (now {now.get(p, 'not installed')})" for p, v in sorted(manifest["versions"].items())
                if now.get(p) != v]
     return f"made with {', '.join(changed)}; not recomputed: --force to redo it" if changed else ""
+
+
+def stale_stages(manifests: dict[str, dict | None]) -> dict[str, list[str]]:
+    """Complete stages that were not made from what is upstream of them now -> those upstream stages: one that
+    failed, was interrupted or re-ran since (its fingerprint moved), or is itself stale. `manifests`: every
+    stage's current manifest (None: never ran), in run order."""
+    stale: dict[str, list[str]] = {}
+    for name, manifest in manifests.items():
+        if manifest and manifest.get("status") == COMPLETE:
+            moved = [up for up, fingerprint in manifest.get("upstream", {}).items()
+                     if up in stale or (manifests.get(up) or {}).get("status") != COMPLETE
+                     or manifests[up].get("fingerprint") != fingerprint]
+            if moved:
+                stale[name] = moved
+    return stale
 
 
 class HashCache:
