@@ -54,7 +54,9 @@ def cmd_config(args) -> int:
     for name, spec in recipe.stages.items():
         if args.stage in (None, name):
             print(f"{name} ({spec.kind})")
-            rows = [(key, json.dumps(value, default=str), source) for key, value, source in config_sources(spec, args.overrides)]
+            kinds = {n: s.kind for n, s in recipe.stages.items()}
+            rows = [(key, json.dumps(value, default=str, ensure_ascii=False), source)
+                    for key, value, source in config_sources(spec, args.overrides, _run_dir(args, recipe), kinds)]
             width = max(len(k) for k, _, _ in rows)
             print("\n".join(f"  {k:<{width}}  {v}  [{source}]" for k, v, source in rows) + "\n")
     return 0
@@ -133,9 +135,12 @@ def cmd_status(args) -> int:
     from posttrain.progress import headline
     from posttrain.store import RunStore, stale_stages, version_drift
 
-    run_dir = _require_run_dir(args.run_dir)
+    run_dir = _require_run_dir(args.run_dir, starting=True)
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     names = info.get("stages") or sorted(p.name for p in run_dir.iterdir() if (p / "manifest.json").exists())
+    if not names:  # `posttrain run` holds the folder but is still planning (hashing its inputs)
+        _console().print(f"{escape(str(run_dir))}: a run is starting (planning); no stage has started yet")
+        return 0
     store = RunStore(run_dir)
     manifests = {name: store.manifest(name) for name in names}
     # One line per stage at any width: the headline is cut with an ellipsis, never wrapped (the manifest has it all).
@@ -168,11 +173,16 @@ def cmd_status(args) -> int:
     return 0
 
 
-def _require_run_dir(path: str) -> Path:
+def _require_run_dir(path: str, starting: bool = False) -> Path:
+    """A run folder; a recipe file names its own (runs/<recipe name>, where `run` puts it). starting: a run that
+    is still planning (its lock or run.json, no manifest yet) counts too."""
     from posttrain.data import DataError
 
     run_dir = Path(path)
-    if not run_dir.is_dir() or not any(run_dir.glob("*/manifest.json")):
+    if run_dir.is_file():
+        run_dir = Path("runs") / _load(argparse.Namespace(recipe=path, overrides=[])).name
+    begun = starting and any((run_dir / f).exists() for f in ("run.json", ".lock"))
+    if not run_dir.is_dir() or not (begun or any(run_dir.glob("*/manifest.json"))):
         raise DataError(f"{run_dir}: not a run folder (no <stage>/manifest.json inside); runs go to runs/<recipe name>/")
     return run_dir
 
@@ -191,14 +201,15 @@ def cmd_report(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    """Show how one SFT example is tokenized and which tokens are trained."""
-    from posttrain.stages.sft import inspect_example
+    """Show one training example as the stage's trainer sees it (SFT, DPO, reward model, RLVR)."""
+    from posttrain.inspect_views import INSPECTORS, inspect_stage
 
     recipe = _load(args)
     spec = recipe.stages.get(args.stage)
-    if spec is None or spec.kind != "sft":
-        sfts = [n for n, s in recipe.stages.items() if s.kind == "sft"]
-        raise UsageError(f"--stage must name an sft stage ({', '.join(sfts) or 'none in this recipe'})")
+    if spec is None or spec.kind not in INSPECTORS:
+        some = [f"{n} ({s.kind})" for n, s in recipe.stages.items() if s.kind in INSPECTORS]
+        raise UsageError(f"--stage {args.stage}: inspect shows a stage of kind {', '.join(INSPECTORS)}; "
+                         f"this recipe has: {', '.join(some) or 'none'}")
     from posttrain.stage import Context
     from posttrain.store import RunStore
 
@@ -214,7 +225,7 @@ def cmd_inspect(args) -> int:
         raise UsageError(f"inspect needs {', '.join(unfinished)} to have finished; run: {steps}")
     artifacts = {d: store.artifact_paths(m) for d, m in manifests.items()}
     ctx = Context(args.stage, run_dir / args.stage, run_dir, {}, artifacts)
-    print(inspect_example(spec.config, ctx, index=args.index))
+    print(inspect_stage(spec.kind, spec.config, ctx, args.index))
     return 0
 
 
@@ -253,42 +264,63 @@ def _non_negative(text: str) -> int:
     return int(text)
 
 
+class _Version(argparse.Action):
+    """--version: posttrain's version and, in a git checkout, its commit (looked up only when asked)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print posttrain's version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from posttrain.provenance import describe, posttrain_source
+
+        print(describe(posttrain_source()))
+        parser.exit()
+
+
+VERBOSE_HELP = "print each stage's own output (trainer logs, progress bars) as it happens instead of to its stage.log"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="posttrain", description="Post-training recipes as a cached, resumable stage graph.")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    p.add_argument("--version", action=_Version)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def recipe_cmd(name, fn, help):
-        c = sub.add_parser(name, help=help)
-        c.add_argument("recipe")
-        c.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
-        c.add_argument("--out", help="run folder (default runs/<recipe name>)")
+    def command(name, fn, help):
+        c = sub.add_parser(name, help=help, description=help)
+        # -v after the subcommand too; SUPPRESS keeps a -v given before it
+        c.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
         c.set_defaults(fn=fn)
+        return c
+
+    def recipe_cmd(name, fn, help):
+        c = command(name, fn, help)
+        c.add_argument("recipe", help="the recipe YAML file")
+        c.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist), e.g. stages.sft.train.learning_rate=1e-5")
+        c.add_argument("--out", help="run folder (default runs/<recipe name>)")
         return c
 
     recipe_cmd("validate", cmd_validate, "validate a recipe fully, without heavy work")
     c = recipe_cmd("config", cmd_config, "every stage's resolved config, each value marked recipe, override or default")
     c.add_argument("--stage", help="show just this stage")
-    for name, fn, help in (("run", cmd_run, "run a recipe"), ("plan", cmd_plan, "show what `run` would do")):
+    for name, fn, help in (("run", cmd_run, "run a recipe"), ("plan", cmd_plan, "show what `run` would do, and why")):
         c = recipe_cmd(name, fn, help)
         c.add_argument("--only", help="run just this stage (its upstream must have finished)")
         c.add_argument("--from", dest="start", help="re-run this stage and everything downstream of it")
         c.add_argument("--force", action="store_true", help="recompute the selected stages even if cached")
         c.add_argument("--resume", default="auto", help="off | on | auto | a checkpoint path (default auto)")
-    c = recipe_cmd("inspect", cmd_inspect, "show one tokenized SFT example with its trained tokens marked")
-    c.add_argument("--stage", default="sft")
-    c.add_argument("--index", type=_non_negative, default=0)
-    c = sub.add_parser("keys", help="every stage kind's recipe keys, types, defaults and meaning")
-    c.add_argument("kinds", nargs="*")
-    c.set_defaults(fn=cmd_keys)
-    c = sub.add_parser("status", help="every stage's state, fingerprint, wall time and headline metrics")
-    c.add_argument("run_dir")
-    c.set_defaults(fn=cmd_status)
-    c = sub.add_parser("report", help="(re)build the report from a run folder's manifests")
-    c.add_argument("run_dir")
-    c.add_argument("--out")
+    c = recipe_cmd("inspect", cmd_inspect, "show one training example as the stage's trainer sees it: an SFT "
+                                           "example's trained tokens, a DPO pair, an RL prompt")
+    c.add_argument("--stage", default="sft", help="an sft, dpo, reward_model or rlvr stage (default sft)")
+    c.add_argument("--index", type=_non_negative, default=0, help="which example of the stage's data (default 0)")
+    c = command("keys", cmd_keys, "every stage kind's recipe keys, types, defaults and meaning")
+    c.add_argument("kinds", nargs="*", help="stage kinds to show (default all)")
+    c = command("status", cmd_status, "every stage's state, fingerprint, wall time and headline metrics")
+    c.add_argument("run_dir", help="a run folder, or a recipe file (then its run folder, runs/<recipe name>)")
+    c = command("report", cmd_report, "(re)build the report from a run folder's manifests")
+    c.add_argument("run_dir", help="a run folder, or a recipe file (then its run folder, runs/<recipe name>)")
+    c.add_argument("--out", help="where to write the report (default: where the run's report stage put it)")
     c.add_argument("--reference", help="a JSON/YAML file of published reference numbers")
-    c.set_defaults(fn=cmd_report)
     return p
 
 
