@@ -118,7 +118,30 @@ def cmd_run(args) -> int:
         console.print(f"[green]nothing to do[/]: all {len(done)} stages cached in {run_dir}")
     else:
         console.print(f"[green]done[/]: {run_dir}")
+    for what, path in _final_outputs(recipe, run_dir).items():
+        console.print(f"{what}: {escape(str(path))}")
     return 0
+
+
+def _final_outputs(recipe, run_dir: Path) -> dict[str, Path]:
+    """Where the recipe's last model and last report are: of the last stages that have them complete and made
+    from what is upstream of them now (a stage left out by --only may be stale)."""
+    from posttrain.stage import Model, Report, output_path
+    from posttrain.store import COMPLETE, RunStore, stale_stages
+
+    store = RunStore(run_dir)
+    manifests = {name: store.manifest(name) for name in recipe.stages}
+    stale = stale_stages(manifests)
+    current = [n for n, m in manifests.items() if m and m.get("status") == COMPLETE and n not in stale]
+    found = {}
+    for what, kind in (("final model", Model), ("report", Report)):
+        for name in reversed(current):
+            out = next((o for o, t in recipe.stages[name].stage.outputs.items() if t is kind), None)
+            if out and output_path(run_dir / name, out, kind).exists():
+                path = output_path(run_dir / name, out, kind)
+                found[what] = path / "report.html" if kind is Report and (path / "report.html").exists() else path
+                break
+    return found
 
 
 def _duration(seconds: float | None) -> str:
@@ -150,7 +173,7 @@ def cmd_status(args) -> int:
             rows.append((name, "-", "not run", "-", "-", ""))
             continue
         stale = stale_from.get(name)
-        text = f"made from an earlier {', '.join(stale)}" if stale else headline(m["metrics"]) or (m.get("error") or "")
+        text = f"made from an earlier {', '.join(stale)}" if stale else headline(m["metrics"], m["kind"]) or (m.get("error") or "")
         rows.append((name, m["kind"], "stale" if stale else m["status"], _duration(m["wall_time_s"]),
                      m["fingerprint"][:8], text))
     console = _console()
@@ -340,7 +363,9 @@ def main(argv=None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides += extra
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    # timestamped: these lines land in each stage's stage.log (and on the console with -v)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S")
     logging.getLogger("posttrain").setLevel(logging.INFO)
     if not args.verbose:  # raised by TRL on every step; nothing a user can act on
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)

@@ -211,4 +211,4 @@ def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, e
                     artifact_hashes={o: run_store.hashes.tree(run_store.run_dir / p) for o, p in artifacts.items()})
     run_store.hashes.save()
     run_store.write_manifest(spec.name, manifest)  # last: a manifest that says complete means the artifacts are there
-    echo(f"[{spec.name}] complete in {manifest['wall_time_s']:.1f}s {headline(metrics)}")
+    echo(f"[{spec.name}] complete in {manifest['wall_time_s']:.1f}s {headline(metrics, spec.kind)}")
