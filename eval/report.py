@@ -331,5 +331,6 @@ def versions_table(run: Run) -> Table:
 def _summary_line(run: Run) -> str:
     done = sum(s.complete for s in run.stages)
     total_wall = sum(s.manifest.get("wall_time_s") or 0 for s in run.stages)
-    return (f"{done} of {len(run.stages)} stages complete ({' → '.join(s.name for s in run.stages)}); "
-            f"total stage wall time {total_wall / 60:.1f} min.")
+    # the stages upstream of the report, not the run's others: only what it reads may change what it says
+    return (f"{done} of the {len(run.stages)} stages upstream of this report complete "
+            f"({' → '.join(s.name for s in run.stages)}); total stage wall time {total_wall / 60:.1f} min.")

@@ -394,7 +394,9 @@ def _finish(trainer, tokenizer, ctx: Context, merge_into: str | None) -> dict[st
         export_model(trainer.model, tokenizer, ctx.output("model"), merge_into, state_dict)
     trainer.accelerator.wait_for_everyone()  # no rank reports done before the export exists
     history = [h for h in trainer.state.log_history if "loss" in h]
-    metrics: dict[str, Any] = {"global_step": trainer.state.global_step}
+    # what `precision: auto` became on this hardware (the report shows it beside the recipe's setting)
+    precision = "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32"
+    metrics: dict[str, Any] = {"global_step": trainer.state.global_step, "precision": precision}
     if history:
         metrics["first_loss"] = history[0]["loss"]
         metrics["final_loss"] = history[-1]["loss"]

@@ -28,7 +28,7 @@ def test_exported_model_has_its_card_cache_and_length(tmp_path):
     model = run_dir / "base" / "model"
     config = json.loads((model / "config.json").read_text())
     tokenizer = json.loads((model / "tokenizer_config.json").read_text())
-    assert config["use_cache"] is True
+    assert config["use_cache"] is True and manifest_metrics(run_dir)["precision"] == "fp32"  # what auto became on CPU
     assert tokenizer["model_max_length"] == config["max_position_embeddings"]
     card = ModelCard.load(model / "README.md")
     assert card.data.library_name == "transformers" and "pretrain" in card.data.tags
@@ -38,3 +38,7 @@ def test_exported_model_has_its_card_cache_and_length(tmp_path):
     manifest = json.loads((run_dir / "base" / "manifest.json").read_text())
     assert run(load(write_recipe(tmp_path, RECIPE)), run_dir, echo=lambda m: None)[1].action == "cached"
     assert manifest["status"] == "complete"
+
+
+def manifest_metrics(run_dir):
+    return json.loads((run_dir / "base" / "manifest.json").read_text())["metrics"]

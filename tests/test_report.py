@@ -74,7 +74,7 @@ def make_run(run: Path) -> Path:
                                  "verifier_reward/numeric": s / 40, "failures/numeric/timeout": 0.0,
                                  "failures/numeric/crash": s / 400, "kl": s / 1000, "completions/mean_length": 40 - s / 5}}
     for stage, curve in curves.items():
-        write_json(run / stage / "manifest.json", manifest(stage, stage, run))
+        write_json(run / stage / "manifest.json", manifest(stage, stage, run, {"precision": "fp32"}))  # what auto became
         write_rows(run / stage / "metrics.jsonl", [{"time": 0.0, "step": s, **curve(s)} for s in range(0, 40, 5)])
     write_eval_stage(run, rng)
     return run
@@ -246,6 +246,8 @@ def test_hyperparameters_are_each_stages_resolved_config(report_md):
     assert rows["generations per prompt"]["rlvr"] == str(config["rlvr"]["num_generations"])
     assert rows["samples per prompt"]["pairs (generate)"] == "4" and rows["selection method"]["select"] == "grape"
     assert rows["reward terms"]["rlvr"] == "1×verifier" and rows["learning rate"]["pairs (generate)"] == "–"
+    assert rows["precision"]["sft"] == "fp32 (auto)" and rows["precision"]["select"] == "–"
+    assert rows["loss weights"]["dpo"] == "1.0, 1.0" and rows["loss only on assistant turns"]["sft"] == "True"
 
 
 def test_pairs_accounting_says_why_prompts_gave_no_pair(report_md):
@@ -358,3 +360,18 @@ def test_routed_rlvr_term_logs_each_verifiers_reward():
     assert scores == [1.0, 0.0, 1.0]
     assert logged["verifier_reward/numeric"] == 0.5 and logged["verifier_reward/math"] == 1.0
     assert logged["failures/numeric/timeout"] == 0.0
+
+
+def test_rl_diagnostics_get_panels_and_an_all_zero_share_says_so():
+    from posttrain.eval.plots import SHARES, curve_panels, drawn_series, failure_totals
+
+    rows = failure_totals([{"step": s, "frac_reward_zero_std": 0.7, "entropy": 1.5, "grad_norm": 0.3, "learning_rate": 5e-5,
+                            "clip_ratio/region_mean": 0.0, "logps/chosen": -20.0, "logps/rejected": -30.0,
+                            "failures/ifeval/crash": 0.0, "failures/numeric/timeout": 0.0} for s in range(3)])
+    panels = {title: keys for title, _, keys in curve_panels(rows)}
+    assert panels["groups with no signal"] == ["frac_reward_zero_std"] and panels["entropy"] == ["entropy"]
+    assert panels["gradient norm"] == ["grad_norm"] and panels["learning rate"] == ["learning_rate"]
+    assert panels["log-prob of chosen / rejected"] == ["logps/chosen", "logps/rejected"]
+    assert {"verifier failures", "groups with no signal", "clipped tokens"} <= SHARES
+    lines = drawn_series("verifier failures", rows, panels["verifier failures"])
+    assert [label for label, _ in lines] == ["0 at every step (ifeval, numeric)"]  # not "ifeval = numeric"
