@@ -187,3 +187,12 @@ def test_a_stage_name_typo_in_an_override_gets_a_did_you_mean(tmp_path, sft_file
     # an override that gives the new stage a kind still adds it
     recipe = load(write_recipe(tmp_path, text), ["stages.more.kind=tinyworld", "stages.more.sft_rows=5"])
     assert recipe.stages["more"].config.sft_rows == 5
+
+
+def test_the_tulu3_recipe_evaluates_its_three_models_and_reports():
+    recipe = load(REPO / "recipes" / "tulu3_8b.yaml")
+    assert [s.kind for s in recipe.stages.values()] == ["sft", "dpo", "rlvr", "eval", "report"]
+    evaluated = recipe.stages["eval"]
+    assert list(evaluated.config.models) == ["sft", "dpo", "rlvr"] and evaluated.deps == ["dpo", "rlvr", "sft"]
+    assert [t.name for t in evaluated.config.tasks] == ["gsm8k_8shot", "math500", "ifeval", "humaneval"]
+    assert recipe.stages["report"].deps == ["eval"]
