@@ -83,7 +83,12 @@ def pairs_blocks(stage: str, m: dict) -> list[Block]:
     rows += [("prompts giving a pair (best vs worst)", share(pairs, prompts))]
     table = accounting_table(f"Pairs accounting (mean sample score {fmt(m.get('mean_sample_score'))})",
                              "prompts", rows, why)
-    return [Heading(f"Preference pairs: {stage} (generate)", 3), table]
+    blocks: list[Block] = [Heading(f"Preference pairs: {stage} (generate)", 3), table]
+    extra = m.get("extra_pairs")
+    if extra:  # off-policy pairs added as given (the tiny world's judged courtesy pairs): often most of DPO's data
+        blocks.append(Para(f"The pairs file holds {pairs + extra} pairs: {pairs} on-policy (above) and {extra} "
+                           f"off-policy from `extra_pairs`, added unchanged ({share(extra, pairs + extra)} of DPO's pairs)."))
+    return blocks
 
 
 # ---------- selection details ----------

@@ -375,3 +375,14 @@ def test_rl_diagnostics_get_panels_and_an_all_zero_share_says_so():
     assert {"verifier failures", "groups with no signal", "clipped tokens"} <= SHARES
     lines = drawn_series("verifier failures", rows, panels["verifier failures"])
     assert [label for label, _ in lines] == ["0 at every step (ifeval, numeric)"]  # not "ifeval = numeric"
+
+
+def test_off_policy_extra_pairs_are_counted_in_the_report():
+    """The tiny world's 600 judged courtesy pairs are 600 of DPO's 688 pairs: the report says so."""
+    from posttrain.eval.render import Para
+    from posttrain.eval.report_data import pairs_blocks
+
+    blocks = pairs_blocks("pairs", {**PAIRS_METRICS, "prompts": 300, "pairs": 88, "extra_pairs": 600})
+    text = " ".join(b.text for b in blocks if isinstance(b, Para))
+    assert "688 pairs: 88 on-policy (above) and 600 off-policy from `extra_pairs`" in text and "(87%)" in text, text
+    assert not [b for b in pairs_blocks("pairs", PAIRS_METRICS) if isinstance(b, Para)]
