@@ -70,7 +70,7 @@ def build_report(run_dir: Path, out_dir: Path, reference: str | None = None, inp
     blocks += samples_section(scores, out_dir)
     blocks += hyperparameter_section(run.stages)
     blocks += curves_section(run.stages, out_dir / "plots")
-    blocks += data_section(inputs.summaries, run.stages, out_dir / "plots")
+    blocks += data_section(inputs.summaries, run.stages, out_dir / "plots", evaluated=list(scores.tasks))
     blocks += provenance_section(run)
     title = f"Report: {run.info.get('recipe', run_dir.name)}"
     out_dir.mkdir(parents=True, exist_ok=True)

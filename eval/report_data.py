@@ -9,15 +9,16 @@ from posttrain.eval import plots
 from posttrain.eval.render import Block, Figure, Heading, Para, Table
 
 
-def data_section(summaries: list[tuple[str, Path]], stages: list, plots_dir: Path) -> list[Block]:
-    """summaries: (stage name, summary.json) of the select stages given; stages: the run's stages."""
+def data_section(summaries: list[tuple[str, Path]], stages: list, plots_dir: Path, evaluated: list[str] = ()) -> list[Block]:
+    """summaries: (stage name, summary.json) of the select stages given; stages: the run's stages; evaluated:
+    the labels of the eval tasks the report shows (decontamination names those it did not check)."""
     blocks: list[Block] = []
     for name, path in summaries:
         try:
             summary = json.loads(path.read_text())
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: missing, though stage '{name}' is complete; rerun it with --force") from None
-        blocks += selection_blocks(name, summary, plots_dir)
+        blocks += selection_blocks(name, summary, plots_dir, evaluated)
     for stage in stages:
         if stage.manifest.get("kind") == "generate" and stage.complete:
             blocks += pairs_blocks(stage.name, stage.manifest.get("metrics", {}))
@@ -92,7 +93,7 @@ def pairs_blocks(stage: str, m: dict) -> list[Block]:
 
 
 # ---------- selection details ----------
-def selection_blocks(stage: str, s: dict, plots_dir: Path) -> list[Block]:
+def selection_blocks(stage: str, s: dict, plots_dir: Path, evaluated: list[str] = ()) -> list[Block]:
     blocks: list[Block] = [Heading(f"Selection: {stage} ({s.get('method', '?')})", 3), selection_accounting(s)]
     if (s.get("paser") or {}).get("clusters"):
         blocks += paser_blocks(stage, s["paser"], plots_dir)
@@ -103,7 +104,7 @@ def selection_blocks(stage: str, s: dict, plots_dir: Path) -> list[Block]:
         blocks.append(Para(f"Deduplication (MinHash, {d.get('shingle')}-gram shingles, {d.get('num_perm')} permutations, "
                            f"Jaccard threshold {d.get('threshold')}): {d.get('dropped')} near-duplicate rows dropped."))
     if s.get("decontamination"):
-        blocks.append(decontamination_table(s["decontamination"]))
+        blocks.append(decontamination_table(s["decontamination"], evaluated))
     return blocks
 
 
@@ -133,10 +134,29 @@ def source_blocks(stage: str, sources: dict, plots_dir: Path) -> list[Block]:
             Figure(png, f"Source histogram of the chosen responses ({stage})")]
 
 
-def decontamination_table(d: dict) -> Table:
-    """Per eval set: training rows that share an n-gram with it (and were dropped), with example ids."""
-    rows = [[name, fmt(v.get("items")), fmt(v.get("matched_rows")), ", ".join(map(str, v.get("examples", []))) or "–"]
-            for name, v in (d.get("per_eval_set") or {}).items()]
-    return Table(["eval set", "eval items", "training rows matched", "example training rows"], rows,
-                 f"Decontamination: {d.get('ngram')}-gram overlap with each eval set; {d.get('dropped', 0)} "
-                 "training rows dropped", numeric={1, 2})
+def decontamination_table(d: dict, evaluated: list[str] = ()) -> Table:
+    """Per eval set: its items (and how many are too short for an n-gram to match), the training rows that
+    share an n-gram with it (dropped), with their ids as far as the summary keeps them; and, in the caption,
+    the evaluated sets that were not checked at all."""
+    per_set = d.get("per_eval_set") or {}
+    rows = []
+    for name, v in per_set.items():
+        examples, matched = list(map(str, v.get("examples", []))), v.get("matched_rows") or 0
+        more = f" and {matched - len(examples)} more" if matched > len(examples) else ""
+        rows.append([name, fmt(v.get("items")), fmt(v.get("short_items_unchecked")), fmt(v.get("matched_rows")),
+                     (", ".join(examples) + more) or "–"])
+    caption = (f"Decontamination: {d.get('ngram')}-gram overlap with each eval set; {d.get('dropped', 0)} training rows "
+               f"dropped. An eval item shorter than {d.get('ngram')} words cannot be matched (too short to check).")
+    checked = set(per_set) | {_eval_source(name) for name in per_set}  # a task is checked through its eval set
+    unchecked = list(d.get("unchecked_tasks") or []) + [t for t in evaluated if _eval_source(t) not in checked]
+    if unchecked:
+        caption += f" Not checked at all: {', '.join(dict.fromkeys(unchecked))}."
+    return Table(["eval set", "eval items", "too short to check", "training rows matched", "training rows"], rows,
+                 caption, numeric={1, 2, 3})
+
+def _eval_source(name: str) -> str:
+    """The eval set a task label reads (gsm8k_8shot and gsm8k_0shot both read gsm8k), else the label itself."""
+    from posttrain.eval.tasks import TASKS
+
+    task = TASKS.get(name)
+    return task.source if task is not None and task.source else name

@@ -172,9 +172,24 @@ def test_planted_contamination_is_in_the_decontamination_table(report_md):
                                   for line in section.split("\n\n")[1].splitlines()[2:])}
     for name in ("gsm8k", "math500", "ifeval"):
         planted = [row_id for row_id, sets in PLANTED.items() if name in sets]
-        assert rows[name][1] == str(len(planted)), name  # training rows matched
-        assert rows[name][2] == (", ".join(planted) or "–"), name  # their ids, from the summary
+        assert rows[name][1] == "0", name  # too short to check
+        assert rows[name][2] == str(len(planted)), name  # training rows matched
+        assert rows[name][3] == (", ".join(planted) or "–"), name  # their ids, from the summary
     assert "37 near-duplicate rows dropped" in md
+    # the evaluated sets decontamination did not check are named (this fixture's set "gsm8k" is no task's label)
+    caption = section.split("\n\n")[0]
+    assert caption.endswith("Not checked at all: gsm8k_8shot, tinyworld.*"), caption
+
+
+def test_decontamination_names_short_items_and_rows_past_the_examples():
+    from posttrain.eval.report_data import decontamination_table
+
+    table = decontamination_table({"ngram": 9, "dropped": 5, "unchecked_tasks": ["lm_eval:mmlu"], "per_eval_set": {
+        "tinyworld_code": {"items": 225, "short_items_unchecked": 22, "matched_rows": 5, "examples": ["a", "b", "c"]},
+        "gsm8k_8shot": {"items": 1319, "short_items_unchecked": 0, "matched_rows": 0, "examples": []}}},
+        evaluated=["tinyworld_code", "tinyworld_format", "gsm8k_0shot"])  # gsm8k_0shot reads gsm8k_8shot's set
+    assert table.rows[0] == ["tinyworld_code", "225", "22", "5", "a, b, c and 2 more"]
+    assert table.caption.endswith("Not checked at all: lm_eval:mmlu, tinyworld_format.")
 
 
 def test_reference_column_and_delta(run_dir, tmp_path):
