@@ -99,6 +99,11 @@ def selection_blocks(stage: str, s: dict, plots_dir: Path, evaluated: list[str] 
         blocks += paser_blocks(stage, s["paser"], plots_dir)
     if s.get("sources"):
         blocks += source_blocks(stage, s["sources"], plots_dir)
+    if s.get("skills"):
+        blocks.append(skill_mixture(s["skills"]))
+    if s.get("verify_failed"):
+        blocks.append(Para(f"{s['verify_failed']} kept responses could not be verified (the check failed); "
+                           "they count as not verifying."))
     if s.get("dedup"):
         d = s["dedup"]
         blocks.append(Para(f"Deduplication (MinHash, {d.get('shingle')}-gram shingles, {d.get('num_perm')} permutations, "
@@ -129,9 +134,23 @@ def source_blocks(stage: str, sources: dict, plots_dir: Path) -> list[Block]:
     png = plots.bar_chart(f"{stage}: responses chosen per source", names,
                           {key: [sources[n].get(key, 0) for n in names] for key in ("candidates", "kept")},
                           "responses", plots_dir / f"sources_{stage}.png")
-    rows = [[n, fmt(sources[n].get("candidates")), fmt(sources[n].get("kept"))] for n in names]
-    return [Table(["source", "candidates", "kept"], rows, "Responses per source", numeric={1, 2}),
+    rows = [[n, fmt(sources[n].get("candidates")), fmt(sources[n].get("kept")), _verified(sources[n])] for n in names]
+    return [Table(["source", "candidates", "kept", "kept that verify"], rows, "Responses per source; kept that "
+                  "verify: kept responses that pass the verifier their row names", numeric={1, 2, 3}),
             Figure(png, f"Source histogram of the chosen responses ({stage})")]
+
+
+def skill_mixture(skills: dict) -> Table:
+    """The kept SFT data per skill: rows, share of the mixture, and how many of them verify."""
+    total = sum(v.get("kept", 0) for v in skills.values())
+    rows = [[name, share(v.get("kept", 0), total), _verified(v)] for name, v in skills.items()]
+    return Table(["skill", "kept rows (share)", "kept that verify"], rows,
+                 "The SFT mixture by skill (the rows' `skill` column)", numeric={1, 2})
+
+
+def _verified(entry: dict) -> str:
+    verified, kept = entry.get("verified"), entry.get("kept") or 0
+    return "–" if verified is None else share(verified, kept)
 
 
 def decontamination_table(d: dict, evaluated: list[str] = ()) -> Table:

@@ -19,7 +19,9 @@ Outputs:
     dedup: null | {threshold, num_perm, shingle, dropped};
     decontamination: null | {ngram, dropped, unchecked_tasks,
                              per_eval_set: {name: {items, short_items_unchecked, matched_rows, examples}}};
-    sources (candidate methods): {source: {candidates, kept}};
+    sources (candidate methods): {source: {candidates, kept, verified}}; skills (candidate methods): {skill:
+    {kept, verified}}, verify_failed: int (verified: kept responses that pass the verifier their row names,
+    None where none names one; selection/quality.py);
     candidates (candidate methods): {total, kept, discarded: {reason: responses}} (counted per response);
     paser (paser): {k, k_chosen_by, eigenvalues, clusters: [{cluster, size, degradation, budget, selected}],
                     ccg_rejected, budget_shortfall}.
