@@ -8,6 +8,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from posttrain.provenance import VersionAction  # standard library only: fine before the settings below
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -103,6 +105,7 @@ def cmd_run(args) -> int:
 
     from posttrain.progress import console_stream, stage_output
     from posttrain.runner import run
+    from posttrain.store import final_outputs
 
     recipe = _load(args)
     run_dir = _run_dir(args, recipe)
@@ -118,30 +121,9 @@ def cmd_run(args) -> int:
         console.print(f"[green]nothing to do[/]: all {len(done)} stages cached in {run_dir}")
     else:
         console.print(f"[green]done[/]: {run_dir}")
-    for what, path in _final_outputs(recipe, run_dir).items():
+    for what, path in final_outputs(recipe, run_dir).items():
         console.print(f"{what}: {escape(str(path))}")
     return 0
-
-
-def _final_outputs(recipe, run_dir: Path) -> dict[str, Path]:
-    """Where the recipe's last model and last report are: of the last stages that have them complete and made
-    from what is upstream of them now (a stage left out by --only may be stale)."""
-    from posttrain.stage import Model, Report, output_path
-    from posttrain.store import COMPLETE, RunStore, stale_stages
-
-    store = RunStore(run_dir)
-    manifests = {name: store.manifest(name) for name in recipe.stages}
-    stale = stale_stages(manifests)
-    current = [n for n, m in manifests.items() if m and m.get("status") == COMPLETE and n not in stale]
-    found = {}
-    for what, kind in (("final model", Model), ("report", Report)):
-        for name in reversed(current):
-            out = next((o for o, t in recipe.stages[name].stage.outputs.items() if t is kind), None)
-            if out and output_path(run_dir / name, out, kind).exists():
-                path = output_path(run_dir / name, out, kind)
-                found[what] = path / "report.html" if kind is Report and (path / "report.html").exists() else path
-                break
-    return found
 
 
 def _duration(seconds: float | None) -> str:
@@ -287,26 +269,13 @@ def _non_negative(text: str) -> int:
     return int(text)
 
 
-class _Version(argparse.Action):
-    """--version: posttrain's version and, in a git checkout, its commit (looked up only when asked)."""
-
-    def __init__(self, option_strings, dest, **kwargs):
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print posttrain's version and exit")
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        from posttrain.provenance import describe, posttrain_source
-
-        print(describe(posttrain_source()))
-        parser.exit()
-
-
 VERBOSE_HELP = "print each stage's own output (trainer logs, progress bars) as it happens instead of to its stage.log"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="posttrain", description="Post-training recipes as a cached, resumable stage graph.")
     p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
-    p.add_argument("--version", action=_Version)
+    p.add_argument("--version", action=VersionAction)
     sub = p.add_subparsers(dest="command", required=True)
 
     def command(name, fn, help):

@@ -1,6 +1,7 @@
 """Which posttrain made a run, and how it was called: its version, the git commit of its source (where it
 runs from a git checkout) and the command line with its overrides. run.json and every stage manifest
 record them; `posttrain --version` prints the first two."""
+import argparse
 import shlex
 import subprocess
 from functools import lru_cache
@@ -41,3 +42,14 @@ def describe(source: dict) -> str:
 def command_text(argv: list[str] | None) -> str:
     """The command line as a shell would take it back."""
     return shlex.join(argv) if argv else ""
+
+
+class VersionAction(argparse.Action):
+    """--version: posttrain's version and, in a git checkout, its commit (looked up only when asked)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="print posttrain's version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(describe(posttrain_source()))
+        parser.exit()

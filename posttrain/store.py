@@ -17,7 +17,7 @@ from typing import Any
 from posttrain import hf
 from posttrain.data import DataError, write_json
 from posttrain.schema import DATASET_SCHEMES
-from posttrain.stage import ARTIFACT_TYPES, Dataset, Model, is_ref, parse_ref
+from posttrain.stage import ARTIFACT_TYPES, Dataset, Model, Report, is_ref, output_path, parse_ref
 
 KEY_PACKAGES = ("posttrain", "torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "datasets", "vllm")
 COMPLETE, RUNNING, FAILED, INTERRUPTED = "complete", "running", "failed", "interrupted"
@@ -238,3 +238,21 @@ def hardware() -> dict[str, Any]:
 
 def elapsed(start: float) -> float:
     return round(time.time() - start, 3)
+
+
+def final_outputs(recipe, run_dir: Path) -> dict[str, Path]:
+    """Where the recipe's last model and last report are: of the last stages that have them complete and made
+    from what is upstream of them now (a stage left out by --only may be stale)."""
+    store = RunStore(run_dir)
+    manifests = {name: store.manifest(name) for name in recipe.stages}
+    stale = stale_stages(manifests)
+    current = [n for n, m in manifests.items() if m and m.get("status") == COMPLETE and n not in stale]
+    found = {}
+    for what, kind in (("final model", Model), ("report", Report)):
+        for name in reversed(current):
+            out = next((o for o, t in recipe.stages[name].stage.outputs.items() if t is kind), None)
+            if out and output_path(run_dir / name, out, kind).exists():
+                path = output_path(run_dir / name, out, kind)
+                found[what] = path / "report.html" if kind is Report and (path / "report.html").exists() else path
+                break
+    return found
