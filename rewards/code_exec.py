@@ -15,9 +15,10 @@ Why no program can earn reward without computing the right values:
   the arguments as plain literals and decode the answer with `ast.literal_eval`. So every value the tests
   compare is a plain builtin int, str, list, ... that this process built itself: no `__eq__` that always
   says yes, no int subclass, no patched builtin, `operator` or `math` (they live in the other process).
-- The verdict is computed here, from the tests finishing without an exception, and from the session
-  never having broken (an exit, a crash, a malformed or oversized answer, a CPU-limit kill, the wall
-  backstop). No token, exit code or output of the program counts.
+- The verdict is computed here, from the tests finishing without an exception (any exception from the
+  program fails the test that called it: remote._exception), and from the session never having broken (an
+  exit, a crash, a malformed, oversized or costly answer, a CPU-limit kill, the backstop on blocked time). No
+  token, exit code or output of the program counts. Tests that never call the program are a bad row.
 - The only values of the tests that reach the program are the arguments of its own function calls.
   Builtins the tests use are never taken from the program (it could otherwise define `set` and be
   handed the expected value), except when the tests call nothing but a builtin name (MBPP 126 tests its
@@ -27,10 +28,12 @@ Why no program can earn reward without computing the right values:
 
 Code inside ``` fences is used when present (the first block that defines the entry point, else the
 first block). Options: `timeout_s` (10 CPU seconds for the whole program; MBPP's reference for task 123
-alone needs 4.1 s), `wall_factor` (3: the wall-clock backstop is timeout_s x wall_factor, so a loaded
-machine does not change the verdict), `memory_mb` (1024); the verifier's own time limit defaults to the
-backstop + 5 s. The sandboxed program sees only the standard library; a result that is not plain data
-(a generator, an object) can be called or passed back to it but never compared.
+alone needs 4.1 s; the trusted side's CPU for the program's answers is limited to as much), `wall_factor`
+(3: the program may be blocked, neither running nor waiting for a CPU, timeout_s x wall_factor seconds, so no
+load changes a verdict), `memory_mb` (1024); the verifier's own time limit defaults to timeout_s x
+wall_factor + 5 s. The sandboxed program sees only the standard library; a result that is not plain data
+(a generator, an object) can be called or passed back to it but never compared. The sandbox's guarantees
+and their tests: docs/rewards.md.
 """
 from __future__ import annotations
 

@@ -7,12 +7,12 @@ program's source travels in its arguments). Every program starts from the same s
 - Nothing of the harness reaches a program: the child execs a new interpreter, so no memory, module, frame or
   exit status of the harness or of an earlier program survives into it; it keeps only its own pipes (the
   harness's control socket and every other descriptor are closed) and the harness's fixed environment.
-- Each child unshares a new user, mount and IPC namespace and mounts its own /sandbox: a new tmpfs of
-  SANDBOX_BYTES and SANDBOX_INODES, so the folder's mode, owner, times, xattrs, free-space and inode
-  counters are those of a new folder, and everything in it dies with the child's mount namespace (there is
-  nothing to wipe, so no program can make a wipe fail). IPC objects and keyrings live in its namespaces.
-- It then drops every capability and installs seccomp.py's filter (no sockets, so no abstract Unix socket
-  in the network namespace the programs share; no new namespaces; no memfd or System V memory).
+- Before each program the harness mounts a new tmpfs of SANDBOX_BYTES and SANDBOX_INODES on /sandbox (the
+  last one is detached and freed; the harness keeps CAP_SYS_ADMIN in its own user namespace for this alone),
+  so the folder's mode, owner, times, xattrs, free-space and inode counters are those of a new folder: there
+  is nothing to wipe, so no program can make a wipe fail. Each child unshares a new IPC namespace.
+- The child then drops every capability and installs seccomp.py's filter (no sockets, so no abstract Unix
+  socket in the network namespace the programs share; no new namespaces; no memfd or System V memory).
 - A program cannot reach the harness: the harness is PID 1 of the sandbox's PID namespace, so the kernel
   drops every signal (SIGKILL included) sent to it from inside, as all its signals are left at their default;
   it is not dumpable, so programs cannot ptrace it or read its memory through /proc; and programs cannot
@@ -22,7 +22,7 @@ programs before it; no program can change that count) and host-wide figures (tim
 A child that cannot set itself up (a namespace, the mount, the filter or the exec failing) reports why on a
 pipe that the exec closes; the caller sees it as `setup_error`, a failure of the sandbox, not of the program.
 Every program gets `sys.argv` as `python -c` would set it, its stdin and stdout on /dev/null unless the caller
-passes files, and the limits of sandbox._LIMITS, set by its first lines; its exit code is reported as Popen's
+passes files, and the limits sandbox.sandboxed asks for, set before its interpreter starts; its exit code is reported as Popen's
 returncode (negative: killed by that signal).
 """
 from __future__ import annotations
@@ -46,18 +46,27 @@ BOOT = ("import sys as _s, binascii as _b\n_n = int(_s.argv[1])\n"
 
 # Trusted code, run as PID 1 inside bubblewrap as `python -I -S -B -c HARNESS control_fd setup_json`.
 HARNESS = r'''
-import ctypes, fcntl, json, os, select, signal, socket, sys
+import ctypes, fcntl, json, os, resource, select, signal, socket, sys
 control = socket.socket(fileno=int(sys.argv[1]))
 SETUP = json.loads(sys.argv[2])  # python, boot, tmpfs (mount options), filter (hex)
 FILTER, TMPFS = bytes.fromhex(SETUP["filter"]), SETUP["tmpfs"].encode()
 libc = ctypes.CDLL(None, use_errno=True)
 libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
 signal.signal(signal.SIGINT, signal.SIG_DFL)  # PID 1 ignores default-handled signals sent from inside
+mounted = False
+
+def fresh_sandbox():
+    """A new tmpfs on /sandbox for the next program (the last one's is detached and freed): "" or why not."""
+    global mounted
+    if mounted and libc.umount2(b"/sandbox", 2) != 0:  # MNT_DETACH
+        return f"unmounting the last /sandbox failed: {os.strerror(ctypes.get_errno())}"
+    mounted = libc.mount(b"tmpfs", b"/sandbox", b"tmpfs", 0x2 | 0x4 | 0x8, TMPFS) == 0  # NOSUID | NODEV | NOEXEC
+    return "" if mounted else f"mounting /sandbox failed: {os.strerror(ctypes.get_errno())}"
 ''' + INSTALL + r'''
 class CapHeader(ctypes.Structure):
     _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
-def child(argv, fds, targets, report):
+def child(argv, fds, targets, limits, report):
     def fail(step, errno=None):
         os.write(report, f"{step} failed: {os.strerror(errno or ctypes.get_errno())}".encode())
         os._exit(126)
@@ -74,27 +83,19 @@ def child(argv, fds, targets, report):
     for low, up in zip(keep, keep[1:] + [1 << 20]):
         if up > low + 1:  # closerange(n, n) would close every descriptor
             os.closerange(low + 1, up)
-    uid, gid = os.getuid(), os.getgid()
-    libc.prctl(4, 1, 0, 0, 0)  # dumpable, as the exec would make it anyway: else /proc/self/uid_map is not ours
-    if libc.unshare(0x10000000 | 0x00020000 | 0x08000000) != 0:  # CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWIPC
+    if libc.unshare(0x08000000) != 0:  # CLONE_NEWIPC: System V and POSIX IPC objects die with the program
         fail("unshare")
-    try:  # the same ids inside: files on the new tmpfs need an owner mapped in its user namespace
-        for name, text in (("uid_map", f"{uid} {uid} 1"), ("setgroups", "deny"), ("gid_map", f"{gid} {gid} 1")):
-            with open(f"/proc/self/{name}", "w") as f:
-                f.write(text)
-    except OSError as e:
-        fail("id map", e.errno)
-    if libc.mount(b"tmpfs", b"/sandbox", b"tmpfs", 0x2 | 0x4 | 0x8, TMPFS) != 0:  # MS_NOSUID | MS_NODEV | MS_NOEXEC
-        fail("mount")
     os.chdir("/sandbox")
     if libc.capset(ctypes.byref(CapHeader(0x20080522, 0)), (ctypes.c_uint32 * 6)()) != 0:
         fail("capset")
     if not install_filter(libc, FILTER):
         fail("seccomp")
     try:
+        for which, soft, hard in limits:
+            resource.setrlimit(which, (soft, hard))
         os.execve(argv[0], argv, os.environ)
-    except OSError as e:
-        fail("exec", e.errno)
+    except (OSError, ValueError) as e:
+        fail("limits or exec", getattr(e, "errno", None) or 22)
 
 while True:
     message, fds, _, _ = socket.recv_fds(control, 1 << 16, 64)
@@ -104,13 +105,19 @@ while True:
         continue
     header = json.loads(message)
     chunks = [control.recv(1 << 17) for _ in range(header["chunks"])]
+    error = fresh_sandbox()
+    if error:
+        for fd in fds:
+            os.close(fd)
+        control.send(json.dumps([126, error]).encode())
+        continue
     report, report_end = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid == 0:
         control.close()
         os.close(report)
         child([SETUP["python"], "-I", "-S", "-B", "-c", SETUP["boot"], str(len(chunks)), *chunks, *header["args"]],
-              fds, header["targets"], report_end)
+              fds, header["targets"], header["limits"], report_end)
     for fd in fds + [report_end]:
         os.close(fd)
     del chunks
@@ -151,11 +158,13 @@ class Harness:
             self._pid = next(iter(_children(self.proc.pid)), None)
         return self._pid
 
-    def start(self, source: str, args: list[str], fds: list[int], targets: list[int]) -> "Program":
+    def start(self, source: str, args: list[str], fds: list[int], targets: list[int], limits: list) -> "Program":
+        """Run `source` with `args` in a fresh child, `fds` as its descriptors `targets`, under `limits`
+        ((resource, soft, hard) for setrlimit, set before the interpreter starts)."""
         data = base64.b64encode(source.encode())
         chunks = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)]
         try:
-            socket.send_fds(self.control, [json.dumps({"args": args, "targets": targets, "chunks": len(chunks)}).encode()], fds)
+            socket.send_fds(self.control, [json.dumps({"args": args, "targets": targets, "limits": limits, "chunks": len(chunks)}).encode()], fds)
             for chunk in chunks:
                 self.control.send(chunk)
         except OSError:

@@ -3,8 +3,8 @@
 The sandbox is bubblewrap (`bwrap`, Debian's `bubblewrap` package) when it works here (`sandbox_kind()` says
 "bubblewrap"). A process starts it once: it runs a trusted harness (harness.py) that starts a fresh
 interpreter per program, so a program costs a fork and an interpreter start, not a bubblewrap start. The
-program runs in new PID, network, UTS and cgroup namespaces, and a user, mount and IPC namespace of its own,
-as `nobody`, with no capabilities, and sees:
+program runs in new PID, network, UTS, cgroup, user and mount namespaces, an IPC namespace of its own, as
+`nobody`, with no capabilities, and sees:
 - a read-only root holding only /usr (the system Python's standard library; no site-packages) and the
   /dev/null, zero, random and urandom devices: no host /tmp, /dev/shm, /run, /home, /root, project or
   data files, so no Unix sockets of the host;
@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import pwd
+import resource
 import shutil
 import signal
 import subprocess
@@ -51,15 +52,8 @@ _DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
 SANDBOX_PYTHON = "/usr/bin/python3"  # the system interpreter: its standard library is under /usr
 _HARNESSES = Pool()
 
-# Runs first in the child: the limits, and (fallback only) the network namespace and the user drop.
-_LIMITS = """
-import resource as _r
-_r.setrlimit(_r.RLIMIT_CPU, (%(cpu)d, %(cpu)d + 1))  # SIGXCPU first, SIGKILL a second later
-for _w, _v in ((_r.RLIMIT_AS, %(memory)d), (_r.RLIMIT_CORE, 0), (_r.RLIMIT_FSIZE, %(fsize)d), (_r.RLIMIT_NPROC, 1),
-               (_r.RLIMIT_NOFILE, %(files)d)):
-    _r.setrlimit(_w, (_v, _v))
-del _r, _w, _v
-"""
+# The fallback's program runs these first (the harness sets the same limits in the child before its exec).
+_LIMITS = "import resource as _r\nfor _w, _s, _h in %r:\n    _r.setrlimit(_w, (_s, _h))\ndel _r, _w, _s, _h\n"
 _FALLBACK_ISOLATION = INSTALL + """
 import ctypes as _c, os as _os
 _libc = _c.CDLL(None, use_errno=True)
@@ -80,7 +74,8 @@ def _nobody() -> int:
 
 
 def _bwrap_argv() -> list[str]:
-    argv = ["bwrap", "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv",
+    argv = ["bwrap", "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--cap-add", "CAP_SYS_ADMIN", "--clearenv",  # the harness's, to mount each program's /sandbox; children drop it
             "--ro-bind", "/usr", "/usr"]
     for top in ("/lib", "/lib64", "/bin"):
         if os.path.islink(top):
@@ -91,7 +86,7 @@ def _bwrap_argv() -> list[str]:
         argv += ["--dev-bind", device, device]
     for key, value in {**_CLEAN_ENV, "HOME": "/sandbox", "TMPDIR": "/sandbox"}.items():
         argv += ["--setenv", key, value]
-    return argv + ["--proc", "/proc", "--dir", "/sandbox", "--remount-ro", "/", "--chdir", "/sandbox", SANDBOX_PYTHON]
+    return argv + ["--proc", "/proc", "--dir", "/sandbox", "--remount-ro", "/", "--chdir", "/", SANDBOX_PYTHON]
 
 
 def _harness_setup() -> dict:
@@ -161,21 +156,28 @@ def sandboxed(source: str, args: list[str], *, cpu_s: float, memory_mb: int, pas
               stdout=None):
     """A Popen-like handle (wait, kill, returncode) of `python -c source args` in the sandbox: under
     bubblewrap a child of this process's harness (harness.py), else a Popen; killed and cleaned on exit."""
-    limits = _LIMITS % {"cpu": math.ceil(cpu_s), "memory": memory_mb << 20, "fsize": FILE_SIZE_LIMIT, "files": OPEN_FILES}
-    run = _in_harness if sandbox_kind() == "bubblewrap" else _in_fallback
-    with run(limits + source, args, pass_fds, stderr, stdout) as proc:
-        yield proc
+    cpu = math.ceil(cpu_s)
+    limits = [(resource.RLIMIT_CPU, cpu, cpu + 1)]  # SIGXCPU first, SIGKILL a second later
+    for which, value in ((resource.RLIMIT_AS, memory_mb << 20), (resource.RLIMIT_CORE, 0),
+                         (resource.RLIMIT_FSIZE, FILE_SIZE_LIMIT), (resource.RLIMIT_NPROC, 1), (resource.RLIMIT_NOFILE, OPEN_FILES)):
+        limits.append((which, value, value))
+    if sandbox_kind() == "bubblewrap":
+        with _in_harness(source, args, pass_fds, stderr, stdout, limits) as proc:
+            yield proc
+    else:
+        with _in_fallback(_LIMITS % (limits,) + source, args, pass_fds, stderr, stdout) as proc:
+            yield proc
 
 
 @contextlib.contextmanager
-def _in_harness(source: str, args: list[str], pass_fds: tuple, stderr, stdout=None):
+def _in_harness(source: str, args: list[str], pass_fds: tuple, stderr, stdout=None, limits: list = ()):
     argv, user = _bwrap_launch()
     harness = _HARNESSES.take(argv, _CLEAN_ENV, user, _harness_setup())
     fds, targets = list(pass_fds), list(pass_fds)
     for stream, target in ((stderr, 2), (stdout, 1)):
         if stream is not None:
             fds, targets = [stream.fileno(), *fds], [target, *targets]
-    proc = harness.start(source, args, fds, targets)
+    proc = harness.start(source, args, fds, targets, list(limits))
     try:
         yield proc
     finally:

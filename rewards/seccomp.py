@@ -15,6 +15,7 @@ machines there is none (FILTER is empty) and the sandbox relies on its limits an
 """
 from __future__ import annotations
 
+import functools
 import platform
 import struct
 
@@ -52,6 +53,7 @@ def _program(arch: int, column: int) -> list[tuple[int, int, int, int]]:
     return program
 
 
+@functools.lru_cache(maxsize=None)
 def filter_bytes(machine: str | None = None) -> bytes:
     """The filter as struct sock_filter[] bytes for this machine (b"" where it has none)."""
     machine = machine or platform.machine()

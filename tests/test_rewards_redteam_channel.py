@@ -9,7 +9,6 @@
 - Labels say whose fault a 0 is: a MemoryError the program raises is its own; tests that never call the
   program make the row bad data, not a failed program.
 Every hostile case has an honest control beside it."""
-import os
 import time
 
 import pytest
