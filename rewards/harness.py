@@ -1,33 +1,36 @@
-"""A pre-started bubblewrap sandbox: a trusted harness, started once per process, starts a fresh interpreter per program.
+"""A pre-started bubblewrap sandbox: a trusted harness, started once per process, runs each program in a fresh interpreter.
 
 Starting bubblewrap for every program cost ~1.65x a bare `python3 -I -S` start (issue 12 asks <= 1.5x). So each
 process starts one bubblewrap sandbox (sandbox.py's namespaces, mounts and user) running HARNESS below as its
-PID 1, and each program runs in a child the harness forks, which executes a fresh `python3 -I -S -B` (the
-program's source travels in its arguments). Every program starts from the same state as the first (issue 25):
-- Nothing of the harness reaches a program: the child execs a new interpreter, so no memory, module, frame or
-  exit status of the harness or of an earlier program survives into it; it keeps only its own pipes (the
-  harness's control socket and every other descriptor are closed) and the harness's fixed environment.
-- Before each program the harness mounts a new tmpfs of SANDBOX_BYTES and SANDBOX_INODES on /sandbox (the
-  last one is detached and freed; the harness keeps CAP_SYS_ADMIN in its own user namespace for this alone),
-  so the folder's mode, owner, times, xattrs, free-space and inode counters are those of a new folder: there
-  is nothing to wipe, so no program can make a wipe fail. Each child unshares a new IPC namespace.
-- The child then drops every capability and installs seccomp.py's filter (no sockets, so no abstract Unix
-  socket in the network namespace the programs share; no new namespaces; no memfd or System V memory).
+PID 1. After each program has ended (and before the first), the harness prepares the next one's: a new tmpfs
+on /sandbox and a forked child that execs a fresh `python3 -I -S -B` running BOOT, which waits for its
+program. So a program costs what an interpreter start costs, and that start overlaps the caller's work
+between programs. Every program starts from the same state as the first (issue 25):
+- Nothing of the harness or of an earlier program reaches it: its interpreter is a new exec, started after
+  the program before it was reaped (no memory, module, frame or exit status survives); it keeps only its own
+  pipes (the control socket and every other descriptor of the harness are closed) and a fixed environment.
+  BOOT dates /sandbox at the program's start, so the folder's times are the program's own.
+- /sandbox is a new tmpfs of SANDBOX_BYTES and SANDBOX_INODES per program (the last one is detached and
+  freed; the harness keeps CAP_SYS_ADMIN in its own user namespace for this alone), so its mode, owner,
+  times, xattrs, free-space and inode counters are a new folder's, and there is nothing to wipe that a
+  program could make fail. Each child unshares a new IPC namespace.
+- The child drops every capability and installs seccomp.py's filter before its exec (no sockets, so no
+  abstract Unix socket in the network namespace the programs share; no new namespaces; no memfd or System V
+  memory). BOOT sets the caller's rlimits before the program's first line.
 - A program cannot reach the harness: the harness is PID 1 of the sandbox's PID namespace, so the kernel
   drops every signal (SIGKILL included) sent to it from inside, as all its signals are left at their default;
   it is not dumpable, so programs cannot ptrace it or read its memory through /proc; and programs cannot
-  fork (RLIMIT_NPROC=1), so no process outlives the child the harness kills.
-What a program can still see differ: its PID (the harness forks one child per program, so the PID counts the
-programs before it; no program can change that count) and host-wide figures (time, load, free memory).
-A child that cannot set itself up (a namespace, the mount, the filter or the exec failing) reports why on a
-pipe that the exec closes; the caller sees it as `setup_error`, a failure of the sandbox, not of the program.
+  fork (RLIMIT_NPROC=1), so no process outlives the child the harness kills. No two programs run at once.
+What a program can still see differ: its PID (one child per program, so it counts the programs before it; no
+program can change that count), its interpreter's start time (when the program before it ended), and
+host-wide figures (time, load, free memory).
+A child that cannot set itself up (the mount, the namespace, the filter or the exec failing) reports why on
+a pipe that the exec closes; the caller sees it as `setup_error`, a failure of the sandbox, not the program.
 Every program gets `sys.argv` as `python -c` would set it, its stdin and stdout on /dev/null unless the caller
-passes files, and the limits sandbox.sandboxed asks for, set before its interpreter starts; its exit code is reported as Popen's
-returncode (negative: killed by that signal).
+passes files; its exit code is reported as Popen's returncode (negative: killed by that signal).
 """
 from __future__ import annotations
 
-import base64
 import json
 import os
 import select
@@ -38,22 +41,54 @@ import threading
 from posttrain.rewards.guard import STOP_HOOKS
 from posttrain.rewards.seccomp import INSTALL
 
-CHUNK = 1 << 16  # base64 source characters per control message and per argument of the program's interpreter
-# Run by the program's interpreter first: the source from its arguments (base64, in pieces), then sys.argv as -c sets it.
-BOOT = ("import sys as _s, binascii as _b\n_n = int(_s.argv[1])\n"
-        "_c = compile(_b.a2b_base64(''.join(_s.argv[2:2 + _n])).decode(), '<string>', 'exec')\n"
-        "_s.argv[:] = ['-c', *_s.argv[2 + _n:]]\ndel _s, _b, _n\nexec(globals().pop('_c'))\n")
+CHUNK = 1 << 16  # source bytes per control message (a SOCK_SEQPACKET message must fit the socket buffer)
+# Run first by each prepared interpreter (trusted until the program's code runs): waits on fd 3 for its program
+# (a length, then marshal of (args, targets, limits, source) with the descriptors alongside), puts the descriptors
+# in place, sets the limits, dates /sandbox now, and runs the source as `python -c` would.
+BOOT = """
+import _socket as _k, fcntl as _f, marshal as _m, os as _o, resource as _r, sys as _s
+def _take():
+    sock = _k.socket(fileno=3)
+    head, ancillary, _, _ = sock.recvmsg(8, _k.CMSG_SPACE(64 * 4))
+    while 0 < len(head) < 8:
+        head += sock.recv(8 - len(head))
+    if len(head) < 8:
+        _o._exit(0)  # the harness is gone
+    fds = [fd for _, _, data in ancillary for fd in memoryview(data[:len(data) // 4 * 4]).cast('i').tolist()]
+    size, payload = int.from_bytes(head, 'little'), b''
+    while len(payload) < size:
+        more = sock.recv(size - len(payload))
+        if not more:
+            _o._exit(0)
+        payload += more
+    sock.close()
+    args, targets, limits, source = _m.loads(payload)
+    high = [_f.fcntl(fd, _f.F_DUPFD, 100) for fd in fds]
+    for fd in fds:
+        _o.close(fd)
+    for fd, target in zip(high, targets):
+        _o.dup2(fd, target)
+        _o.close(fd)
+    for which, soft, hard in limits:
+        _r.setrlimit(which, (soft, hard))
+    _o.utime('/sandbox')
+    _s.argv[:] = ['-c', *args]
+    return compile(source, '<string>', 'exec')
+_c = _take()
+del _k, _f, _m, _o, _r, _s, _take
+exec(globals().pop('_c'))
+"""
 
 # Trusted code, run as PID 1 inside bubblewrap as `python -I -S -B -c HARNESS control_fd setup_json`.
 HARNESS = r'''
-import ctypes, fcntl, json, os, resource, select, signal, socket, sys
+import ctypes, fcntl, json, marshal, os, select, signal, socket, sys
 control = socket.socket(fileno=int(sys.argv[1]))
 SETUP = json.loads(sys.argv[2])  # python, boot, tmpfs (mount options), filter (hex)
 FILTER, TMPFS = bytes.fromhex(SETUP["filter"]), SETUP["tmpfs"].encode()
 libc = ctypes.CDLL(None, use_errno=True)
 libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE 0
 signal.signal(signal.SIGINT, signal.SIG_DFL)  # PID 1 ignores default-handled signals sent from inside
-mounted = False
+mounted, spare = False, None
 
 def fresh_sandbox():
     """A new tmpfs on /sandbox for the next program (the last one's is detached and freed): "" or why not."""
@@ -66,23 +101,20 @@ def fresh_sandbox():
 class CapHeader(ctypes.Structure):
     _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
-def child(argv, fds, targets, limits, report):
+def child(sock, report):
+    """The prepared interpreter: its descriptors, an IPC namespace, no capabilities, the filter, then exec."""
     def fail(step, errno=None):
         os.write(report, f"{step} failed: {os.strerror(errno or ctypes.get_errno())}".encode())
         os._exit(126)
     null = os.open(os.devnull, os.O_RDWR)
-    targets = targets + [max(targets + [null, 2]) + 1]  # the report pipe, kept close-on-exec
-    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, targets[-1] + 1) for fd in fds + [report]]
+    sock, report = fcntl.fcntl(sock, fcntl.F_DUPFD, 10), fcntl.fcntl(report, fcntl.F_DUPFD, 10)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
-    for fd, target in zip(high, targets):
-        os.dup2(fd, target)
-    report = targets[-1]
-    fcntl.fcntl(report, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
-    keep = sorted({0, 1, 2, *targets})
-    for low, up in zip(keep, keep[1:] + [1 << 20]):
-        if up > low + 1:  # closerange(n, n) would close every descriptor
-            os.closerange(low + 1, up)
+    os.dup2(sock, 3)
+    os.dup2(report, 4)
+    fcntl.fcntl(4, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+    report = 4
+    os.closerange(5, 1 << 20)
     if libc.unshare(0x08000000) != 0:  # CLONE_NEWIPC: System V and POSIX IPC objects die with the program
         fail("unshare")
     os.chdir("/sandbox")
@@ -91,11 +123,26 @@ def child(argv, fds, targets, limits, report):
     if not install_filter(libc, FILTER):
         fail("seccomp")
     try:
-        for which, soft, hard in limits:
-            resource.setrlimit(which, (soft, hard))
-        os.execve(argv[0], argv, os.environ)
-    except (OSError, ValueError) as e:
-        fail("limits or exec", getattr(e, "errno", None) or 22)
+        os.execve(SETUP["python"], [SETUP["python"], "-I", "-S", "-B", "-c", SETUP["boot"]], os.environ)
+    except OSError as e:
+        fail("exec", e.errno)
+
+def prepare():
+    """A fresh /sandbox and a fresh interpreter waiting for the next program: (pid, socket, report) or an error."""
+    error = fresh_sandbox()
+    if error:
+        return error
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    report, report_end = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        control.close()
+        ours.close()
+        os.close(report)
+        child(theirs.fileno(), report_end)
+    theirs.close()
+    os.close(report_end)
+    return pid, ours, report
 
 while True:
     message, fds, _, _ = socket.recv_fds(control, 1 << 16, 64)
@@ -104,31 +151,36 @@ while True:
     if message == b"kill":  # arrived after its program had ended
         continue
     header = json.loads(message)
-    chunks = [control.recv(1 << 17) for _ in range(header["chunks"])]
-    error = fresh_sandbox()
-    if error:
+    source = b"".join(control.recv(1 << 17) for _ in range(header["chunks"]))
+    if spare is None:
+        spare = prepare()
+    if isinstance(spare, str):  # no /sandbox or no fork: nothing ran
         for fd in fds:
             os.close(fd)
-        control.send(json.dumps([126, error]).encode())
+        control.send(json.dumps([126, spare]).encode())
+        spare = None
         continue
-    report, report_end = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        control.close()
-        os.close(report)
-        child([SETUP["python"], "-I", "-S", "-B", "-c", SETUP["boot"], str(len(chunks)), *chunks, *header["args"]],
-              fds, header["targets"], header["limits"], report_end)
-    for fd in fds + [report_end]:
+    (pid, sock, report), spare = spare, None
+    payload = marshal.dumps((header["args"], header["targets"], header["limits"], source))
+    try:
+        socket.send_fds(sock, [len(payload).to_bytes(8, "little")], fds)
+        sock.sendall(payload)
+        sent = True
+    except OSError:
+        sent = False  # it died before its program came: its report says why, if it knows
+    sock.close()
+    for fd in fds:
         os.close(fd)
-    del chunks
+    del source, payload
     pidfd = os.pidfd_open(pid)
     if control in select.select([control, pidfd], [], [])[0]:  # "kill", or the caller is gone
         os.kill(pid, signal.SIGKILL)
     status = os.waitpid(pid, 0)[1]
     os.close(pidfd)
-    error = os.read(report, 4096).decode(errors="replace")
+    error = os.read(report, 4096).decode(errors="replace") or ("" if sent else "the prepared interpreter died")
     os.close(report)
     control.send(json.dumps([os.waitstatus_to_exitcode(status), error]).encode())
+    spare = prepare()  # for the next program, now that this one is gone
 '''
 
 
@@ -159,9 +211,9 @@ class Harness:
         return self._pid
 
     def start(self, source: str, args: list[str], fds: list[int], targets: list[int], limits: list) -> "Program":
-        """Run `source` with `args` in a fresh child, `fds` as its descriptors `targets`, under `limits`
-        ((resource, soft, hard) for setrlimit, set before the interpreter starts)."""
-        data = base64.b64encode(source.encode())
+        """Run `source` with `args` in a fresh interpreter, `fds` as its descriptors `targets`, under `limits`
+        ((resource, soft, hard) for setrlimit, set before the program's first line)."""
+        data = source.encode()
         chunks = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)]
         try:
             socket.send_fds(self.control, [json.dumps({"args": args, "targets": targets, "limits": limits, "chunks": len(chunks)}).encode()], fds)
