@@ -72,9 +72,12 @@ class CallClock:
     def overrun(self, pid: int, cpu_limit_s: float, stall_limit_s: float) -> tuple[str | None, float]:
         """In the parent: (why to stop the running call or None, seconds until it could next be overdue)."""
         index, start, busy, cpu, extra = self.values[:]
-        stat = schedstat(pid)
         if index < 0 or int(self.values[_INDEX]) != index:
             return None, 0.05  # between calls: look again soon
+        elapsed = time.monotonic() - start
+        if elapsed < min(cpu_limit_s, stall_limit_s):  # neither can be past its limit yet: no need to look
+            return None, min(cpu_limit_s, stall_limit_s) - elapsed
+        stat = schedstat(pid)
         now_cpu, now_wait = stat or (cpu, 0.0)
         used = now_cpu - cpu
         stalled = time.monotonic() - start - (now_cpu + now_wait - busy) - extra

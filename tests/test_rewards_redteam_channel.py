@@ -137,7 +137,8 @@ def test_an_answer_costs_the_trusted_side_little(code, case):
 
 
 class _Counted(Verifier):
-    """Appends each text it checks to the row's file; "hang" then waits forever without using CPU."""
+    """Appends each text it checks to the row's file; "hang" then waits forever without using CPU, "c_loop" spins
+    in one C call that no signal handler interrupts."""
     name = "test_redteam_counted"
 
     def check(self, text, row):
@@ -145,6 +146,8 @@ class _Counted(Verifier):
             f.write(text + "\n")
         if text == "hang":
             time.sleep(600)
+        if text == "c_loop":
+            sum(range(10 ** 12))
         return Verdict(1.0, text)
 
 
@@ -154,13 +157,14 @@ register_verifier("test_redteam_counted", _Counted, time_limit_s=0.3)
 def test_a_row_that_broke_its_chunk_is_not_run_again(tmp_path):
     verifier, worker, log = get_verifier("test_redteam_counted"), Worker(), tmp_path / "log"
     try:
-        texts = ["a", "b", "hang", "c", "d"]
+        texts = ["a", "b", "hang", "c", "c_loop", "d"]
         outcomes = worker.run(verifier.verify_unguarded, [((t, {"log": str(log)}), 0.3) for t in texts])
     finally:
         worker.stop()
-    assert [o.status for o in outcomes] == ["ok", "ok", "timeout", "ok", "ok"]
+    assert [o.status for o in outcomes] == ["ok", "ok", "timeout", "ok", "timeout", "ok"]
+    assert "without using CPU" in outcomes[2].message and "no signal could interrupt" in outcomes[4].message
     ran = log.read_text().split()
-    assert ran.count("hang") == 1 and set(ran) == set(texts), ran
+    assert ran.count("hang") == 1 and ran.count("c_loop") == 1 and set(ran) == set(texts), ran
 
 
 # Class 8: labels and messages.
