@@ -151,8 +151,9 @@ def hashable_parts(value, out=None, depth=0) -> list:
 
 # The server, run in the sandbox as `python -c SERVER rfd wfd`. Everything in it is
 # untrusted once the solution runs (the solution can rewrite it); nothing here relies on it behaving.
-SERVER = f"import hashlib, json\nfrom collections import Counter\nMAX_SAME_HASH = {MAX_SAME_HASH}\n" + "".join(
-    inspect.getsource(f) for f in (_wire, encode, Crowded, _from_wire, _no_nan, decode, crowded_hashes)) + r'''
+# (The server takes the requests' sets and dicts as they come: they are the trusted tests' own values.)
+SERVER = "import json\ncrowded_hashes = lambda keys: False\n" + "".join(
+    inspect.getsource(f) for f in (_wire, encode, Crowded, _from_wire, _no_nan, decode)) + r'''
 import os, sys
 rfd, wfd = int(sys.argv[1]), int(sys.argv[2])
 requests, answers = os.fdopen(rfd, "r", encoding="utf-8"), os.fdopen(wfd, "w", encoding="utf-8")

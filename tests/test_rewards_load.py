@@ -142,9 +142,12 @@ def test_verdicts_depend_on_cpu_time_not_on_load(cores_saturated):
     """With the blocked-time backstop at 1x the CPU limit, any wall-clock backstop would cut off the honest
     program (it gets a fraction of a core); a program that blocks is still stopped, labelled, soon."""
     code = get_verifier("code", timeout_s=1, wall_factor=1)
-    honest = score_rows([_near_limit(0.7), "def f(n):\n    return n + 1\n"], [ROW, ROW], "code",
-                        options={"timeout_s": 1, "wall_factor": 1})
-    assert [(v.score, v.failure) for v in honest] == [(1.0, ""), (1.0, "")], honest
+    big = {**ROW, "test": "def check(candidate):\n    assert candidate(10 ** 6000) == 10 ** 6000 + 1\n"}
+    temp_files = ("import os, tempfile\ndef f(n):\n    d = tempfile.mkdtemp()\n    for i in range(500):\n"
+                  "        open(os.path.join(d, str(i)), 'w').write(str(n))\n    return int(open(os.path.join(d, '7')).read()) + 1\n")
+    programs = [_near_limit(0.7), "def f(n):\n    return n + 1\n", "def f(n):\n    return n + 1\n", temp_files]
+    honest = score_rows(programs, [ROW, ROW, big, ROW], "code", options={"timeout_s": 1, "wall_factor": 1})
+    assert [(v.score, v.failure) for v in honest] == [(1.0, "")] * 4, honest
     start = time.monotonic()
     blocked = code.verify_unguarded("import time\ndef f(n):\n    time.sleep(60)\n    return n + 1\n", ROW)
     assert (blocked.score, blocked.failure) == (0.0, "sandbox_limit") and "without using CPU" in blocked.reason
