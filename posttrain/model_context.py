@@ -1,8 +1,9 @@
 """Validation across stages: a stage's max_length against the context of the model it trains, where that
-is cheap to know (the built-in tiny model's architecture, or a local folder's config.json)."""
+is cheap to know (the built-in tiny model's architecture, a local folder's config.json, a GGUF file's header)."""
 import json
 from pathlib import Path
 
+from posttrain import packaged
 from posttrain.stage import is_ref, parse_ref
 from posttrain.stages.pretrain import BUILTIN
 
@@ -18,6 +19,9 @@ def model_context(model: str, specs: dict, seen: frozenset = frozenset()) -> tup
         upstream = getattr(spec.config, "model", None)
         return _builtin_context(stage, spec) or (
             model_context(upstream, specs, seen | {stage}) if isinstance(upstream, str) else None)
+    if packaged.is_packaged(model):
+        n = packaged.context_length(model)
+        return (n, f"the header of {model}'s GGUF file") if n else None
     config = Path(model) / "config.json"
     try:
         n = json.loads(config.read_text()).get("max_position_embeddings")

@@ -242,7 +242,7 @@ def run_python(source: str, *, timeout_s: float = 3.0, memory_mb: int = 1024, wa
                max_output: int = 4096) -> SandboxResult:
     """Run `source` as a program in the sandbox with `timeout_s` CPU seconds (wall backstop `wall_s`,
     default 3 x timeout_s + 2). Used to test the sandbox itself and by the policy's Python tool
-    (posttrain.tools); verdicts go through remote.Session."""
+    (posttrain.stages.rlvr.tools); verdicts go through remote.Session."""
     with tempfile.TemporaryFile() as stderr, tempfile.TemporaryFile() as stdout:
         with sandboxed(source, [], cpu_s=timeout_s, memory_mb=memory_mb, stderr=stderr, stdout=stdout) as proc:
             try:

@@ -76,7 +76,7 @@ def test_fsdp2_reaches_the_trainer_and_not_elsewhere(tmp_path):
 def test_async_config_takes_the_recipe_keys(tmp_path):
     from trl.experimental.async_grpo import AsyncGRPOConfig
 
-    from posttrain.async_rl import async_args, reward_terms
+    from posttrain.stages.rlvr.async_gen import async_args, reward_terms
 
     stage, found = STAGES["rlvr"](), []
     cfg = build(stage.Config, {"model": "m", "data": __file__, **ASYNC, "num_generations": 4, "temperature": 0.7,

@@ -242,7 +242,7 @@ def test_hyperparameters_are_each_stages_resolved_config(report_md):
         assert rows["steps"][stage] == str(config[stage]["train"]["max_steps"])
         assert rows["batch per device"][stage] == str(config[stage]["train"]["per_device_train_batch_size"])
     assert rows["loss"]["dpo"] == ", ".join(config["dpo"]["loss_type"]) and rows["loss"]["rlvr"] == config["rlvr"]["loss_type"]
-    assert rows["β (DPO) / KL β (RLVR)"]["dpo"] == f"{config['dpo']['beta']:g}"
+    assert rows["β (DPO) / KL β (RLVR) / JSD β (distill)"]["dpo"] == f"{config['dpo']['beta']:g}"
     assert rows["generations per prompt"]["rlvr"] == str(config["rlvr"]["num_generations"])
     assert rows["samples per prompt"]["pairs (generate)"] == "4" and rows["selection method"]["select"] == "grape"
     assert rows["reward terms"]["rlvr"] == "1×verifier" and rows["learning rate"]["pairs (generate)"] == "–"
@@ -347,7 +347,7 @@ def test_reward_panel_names_identical_lines_and_terms_not_verifiers():
 
 
 def test_routed_rlvr_term_logs_each_verifiers_reward():
-    from posttrain.stages.rlvr import RLVRConfig, reward_functions
+    from posttrain.stages.rlvr.stage import RLVRConfig, reward_functions
 
     logged: dict[str, float] = {}
     funcs, _ = reward_functions(RLVRConfig(model="m", data="d"), stop_ids=[])

@@ -7,7 +7,7 @@ What TRL 1.16's async GRPO needs, and so what validation asks for:
 - CUDA and the `kernels` package: it packs rollouts with a FlashAttention-3 kernel fetched from the Hub;
 - its own loss: clipped, token-level (posttrain's `dapo`), no KL term (`beta: 0`), one pass per rollout
   (`num_iterations: 1`), group-normalised advantages (`scale_rewards: group`); no steps_per_generation.
-- reward functions that pickle (they run in a spawned worker): posttrain.reward_terms.VerifiedTerm objects.
+- reward functions that pickle (they run in a spawned worker): reward_terms.VerifiedTerm objects.
 Resume is not exact under it: rollouts in flight at a checkpoint are lost (TRL sets ignore_data_skip).
 """
 from __future__ import annotations
@@ -66,7 +66,7 @@ def check_async(cfg) -> list[tuple[str, str]]:
 
 def reward_terms(cfg, route_by_row: str) -> list:
     """The verifier terms, each carrying its own weight: the async trainer sums them (no reward_weights)."""
-    from posttrain.reward_terms import VerifiedTerm
+    from posttrain.stages.rlvr.reward_terms import VerifiedTerm
 
     return [VerifiedTerm(t.name, None if t.name == route_by_row else t.name, cfg.verified_reward, t.options,
                          cfg.reward_timeout_s, cfg.max_reward_failure_fraction, weight=t.weight) for t in cfg.rewards]
