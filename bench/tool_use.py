@@ -56,7 +56,7 @@ def heldout_score(model_dir: Path, rows: list[dict], tools: bool, max_new: int =
 
     from posttrain import hf
     from posttrain.rewards import score_rows
-    from posttrain.tools import PythonTool, run_code
+    from posttrain.stages.rlvr.tools import PythonTool, run_code
     from posttrain.worlds.toolworld import TOOLS_SCHEMA
 
     model, tok = hf.load_for_inference(str(model_dir), dtype="float32", padding_side="left")

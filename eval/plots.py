@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from posttrain.stages.rlvr import ROUTE_BY_ROW  # noqa: E402
+from posttrain.stages.rlvr.stage import ROUTE_BY_ROW  # noqa: E402
 
 # Panels a training stage may have: (title, y label, matcher over logged keys). A stage gets the
 # panels for which it logged something.
@@ -35,6 +35,9 @@ PANELS = [
 ]
 # Panels of shares: their axis starts at 0 (an all-zero line must not sit on an axis of negative shares).
 SHARES = {"verifier failures", "groups with no signal", "clipped tokens"}
+# What a panel shows in a stage of a given kind, where the logged key alone does not say it: a distill stage's loss
+# is the teacher-student divergence on the student's own samples (stages/distill.py).
+PANEL_MEANING = {("distill", "loss"): ("loss: teacher–student divergence", "generalised JSD per token")}
 DPI = 110
 WIDTH_IN, PANEL_HEIGHT_IN, COLUMNS = 10.8, 2.9, 3  # every curves figure is as wide as the page's text
 
@@ -52,10 +55,12 @@ def failure_totals(rows: list[dict]) -> list[dict]:
     return out
 
 
-def curve_panels(rows: list[dict]) -> list[tuple[str, str, list[str]]]:
-    """(title, y label, logged keys) of each panel in PANELS that the rows have a number for."""
+def curve_panels(rows: list[dict], kind: str | None = None) -> list[tuple[str, str, list[str]]]:
+    """(title, y label, logged keys) of each panel in PANELS that the rows have a number for; `kind`, the stage's
+    kind, names what a panel means there (PANEL_MEANING)."""
     keys = sorted({k for r in rows for k, v in r.items() if isinstance(v, (int, float))}, key=lambda k: (k != "reward", k))
-    panels = [(title, ylabel, [k for k in keys if rx.match(k)]) for title, ylabel, rx in PANELS]
+    panels = [(*PANEL_MEANING.get((kind, title), (title, ylabel)), [k for k in keys if rx.match(k)])
+              for title, ylabel, rx in PANELS]
     return [p for p in panels if p[2]]
 
 
@@ -81,10 +86,10 @@ def drawn_series(title: str, rows: list[dict], keys: list[str]) -> list[tuple[st
     return series
 
 
-def training_curves(stage: str, rows: list[dict], out: Path) -> Path | None:
+def training_curves(stage: str, rows: list[dict], out: Path, kind: str | None = None) -> Path | None:
     """One figure for a stage, the page's width: panels in rows of up to three, a line per matching key."""
     rows = failure_totals([r for r in rows if "step" in r])
-    panels = curve_panels(rows)
+    panels = curve_panels(rows, kind)
     if not panels:
         return None
     columns = min(len(panels), COLUMNS)

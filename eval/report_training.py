@@ -71,7 +71,7 @@ HYPERPARAMETERS = [
     ("optimizer", "train.optim"), ("weight decay", "train.weight_decay"), ("max grad norm", "train.max_grad_norm"),
     ("precision", _precision), ("max length (tokens)", "max_length"), ("packing", "packing"), ("LoRA", _lora),
     ("loss only on assistant turns", "assistant_only_loss"),
-    ("loss", "loss_type"), ("loss weights", "loss_weights"), ("β (DPO) / KL β (RLVR)", "beta"),
+    ("loss", "loss_type"), ("loss weights", "loss_weights"), ("β (DPO) / KL β (RLVR) / JSD β (distill)", "beta"),
     ("label smoothing", "label_smoothing"),
     ("samples per prompt", "num_samples"), ("generations per prompt", "num_generations"),
     ("temperature", "temperature"), ("top-p", "top_p"), ("max new tokens", "max_new_tokens"),
@@ -126,8 +126,9 @@ def curves_section(stages: list, plots_dir: Path) -> list[Block]:
         path = stage.dir / "metrics.jsonl"
         if stage.manifest.get("kind") == "eval" or not path.exists():
             continue
-        png = plots.training_curves(f"{stage.name} ({stage.manifest.get('kind')})",
-                                    read_rows(path, on_bad_rows="skip"), plots_dir / f"curves_{stage.name}.png")
+        kind = stage.manifest.get("kind")
+        png = plots.training_curves(f"{stage.name} ({kind})", read_rows(path, on_bad_rows="skip"),
+                                    plots_dir / f"curves_{stage.name}.png", kind)
         if png:
             figures.append(Figure(png, f"Training curves of stage '{stage.name}' from its metrics.jsonl"))
     return [Heading("Training curves")] + (figures or [Para("No stage logged training metrics.")])

@@ -241,11 +241,16 @@ def stage_reference(kinds: list[str] | None = None) -> str:
     from posttrain.stage import STAGES
 
     parts = [] if kinds else ["# Stage reference\n\nEvery stage kind, its outputs and its recipe keys, generated from the "
-                              "code: `posttrain keys > docs/stages.md` (a test fails when this file is stale).\n"]
+                              "code: `posttrain keys > docs/stages.md` (a test fails when this file is stale). A kind's code "
+                              "is one file, `stages/<kind>.py`, or a folder, `stages/<kind>/`, when it has parts no other "
+                              "kind uses.\n"]
     for kind in kinds or sorted(STAGES):
         stage = STAGES[kind]
         outs = ", ".join(f"`{o}` ({t.__name__.lower()})" for o, t in stage.outputs.items())
-        parts.append(f"### `{kind}`: {stage.description}\n\nOutputs: {outs}\n\n| key | type | default | meaning |\n|---|---|---|---|")
+        room = stage.__module__.removeprefix("posttrain.stages.").split(".")  # sft, or rlvr.stage for a package
+        code = f"stages/{room[0]}/" if len(room) > 1 else f"stages/{room[0]}.py"
+        parts.append(f"### `{kind}`: {stage.description}\n\nOutputs: {outs}. Code: `{code}`\n\n"
+                     "| key | type | default | meaning |\n|---|---|---|---|")
         parts += [f"| `{k}` | {t.replace(' | ', ' or ')} | {d} | {h} |" for k, t, d, h in describe(stage.Config)]
         parts.append("")
     return "\n".join(parts)

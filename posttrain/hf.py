@@ -182,9 +182,18 @@ def bnb_config(quantize: str, compute_dtype):
 
 
 def end_of_turn_ids(tokenizer) -> list[int]:
-    """Token ids that end an assistant turn: eos, plus the template's own end marker if distinct."""
+    """Token ids that end an assistant turn: eos, the token the chat template closes an assistant turn with
+    (Gemma's <end_of_turn>, Phi-3's <|end|>, ...) and the usual end markers in the vocabulary, each once."""
+    from posttrain.chat_templates import end_of_turn
+
+    markers = ["<|im_end|>", "<|eot_id|>", "<|end|>"]
+    if isinstance(tokenizer.chat_template, str):
+        try:
+            markers.insert(0, end_of_turn(tokenizer))
+        except Exception:  # noqa: BLE001 - a template that cannot render a turn adds nothing
+            pass
     ids = [tokenizer.eos_token_id]
-    for marker in ("<|im_end|>", "<|eot_id|>", "<|end|>"):
+    for marker in markers:
         tid = tokenizer.convert_tokens_to_ids(marker)
         if marker in tokenizer.get_vocab() and tid not in ids:
             ids.append(tid)

@@ -39,7 +39,7 @@ def _pair(cfg, ctx: Context, index: int) -> str:
 
 def _prompt(cfg, ctx: Context, index: int) -> str:
     from posttrain.formats import as_chat
-    from posttrain.stages.rlvr import routed
+    from posttrain.stages.rlvr.stage import routed
 
     rows = [routed(r, cfg, where) for where, r in located_rows(ctx.path(cfg.data))]
     row = _nth(rows, index, "RL prompts")

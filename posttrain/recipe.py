@@ -16,7 +16,6 @@ import posttrain.stages  # noqa: F401  (registers the stage kinds)
 from posttrain import schema
 from posttrain.data import DataError, shared_data_dir
 from posttrain.model_context import check_max_length, coverage_warnings
-from posttrain.reward_terms import reward_model_refs
 from posttrain.stage import STAGES, Stage, is_ref, make_ref, parse_ref
 
 TOP_LEVEL_KEYS = {"name": "the recipe's name (the default run folder is runs/<name>)",
@@ -255,8 +254,11 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
         for key, message in found:
             problems.add(key, message)
         specs[sname] = StageSpec(sname, kind, stage, config, raw, sorted(_refs(raw)))
-    for key, message in check_max_length(specs) + reward_model_refs(specs):
+    for key, message in check_max_length(specs):
         problems.add(key, message)
+    for sname, spec in specs.items():  # inputs that only some upstream stage kinds can feed
+        for key, message in spec.stage.check_upstream(spec.config, kinds) if spec.config is not None else []:
+            problems.add(f"stages.{sname}.{key}", message)
     warnings = [] if problems.items else [problems.where(key, message) for key, message in coverage_warnings(specs)]
     order = _topological_order(specs, problems)
     if problems.items:

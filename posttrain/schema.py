@@ -16,6 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Literal, Union
 
+from posttrain import packaged
 from posttrain.stage import ARTIFACT_TYPES, Dataset, File, Model, is_ref, parse_ref
 
 # (key path, message); the recipe loader adds file and line.
@@ -74,7 +75,8 @@ def build(cls, data: Any, path: str, problems: list[Problem], ref_types: RefType
             value = check_value(hints[name], data[name], _join(path, name), problems, ref_types, local)
         if len(problems) == before:
             _check_range(f, value, _join(path, name), problems)
-        if isinstance(value, Model) and value.startswith("builtin:") and not f.metadata.get("builtin"):
+        if isinstance(value, Model) and value.startswith("builtin:") and not f.metadata.get("builtin") \
+                and not packaged.is_packaged(value):
             problems.append((_join(path, name), f"{value:.40} is built only by a pretrain stage; "
                                                 "use its output here: ${stages.NAME.output.model}"))
         if value == [] and (default is dataclasses.MISSING or default) and not f.metadata.get("may_be_empty"):
@@ -196,6 +198,8 @@ def _check_artifact(tp, value, path: str, problems: list[Problem], ref_types: Re
     if problem := path_problem(value):
         problems.append((path, problem))
         return tp(value)
+    if tp is Model and packaged.is_packaged(value):
+        return tp(_check_packaged(value, path, problems, local))
     if is_local(tp, value):
         given = value
         if local and not Path(value).is_absolute():
@@ -211,6 +215,16 @@ def _check_artifact(tp, value, path: str, problems: list[Problem], ref_types: Re
             and not all(value.split(":")[1].rpartition("@")[::2]):
         problems.append((path, f"{value:.200}: a hub dataset with a revision is hf:org/name@revision[:config][:split]"))
     return tp(value)
+
+
+def _check_packaged(value: str, path: str, problems: list[Problem], local: LocalPath | None) -> str:
+    """A model converted from a GGUF file (posttrain/packaged.py): the file and the gguf package must be here.
+    A relative `gguf:PATH` is read from the recipe's folder, like every local path."""
+    gguf_path = value[len(packaged.GGUF_PREFIX):]
+    if value.startswith(packaged.GGUF_PREFIX) and local and gguf_path and not Path(gguf_path).expanduser().is_absolute():
+        value = local(path, gguf_path, prefix=packaged.GGUF_PREFIX)
+    problems.extend((path, p) for p in packaged.problems(value))
+    return value
 
 
 def is_local(tp, value: str) -> bool:
@@ -238,9 +252,9 @@ class LocalPaths:
         self.overridden = [key_path(k) for k in overridden]
         self.done: dict[str, str] = {}
 
-    def __call__(self, key: str, value: str) -> str:
+    def __call__(self, key: str, value: str, prefix: str = "") -> str:
         by_override = any(key == k or key.startswith((k + ".", k + "[")) for k in self.overridden)
-        self.done[key] = os.path.normpath((Path.cwd() if by_override else self.base) / value)
+        self.done[key] = prefix + os.path.normpath((Path.cwd() if by_override else self.base) / value)
         return self.done[key]
 
     def rewrite(self, raw: dict, spath: str) -> None:

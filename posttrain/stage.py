@@ -6,7 +6,10 @@ headline metrics. The contract:
 - Inputs are the Config values typed Model, Dataset, Results, Summary or File; a value of the form
   `${stages.NAME.output.KEY}` makes the graph edge. A stage that reads other files (a built-in eval set)
   names them in `files(cfg)`. The fingerprint covers all of them: local files by content, hub models by
-  id and revision (`org/name@rev`).
+  id and revision (`org/name@rev`). Where only some stage kinds can feed an input, wherever it sits in the
+  config (a reward term's model must be a reward model), `check_upstream(cfg, kinds)` says so: the core
+  calls it and knows no stage kind itself. A stage that builds its model from nothing rather than from a model
+  input says what is known of it beforehand in `built_model(cfg)` (pretrain's builtin:tiny).
 - Everything another stage may read is a declared output (`outputs`); nothing reads a stage's other files.
 - `progress(cfg, out_dir)` says what an interrupted run left that the next run continues from; the runner
   then keeps the stage folder and resumes instead of starting over.
@@ -88,10 +91,15 @@ class Context:
     lineage: list[str] = field(default_factory=list)  # every stage upstream of this one, in run order
 
     def path(self, value: str) -> str:
-        """Resolve a Model/Dataset value: a stage reference becomes the upstream artifact's path."""
+        """Resolve a Model/Dataset value: a stage reference becomes the upstream artifact's path, a model that
+        arrives as a GGUF file (builtin:smollm2-135m-instruct, gguf:PATH) its converted, cached folder."""
         if is_ref(value):
             stage, output = parse_ref(value)
             return self.upstream_artifacts[stage][output]
+        from posttrain import packaged
+
+        if isinstance(value, Model) and packaged.is_packaged(value):
+            return str(packaged.local_folder(value))
         return value
 
     def output(self, name: str) -> Path:
@@ -115,6 +123,15 @@ class Context:
         log.warning("[%s] warning: %s", self.name, message)
 
 
+@dataclass(frozen=True)
+class BuiltModel:
+    """What is known before a run of a model a stage builds from nothing, for the checks across stages."""
+
+    context: int | None  # max_position_embeddings
+    chars: frozenset[str] | None  # every character its tokenizer has a token for
+    how: str  # how the stage makes it, as messages say it: "builds builtin:tiny"
+
+
 class Stage:
     """Base class of every stage kind. Subclasses set `kind`, `Config`, `outputs` and implement `run`."""
 
@@ -126,6 +143,17 @@ class Stage:
     def check(self, cfg: Any) -> list[tuple[str, str]]:
         """Extra checks that need more than types: a list of (key path inside the stage, message)."""
         return []
+
+    def check_upstream(self, cfg: Any, kinds: dict[str, str]) -> list[tuple[str, str]]:
+        """Checks of the inputs that reference other stages, wherever they sit in the config (lists included):
+        (key path inside the stage, message) for each whose upstream stage's kind cannot feed it. kinds: every
+        stage of the recipe, name -> kind."""
+        return []
+
+    def built_model(self, cfg: Any) -> BuiltModel | None:
+        """For a stage whose model output is built from nothing, not trained from its model input: what is
+        known of it before it runs. None: the output keeps its input model's context and tokenizer."""
+        return None
 
     def files(self, cfg: Any) -> list[Path]:
         """Local files the stage reads that are not Config inputs (e.g. built-in eval sets)."""

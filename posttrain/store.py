@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from posttrain import hf
+from posttrain import hf, packaged
 from posttrain.data import DataError, write_json
 from posttrain.schema import DATASET_SCHEMES
 from posttrain.stage import ARTIFACT_TYPES, Dataset, Model, Report, is_ref, output_path, parse_ref
@@ -122,7 +122,9 @@ def inputs(config: Any, files: list[Path], hashes: HashCache) -> dict[str, str]:
             found[value] = f"hub:{hf.hub_commit(name, 'datasets')}" + (f":{rest}" if rest else "")
         elif isinstance(value, Dataset) and value.startswith(DATASET_SCHEMES):
             continue
-        if Path(value).exists():
+        if isinstance(value, Model) and packaged.is_packaged(value):  # by the GGUF file's content
+            found[value] = f"gguf:{hashes.file(packaged.gguf_file(value))}"
+        elif Path(value).exists():
             found[str(Path(value))] = hashes.tree(Path(value))
         elif isinstance(value, Model):
             found[value] = f"hub:{hf.hub_commit(value)}"

@@ -9,7 +9,8 @@
 
 Verifiers (see each module's docstring for the row fields it reads and its options):
 - `numeric` (alias `gsm8k`): final number vs `ground_truth` or GSM8K's `#### N`      (numeric.py)
-- `math`: last \\boxed{} / "final answer is" vs `ground_truth`/`answer`, by math-verify (math_answer.py)
+- `math`: \\boxed{} / "final answer is" vs `ground_truth`/`answer`, by math-verify, one visible value
+  (math_answer.py, math_screen.py; what it refuses: docs/rewards.md)
 - `ifeval` (strict), `ifeval_loose`: the 25 IFEval instruction types, or open-instruct's `func_name` JSON
   (Tülu 3's RLVR mixture, ifeval_functions.py); `ifeval_details`
   gives per-instruction results                                                          (ifeval.py)

@@ -66,6 +66,8 @@ class IfevalVerifier(Verifier):
 
     def check(self, text: str, row: dict) -> Verdict:
         results = instruction_results(text, row, self.loose)
+        if not results:  # nothing to follow is nothing followed (open-instruct's regression test, its PR #1655)
+            return Verdict(0.0, "the row lists no instructions")
         failed = [i for (i, _), ok in zip(instructions(row), results) if not ok]
         summary = f"{len(results) - len(failed)}/{len(results)} instructions followed ({'loose' if self.loose else 'strict'})"
         return Verdict(float(not failed), summary + (f"; failed: {', '.join(failed)}" if failed else ""))

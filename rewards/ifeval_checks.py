@@ -6,6 +6,9 @@ reference runs a regex that backtracks quadratically on hostile text (bullet lis
 titles, postscripts), the check here is an equivalent linear scan. Two checkers need NLTK data in the
 reference (punkt for `length_constraints:number_sentences`, `word_tokenize` for
 `change_case:capital_word_frequency`); here they use the small tokenizers below instead.
+
+Arguments the reference does not honour (it replaces a negative count, or a `letter` of several characters,
+by a random one, and raises on an `nth_paragraph` outside 1..num_paragraphs) are a RowError here: a row to fix.
 """
 from __future__ import annotations
 
@@ -30,10 +33,16 @@ def checker(instruction_id: str):
     return register
 
 
+COUNTS = {"num_sentences", "num_paragraphs", "num_words", "nth_paragraph", "num_placeholders", "num_bullets",
+          "num_highlights", "num_sections", "let_frequency", "frequency", "capital_frequency"}
+
+
 def arg(kwargs: dict, name: str) -> Any:
     value = kwargs.get(name)
     if not value:  # the reference drops falsy kwargs too
         raise RowError(f"IFEval kwargs lack {name!r} (got {kwargs})")
+    if name in COUNTS and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise RowError(f"IFEval {name} must be a count (an integer >= 0), got {value!r}")
     return value
 
 
@@ -59,11 +68,13 @@ def detect_language(text: str) -> str | None:
 _ABBREVIATIONS = {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "e.g", "i.e", "inc", "ltd",
                   "co", "no", "fig", "approx", "dept", "est", "vol", "u.s", "a.m", "p.m"}
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]\u201d\u2019]*(?=\s|$)")
+_LOWER_NEXT = re.compile(r"\s+[\"'(\u201c\u2018]*[a-z0-9]")
 
 
 def count_sentences(text: str) -> int:
     """Sentences ended by . ! or ? before whitespace or the end, not after a known abbreviation or a
-    single-letter initial; trailing text without a full stop counts as one more (as punkt does)."""
+    single-letter initial, nor an ellipsis followed by a lower-case word (punkt's orthographic heuristic:
+    "Wait... and then" is one sentence); trailing text without a full stop counts as one more (as punkt does)."""
     count, start = 0, 0
     for end in _SENTENCE_END.finditer(text):
         words = text[max(start, end.start() - 40):end.start()].split()  # a window keeps this linear
@@ -72,23 +83,40 @@ def count_sentences(text: str) -> int:
         last_word = words[-1].lower().strip("\"'(")
         if end.group().startswith(".") and (last_word in _ABBREVIATIONS or len(last_word) == 1 and last_word.isalpha()):
             continue
+        if end.group().startswith("..") and _LOWER_NEXT.match(text, end.end()):
+            continue
         count += 1
         start = end.end()
     return count + bool(text[start:].strip())
 
 
-_WORD = re.compile(r"\w+(?:[-.]\w+)*(?:n't|'\w+)?|n't")
-_CONTRACTION = re.compile(r"(?i)(n't|'\w+)$")
+# Where nltk's word_tokenize (NLTKWordTokenizer, the Treebank rules) splits inside a run of non-space text: these
+# punctuation marks, "--", "..", dashes, a colon or comma not before a digit. It does not split at "/", "-", "+",
+# "_" or a single inner "." ("SOLAR/WIND/WATER", "WELL-KNOWN", "U.S.A." are one token each).
+_TOKEN_SPLIT = re.compile(r"[;@#$%&?!*\[\](){}<>\"`\u00ab\u00bb\u201c\u201d\u2018\u2019\u201e\u2012-\u2015]|--|\.{2,}|[:,](?!\d)")
+_CONTRACTION = re.compile(r"(?<=[^' ])('[sSmMdD]|'ll|'LL|'re|'RE|'ve|'VE|n't|N'T|')$")
+_JOINED = [re.compile(p) for p in (r"(?i)\b(can)(not)$", r"(?i)\b(d)('ye)$", r"(?i)\b(gim)(me)$", r"(?i)\b(gon)(na)$",
+                                   r"(?i)\b(got)(ta)$", r"(?i)\b(lem)(me)$", r"(?i)\b(more)('n)$", r"(?i)\b(wan)(na)$")]
+
+
+def word_tokens(text: str) -> list[str]:
+    """nltk's word_tokenize as far as the case of its tokens goes: runs of non-space text split where the
+    Treebank rules split them, then a contraction ("DON'T" is "DO" + "N'T", "CANNOT" is "CAN" + "NOT")."""
+    tokens = []
+    for piece in _TOKEN_SPLIT.sub(" ", text).split():
+        for joined in _JOINED:
+            if joined.search(piece):
+                piece = joined.sub(r"\1 \2", piece)
+                break
+        for part in piece.split():
+            contraction = _CONTRACTION.search(part)
+            tokens += [part[:contraction.start()], contraction.group(1)] if contraction else [part]
+    return tokens
 
 
 def capital_words(text: str) -> int:
-    """Words in all capitals; like nltk's word_tokenize, hyphenated words are one word and contractions
-    are split ("DON'T" is "DO" + "N'T")."""
-    count = 0
-    for word in _WORD.findall(text):
-        stem = _CONTRACTION.sub("", word)
-        count += sum(part.isupper() for part in (stem, word[len(stem):]) if part)
-    return count
+    """The reference's count: tokens of nltk's word_tokenize that are upper case (str.isupper)."""
+    return sum(token.isupper() for token in word_tokens(text))
 
 
 def count_lines_starting_with(text: str, marker: str) -> int:
@@ -154,6 +182,8 @@ def _forbidden_words(value: str, kwargs: dict) -> bool:
 @checker("keywords:letter_frequency")
 def _letter_frequency(value: str, kwargs: dict) -> bool:
     letter = arg(kwargs, "letter").strip().lower()
+    if len(letter) != 1:
+        raise RowError(f"IFEval letter must be one character, got {kwargs['letter']!r}")
     return compare(collections.Counter(value.lower())[letter], kwargs, "let_relation", "let_frequency")
 
 
@@ -191,6 +221,8 @@ def _nth_paragraph_first_word(value: str, kwargs: dict) -> bool:
     paragraphs = value.split("\n\n")
     count = sum(1 for p in paragraphs if p.strip())
     nth = arg(kwargs, "nth_paragraph")
+    if nth > arg(kwargs, "num_paragraphs"):
+        raise RowError(f"IFEval nth_paragraph={nth} is not between 1 and num_paragraphs={kwargs['num_paragraphs']}")
     if nth > count or not paragraphs[nth - 1].strip():
         return False
     word = paragraphs[nth - 1].split()[0].strip().lstrip("'").lstrip('"')

@@ -1,12 +1,15 @@
 """The `math` verifier: the final answer of a competition-math solution, checked with math-verify.
 
 Row fields: `ground_truth`, else `answer` (MATH-500's LaTeX answer, e.g. "\\frac{14}{3}"). The gold answer is
-parsed once per worker, bounded by the row's CPU-time limit, and cached only on success (`parse_gold`).
+parsed once per worker, bounded by the row's CPU-time limit, and cached only on success (`parse_gold`); one
+that does not parse to an expression is a RowError (a bad row), whatever the completion says.
 
-The completion's answer is the content of its last `\\boxed{...}` (braces balanced by a linear scan),
-or else what follows its last "final answer is". Equivalence (fractions, `\\frac` vs `/`, `\\dfrac`,
-roots, pi, intervals, sets, percentages, units, 0.5 vs 1/2) is math-verify's: both sides are parsed
-as LaTeX by its parser, never by `sympify` of raw text. Answers longer than `max_answer_chars` or nested
+The completion's answer is the content of its visible `\\boxed{...}` (braces balanced by a linear scan; several
+different boxes are several candidates, read as a set), or else the math of the sentence after its last "final
+answer is" / "Final Answer:". It must be one visible value (math_screen.py refuses relations, negations,
+hidden text and several candidates; docs/rewards.md has examples). Equivalence (fractions, `\\frac` vs `/`,
+`\\dfrac`, roots, pi, intervals, sets, units, 0.5 vs 1/2) is math-verify's, on the whole answer: both sides are
+parsed as LaTeX by its parser, never by `sympify` of raw text. Answers longer than `max_answer_chars` or nested
 deeper than `max_depth` braces are refused before parsing; the answer's parse and the comparison each
 have a CPU-time limit (a row that hits one scores 0 with failure "timeout"), and the guard's limits bound
 everything. Shortcuts give math-verify's own verdict without its cost: an answer written as the gold
@@ -22,23 +25,14 @@ import functools
 import re
 from typing import Any
 
-from posttrain.rewards.core import RowError, Verdict, Verifier, last_match, require_field
+from posttrain.rewards.core import RowError, Verdict, Verifier, last_match, require_field, row_label
 from posttrain.rewards.guard import BEFORE_FORK_HOOKS, CpuTimeout, cpu_limit
+from posttrain.rewards.math_screen import balanced_group, hidden_intervals, literal_percent, refusal
 from posttrain.rewards.math_shortcuts import install as install_shortcuts
 from posttrain.rewards.registry import register_verifier
 
 _BOXED = re.compile(r"\\(?:boxed|fbox)\b")
-_FINAL_ANSWER = re.compile(r"final answer is\s*:?\s*", re.IGNORECASE)
-
-
-def balanced_group(text: str, open_at: int) -> str | None:
-    """The content of the brace group opening at `open_at`, or None if it never closes."""
-    depth = 0
-    for i in range(open_at, len(text)):
-        depth += (text[i] == "{") - (text[i] == "}")
-        if depth == 0:
-            return text[open_at + 1:i]
-    return None
+_FINAL_ANSWER = re.compile(r"final answer(?:\s+is\s*:?|\s*:)\s*", re.IGNORECASE)
 
 
 def brace_depth(text: str) -> int:
@@ -49,37 +43,75 @@ def brace_depth(text: str) -> int:
     return deepest
 
 
-def last_boxed(text: str) -> str | None:
-    """The content of the last \\boxed{...} (or \\boxed X), or None."""
-    last = last_match(_BOXED, text)
-    if last is None:
-        return None
-    rest = last.end()
-    while rest < len(text) and text[rest] == " ":
-        rest += 1
-    if rest < len(text) and text[rest] == "{":
-        return balanced_group(text, rest)
-    token = re.match(r"[^\s$]+", text[rest:rest + 100])  # "\\boxed 5"
+def _box_content(text: str, after: int) -> str | None:
+    """The argument of a \\boxed command ending at `after`: a brace group, or one token (`\\boxed 5`)."""
+    while after < len(text) and text[after] == " ":
+        after += 1
+    if after < len(text) and text[after] == "{":
+        return balanced_group(text, after)
+    token = re.match(r"[^\s$]+", text[after:after + 100])
     return token.group(0) if token else None
 
 
-def _after_final_answer(text: str) -> str | None:
-    last = last_match(_FINAL_ANSWER, text)
+def last_boxed(text: str) -> str | None:
+    """The content of the last \\boxed{...} (or \\boxed X), or None."""
+    last = last_match(_BOXED, text)
+    return None if last is None else _box_content(text, last.end())
+
+
+def _visible(match: re.Match, hidden: list[tuple[int, int]]) -> bool:
+    return not any(start <= match.start() < end for start, end in hidden)
+
+
+def boxed_answers(text: str) -> list[str]:
+    """The contents of every visible \\boxed{} (one that no hiding command covers), in order, without
+    repeats; a box inside another's braces is part of it. Linear: each brace group is scanned once."""
+    hidden, found, at = hidden_intervals(text), {}, 0  # a dict: ordered, and a linear look-up
+    while (match := _BOXED.search(text, at)) is not None:
+        content = _box_content(text, match.end())
+        if content is None:  # never closes: nothing after it is a box of its own
+            break
+        if _visible(match, hidden):
+            found.setdefault(" ".join(content.split()))
+        at = match.end() + len(content) + 1
+    return list(found)
+
+
+def _after_final_answer(text: str) -> list[str]:
+    """The answer stated by the last visible "final answer is" / "Final Answer:" phrase: the math spans of its
+    sentence (the ones with a digit, if any has one), joined by ", " when there are several; without spans,
+    the words after its last " is " ("Final Answer: The largest $n$ is 34." gives 34)."""
+    hidden = hidden_intervals(text)
+    last = None
+    for match in _FINAL_ANSWER.finditer(text):
+        last = match if _visible(match, hidden) else last
     if last is None:
-        return None
+        return []
     line = text[last.end():].split("\n", 1)[0].strip()
-    if line.startswith("$"):
-        return line.strip("$").split("$", 1)[0].strip() or None
-    return re.split(r"\.(?:\s|$)", line, maxsplit=1)[0].strip() or None
+    sentence = re.split(r"\.(?:\s|$)", line, maxsplit=1)[0].strip()
+    if not sentence.startswith("$") and " is " in sentence:
+        sentence = sentence.rsplit(" is ", 1)[1].strip()
+    spans = [s.strip() for s in re.findall(r"\$+([^$]*)\$+", sentence) if s.strip()]
+    if spans:
+        return [s for s in spans if re.search(r"\d", s)] or spans
+    return [sentence.strip("$").strip()] if sentence.strip("$").strip() else []
+
+
+def extract_answers(text: str) -> tuple[list[str], str]:
+    """(the answer's parts, where they came from), or ([], ""): every visible box, else the spans of the
+    final-answer sentence. Several different parts are several candidates."""
+    boxes = boxed_answers(text)
+    if boxes:
+        return boxes, "boxed" if len(boxes) == 1 else f"{len(boxes)} boxes"
+    phrase = _after_final_answer(text)
+    return (phrase, "final answer phrase") if phrase else ([], "")
 
 
 def extract_final_answer(text: str) -> tuple[str | None, str]:
-    """(answer, where it came from), or (None, "")."""
-    boxed = last_boxed(text)
-    if boxed is not None:
-        return boxed, "boxed"
-    phrase = _after_final_answer(text)
-    return (phrase, "final answer phrase") if phrase is not None else (None, "")
+    """(answer, where it came from), or (None, ""): the parts joined by ", ", which math-verify reads as a
+    set, equal only to a gold answer of those values."""
+    parts, source = extract_answers(text)
+    return (", ".join(parts), source) if parts else (None, "")
 
 
 WALL_BACKSTOP_S = 60  # math-verify's own timeouts are wall-clock: set far out of reach, a backstop only
@@ -113,10 +145,12 @@ def _answer_configs() -> list:
     return [LatexExtractionConfig(), ExprExtractionConfig()]
 
 
-def _parse(latex: str, configs: list, wall_s: float | None) -> list:
+def _parse(latex: str, configs: list, wall_s: float | None, whole: bool = False) -> list:
     """math-verify's parse of `$latex$`, whitespace runs (newlines too: they are spaces to LaTeX) made one
     space. A plain integer, the most common answer, is built directly as math-verify builds it (a test
-    checks they agree): its LaTeX parser costs ~10 ms a call."""
+    checks they agree): its LaTeX parser costs ~10 ms a call. `whole`: only math-verify's first match (the
+    whole text) is tried, so no expression comes back where it does not parse (math-verify's default then
+    tries smaller matches: the last number of `\\neq 4`, of `5 ? 4`); where it parses, the result is the same."""
     latex = " ".join(latex.split())
     if _integer(latex) is not None:
         import sympy
@@ -125,7 +159,8 @@ def _parse(latex: str, configs: list, wall_s: float | None) -> list:
     from math_verify import parse
 
     install_shortcuts()
-    return parse(f"${latex}$", extraction_config=configs, parsing_timeout=wall_s)
+    mode = "first_match" if whole else "any_match"
+    return parse(f"${latex}$", extraction_config=configs, extraction_mode=mode, parsing_timeout=wall_s)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -138,7 +173,7 @@ def parse_gold(gold: str) -> list:
     from math_verify import LatexExtractionConfig
 
     parsed = _parse(gold, [LatexExtractionConfig()], WALL_BACKSTOP_S)
-    if not parsed:
+    if all(isinstance(x, str) for x in parsed):  # [] or only the text: no expression to compare with
         raise RowError(f"ground truth {gold[:80]!r} could not be parsed by math-verify")
     return parsed
 
@@ -165,9 +200,9 @@ def _decide(gold: str, answer: str, parse_timeout_s: float, compare_timeout_s: f
         ok = gold_int == answer_int
         return ok, f"{'equivalent' if ok else 'not equivalent'} integers: {answer[:60]!r} vs {gold[:60]!r}"
     with cpu_limit(parse_timeout_s):
-        parsed = _parse(answer, _answer_configs(), WALL_BACKSTOP_S)
-    if not parsed:
-        return False, f"answer {answer[:60]!r} could not be parsed"
+        parsed = _parse(answer, _answer_configs(), WALL_BACKSTOP_S, whole=True)
+    if all(isinstance(x, str) for x in parsed):  # the fallback text only: verify would compare strings
+        return False, f"answer {answer[:60]!r} could not be parsed as a whole"
     with cpu_limit(compare_timeout_s):
         ok = verify(gold_parsed, parsed, timeout_seconds=WALL_BACKSTOP_S)
     return ok, f"{'equivalent' if ok else 'not equivalent'}: {answer[:60]!r} vs {gold[:60]!r}"
@@ -218,16 +253,25 @@ class MathVerifier(Verifier):
     def check(self, text: str, row: dict) -> Verdict:
         _warm_up()  # a no-op where this process or the one it was forked from did it
         gold = str(require_field(row, "ground_truth", "answer"))
-        answer, source = extract_final_answer(text)
-        if answer is None:
-            return Verdict(0.0, "no \\boxed{} answer or 'final answer is' phrase found")
+        normalised_gold = " ".join(gold.split())
+        try:  # first: a gold answer that cannot be parsed is a bad row whatever the completion says
+            parse_gold(normalised_gold)
+        except RowError as e:
+            raise RowError(f"{row_label(row)}: {e}") from None
+        parts, source = extract_answers(text)
+        if not parts:
+            return Verdict(0.0, "no \\boxed{} answer or 'final answer is'/'Final Answer:' phrase found")
+        answer = ", ".join(parts)
         if len(answer) > self.max_answer_chars:
             return Verdict(0.0, f"answer refused: {len(answer):,} chars (limit {self.max_answer_chars})")
         depth = brace_depth(answer)
         if depth > self.max_depth:
             return Verdict(0.0, f"answer refused: braces nested {depth} deep (limit {self.max_depth})")
+        refused = [why for part in parts if (why := refusal(normalised_gold, " ".join(part.split())))]
+        if refused:
+            return Verdict(0.0, f"answer {answer[:60]!r} refused: {refused[0]} ({source})")
         try:
-            ok, why = equivalent(gold, answer, self.parse_timeout_s, self.compare_timeout_s)
+            ok, why = equivalent(gold, literal_percent(normalised_gold, answer), self.parse_timeout_s, self.compare_timeout_s)
         except CpuTimeout:
             return Verdict(0.0, f"answer {answer[:60]!r}: parse or comparison over its CPU time limit", "timeout")
         return Verdict(float(ok), f"{why} ({source})")

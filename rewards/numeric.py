@@ -10,7 +10,16 @@ Options:
     every solution with "The answer is N.");
   - "hashes": the number after the last `####` (GSM8K's own format);
   - "last_number": the last number anywhere in the text.
-- `rel_tol`, `abs_tol`: the numeric tolerance, |got - expected| <= max(rel_tol * |expected|, abs_tol).
+- `rel_tol`, `abs_tol`: the tolerance for a ground truth that is not an integer (1/3, 0.3333333),
+  |got - expected| <= max(rel_tol * |expected|, abs_tol). An integer ground truth is compared exactly: no
+  tolerance accepts 191,999,900 for 192,000,000.
+
+After an anchor ("The answer is", "####") there must be one number. Another number joined to it ("18 or 19",
+"17-19", "18, 19", "18 to 20", with up to two words between: "18 apples or 19") makes it several candidates,
+and a self-correction after it (a correction word such as "wait", "actually", "sorry", "I mean", after which
+the text's last number has another value: "The answer is 18... no wait, it is 20") makes it hedged: both score 0
+(a re-check that ends on the same value is fine). To correct itself, a completion states the anchor again
+("... The answer is 20."): the last anchor counts. The `last_number` mode has no anchor and no such rule.
 
 A number may carry thousands separators ("1,000.5"), a sign ("-0.50"), a decimal part, a decimal exponent
 ("1e3", "2.5E-3"; at most 3 exponent digits), a fraction bar ("3/4"), a currency sign, or a trailing unit.
@@ -39,6 +48,12 @@ _ANCHORS = {
     "hashes": re.compile(r"####"),
 }
 _BETWEEN_ANCHOR_AND_NUMBER = re.compile(r"[\s*$\\{(:=]*(?:boxed\{)?[\s*$]*")
+_ANOTHER_NUMBER = re.compile(  # right after the answer's number: a list or a range of numbers
+    r"[*$}]*(?:\s+[A-Za-z]+){0,2}?\s*(?:,|;|\bor\b|\band\b|\bto\b|-|\u2013|\u2014|\u2212|~)[\s*\\{(]*[-+\u2212]?"
+    r"[$\u20ac\u00a3\u00a5\u20b9]?\s?\.?\d", re.IGNORECASE)
+_CORRECTION = re.compile(r"\b(?:wait|actually|sorry|oops|correction|I mean|mistake|on second thought|"
+                         r"re-?check\w*|recalculat\w*|recomput\w*|let me (?:re)?(?:check|calculate|compute|verify))\b",
+                         re.IGNORECASE)
 
 
 class NumberTooLong(ValueError):
@@ -66,7 +81,7 @@ def parse_number(text: str) -> Fraction | None:
     return to_fraction(match) if match else None
 
 
-def _number_after_last_anchor(text: str, anchor: re.Pattern) -> Fraction | None:
+def _number_after_last_anchor(text: str, anchor: re.Pattern) -> re.Match | None:
     """The number right after the last anchor that is followed by one."""
     found = None
     for anchor_match in anchor.finditer(text):
@@ -74,21 +89,28 @@ def _number_after_last_anchor(text: str, anchor: re.Pattern) -> Fraction | None:
         match = _NUMBER.match(text, start)
         if match:
             found = match
-    return to_fraction(found) if found else None
+    return found
 
 
-def _last_number(text: str) -> Fraction | None:
-    last = last_match(_NUMBER, text)
-    return to_fraction(last) if last else None
+def hedge(text: str, match: re.Match, value: Fraction) -> str:
+    """Why the anchored number `match` (of `value`) is not one answer, or "" (see the module's doc)."""
+    if _ANOTHER_NUMBER.match(text, match.end()):
+        return "several numbers after the answer phrase (a list or a range)"
+    correction = _CORRECTION.search(text, match.end())
+    later = last_match(_NUMBER, text[correction.end():]) if correction else None
+    if later is not None and to_fraction(later) != value:
+        return f"self-corrected after the answer ({correction.group(0)!r} ... {later.group(0).strip()})"
+    return ""
 
 
-def extract_answer(text: str, modes: Iterable[str] = EXTRACT_MODES) -> tuple[Fraction | None, str]:
-    """(number, mode that found it), or (None, "") when no mode finds one."""
+def extract_answer(text: str, modes: Iterable[str] = EXTRACT_MODES) -> tuple[Fraction | None, str, str]:
+    """(number, mode that found it, why it is no single answer or ""), or (None, "", "") when no mode finds one."""
     for mode in modes:
-        value = _last_number(text) if mode == "last_number" else _number_after_last_anchor(text, _ANCHORS[mode])
+        match = last_match(_NUMBER, text) if mode == "last_number" else _number_after_last_anchor(text, _ANCHORS[mode])
+        value = to_fraction(match) if match else None
         if value is not None:
-            return value, mode
-    return None, ""
+            return value, mode, "" if mode == "last_number" else hedge(text, match, value)
+    return None, "", ""
 
 
 def ground_truth(row: dict) -> Fraction:
@@ -128,12 +150,15 @@ class NumericVerifier(Verifier):
     def check(self, text: str, row: dict) -> Verdict:
         expected = ground_truth(row)
         try:
-            got, mode = extract_answer(text, self.extract)
+            got, mode, hedged = extract_answer(text, self.extract)
         except NumberTooLong as e:
             return Verdict(0.0, f"answer refused: {e}")
         if got is None:
             return Verdict(0.0, f"no number found (modes: {', '.join(self.extract)})")
-        if abs(got - expected) <= max(self.rel_tol * abs(expected), self.abs_tol):
+        if hedged:
+            return Verdict(0.0, f"answer {_show(got)} refused: {hedged} ({mode})")
+        if expected.denominator == 1 and got == expected or expected.denominator != 1 and \
+                abs(got - expected) <= max(self.rel_tol * abs(expected), self.abs_tol):
             return Verdict(1.0, f"correct: {_show(got)} ({mode})")
         return Verdict(0.0, f"wrong: got {_show(got)} ({mode}), expected {_show(expected)}")
 

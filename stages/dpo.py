@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
-from posttrain import hf
-from posttrain.data import ReadStats, convert_rows, first_rows_problem
+from posttrain import chat_templates, hf
+from posttrain.data import DataError, ReadStats, convert_rows, first_rows_problem
 from posttrain.prepare import prepared_dataset
 from posttrain.formats import PreferenceColumn, clip_messages, columns_problem, content_budget, rename_columns, to_preference
 from posttrain.stage import Context, Dataset, Model, register
@@ -58,7 +58,7 @@ class DPO(TrainingStage):
 
     def check(self, cfg: DPOStageConfig) -> list[tuple[str, str]]:
         problems = (check_launcher(cfg.launcher) + check_lora(cfg.lora) + check_trl_args("DPOConfig", cfg.train, _dpo_args(cfg))
-                    + preference_problems(cfg))
+                    + preference_problems(cfg) + chat_templates.check_model_template(cfg.model, cfg.chat_template, False))
         if cfg.loss_weights is not None and len(cfg.loss_weights) != len(cfg.loss_type):
             problems.append(("loss_weights", f"{len(cfg.loss_weights)} weights for {len(cfg.loss_type)} loss types"))
         if "exo_pair" in cfg.loss_type and cfg.label_smoothing <= 0:
@@ -72,6 +72,8 @@ class DPO(TrainingStage):
 
         model_path = ctx.path(cfg.model)
         tokenizer = hf.load_tokenizer(model_path, cfg.chat_template)
+        if problem := chat_templates.prompt_problem(tokenizer):  # TRL would cut the prompt where it diverges
+            raise DataError(f"chat_template (model {cfg.model}): {problem}")
         dataset, prepared = preference_dataset(cfg, ctx, tokenizer)
         args = trl_config(DPOConfig, cfg.train, ctx, cfg.launcher, **_dpo_args(cfg))
         model = load_trainable(model_path, tokenizer, cfg.train, cfg.launcher, cfg.lora.quantize if cfg.lora else "none")

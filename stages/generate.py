@@ -21,7 +21,8 @@ CHUNKS = "chunks"  # the stage's progress: one file of audit records per finishe
 @dataclass
 class GenerateConfig:
     model: Model
-    prompts: Dataset = field(metadata={"help": "rows with `prompt` and what the verifier needs (`ground_truth`, ...)"})
+    prompts: Dataset = field(metadata={"help": "rows with a prompt and what the verifier needs (`ground_truth`, ...)"})
+    prompt_column: str = field(default="prompt", metadata={"help": "the column holding the prompt (GSM8K: question)"})
     limit: int | None = field(default=None, metadata={"ge": 1, "help": "use only the first N prompts"})
     num_samples: int = field(default=4, metadata={"ge": 2})
     temperature: float = field(default=0.7, metadata={"gt": 0})
@@ -87,7 +88,8 @@ class Generate(Stage):
         return f"{done} chunk(s) of {cfg.chunk_prompts} prompts sampled" if done else None
 
     def run(self, cfg: GenerateConfig, ctx: Context) -> dict:
-        rows = read_rows(ctx.path(cfg.prompts))[: cfg.limit]
+        rows = [_with_prompt(row, cfg.prompt_column, f"{cfg.prompts}:{i + 1}")
+                for i, row in enumerate(read_rows(ctx.path(cfg.prompts))[: cfg.limit])]
         size = cfg.chunk_prompts or max(len(rows), 1)
         audit, model = [], _Model(ctx.path(cfg.model), cfg.backend)
         for c, start in enumerate(range(0, len(rows), size)):
@@ -101,15 +103,24 @@ class Generate(Stage):
         write_rows(ctx.out_dir / "samples.jsonl", audit)
         all_scores = [s for record in audit for s in record["scores"]]
         mean_score = sum(all_scores) / max(len(all_scores), 1)
-        if not pairs:
+        extra = read_rows(ctx.path(cfg.extra_pairs)) if cfg.extra_pairs else []
+        if not pairs and not extra:
             raise DataError(f"no prompt gave a pair: all {cfg.num_samples} samples of each of the {len(rows)} prompts scored "
                             f"the same (mean score {mean_score:.3f}); raise num_samples or temperature, or start from a "
                             f"stronger model (samples: {ctx.out_dir / 'samples.jsonl'})")
-        extra = read_rows(ctx.path(cfg.extra_pairs)) if cfg.extra_pairs else []
+        if not pairs:
+            ctx.warn(f"no on-policy pair: all {cfg.num_samples} samples of each of the {len(rows)} prompts scored the same "
+                     f"(mean score {mean_score:.3f}); the pairs are the {len(extra)} extra_pairs alone")
         write_rows(ctx.output("pairs"), pairs + extra)
         return {"prompts": len(rows), "samples": len(all_scores), "pairs": len(pairs), "mean_sample_score": mean_score,
                 "skipped_all_equal": sum(skipped.values()), **{f"skipped_{why}": n for why, n in skipped.items()},
                 **({"extra_pairs": len(extra)} if cfg.extra_pairs else {})}
+
+
+def _with_prompt(row: dict, column: str, where: str) -> dict:
+    if column not in row:
+        raise DataError(f"{where}: no `{column}` column (prompt_column); it has: {', '.join(sorted(row)[:8])}")
+    return row if column == "prompt" else {**row, "prompt": row[column]}
 
 
 class _Model:

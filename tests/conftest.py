@@ -128,3 +128,15 @@ def write_mini_chain(root: Path) -> Path:
     recipe = root / "mini.yaml"
     recipe.write_text(MINI_RECIPE.replace("SFT_DATA", str(sft)) + MINI_PREFERENCE_TAIL.replace("PREF_DATA", str(prefs)))
     return recipe
+
+
+SMOLLM2 = "builtin:smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="session")
+def smollm2_cut():
+    """The real SmolLM2-135M-Instruct cut to its first 2 layers (real tokenizer, template and weights), converted
+    once into the user's posttrain cache (~40 s the first time on this machine, then free)."""
+    from posttrain import packaged
+
+    return packaged.cut(SMOLLM2, layers=2)

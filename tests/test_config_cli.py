@@ -72,7 +72,7 @@ def test_fuzzed_command_lines_exit_cleanly(files, capsys, monkeypatch, command, 
 
 
 @pytest.mark.parametrize("argv,code,says", [
-    (["keys", "nosuchkind"], 2, "kinds: dpo"),
+    (["keys", "nosuchkind"], 2, "kinds: distill, dpo"),
     (["keys", "dpo"], 0, "`train.learning_rate` | float | 5e-07"),
     (["status", "/no/such/run"], 2, "not a run folder"),
     (["inspect", "GOOD", "--index", "-3"], 2, "expected a row number"),

@@ -8,7 +8,7 @@ import pytest
 from safetensors.torch import load_file
 
 import posttrain.stages  # noqa: F401  (registers the stage kinds)
-from posttrain import dynamic_sampling
+from posttrain.stages.rlvr import dynamic_sampling
 from posttrain.schema import build
 from posttrain.stage import STAGES
 from test_training import run_stage, tiny_model_dir  # noqa: F401  (a fixture)

@@ -1,12 +1,16 @@
 """The math verifier's shortcuts (rewards/math_shortcuts.py; in math_answer.py the gold's own text, plain
 integers and remembered pairs) give plain math-verify's verdicts and parses, on MATH-500's answers and on
-variants chosen to sit near each shortcut's edge."""
+variants chosen to sit near each shortcut's edge. posttrain's own rules (math_screen.py: the whole answer must
+parse; no stray relation, hidden text, several candidates...) refuse some answers plain math-verify accepts:
+the contract is plain math-verify's verdict on every answer those rules do not refuse, and no honest form of a
+MATH-500 answer (its own text, a restatement) refused."""
 import pytest
 import sympy
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
 from posttrain.data import read_rows, shared_file
 from posttrain.rewards import math_answer, math_shortcuts
+from posttrain.rewards.math_screen import literal_percent, refusal
 from test_rewards_load import restate
 
 # (gold, answer): equal and unequal, near each shortcut's edge
@@ -37,29 +41,53 @@ def _plain_verdict(gold: str, answer: str) -> bool:
         return bool(gold_parsed and parsed and verify(gold_parsed, parsed, timeout_seconds=None))
 
 
+def _refused(gold: str, answer: str, why: str) -> bool:
+    """posttrain's own rules refuse the answer (math_screen.refusal, or no parse of the whole answer)."""
+    gold, answer = " ".join(gold.split()), " ".join(answer.split())
+    return bool(refusal(gold, answer)) or literal_percent(gold, answer) != answer or "as a whole" in why
+
+
 def _disagreements(pairs: list[tuple[str, str]]) -> list[tuple[str, str, bool]]:
+    """Pairs our verdict differs from plain math-verify's on, among those the rules do not refuse."""
     math_answer._decide.cache_clear()  # decided afresh, through every shortcut
-    ours = [math_answer.equivalent(gold, answer)[0] for gold, answer in pairs]
-    return [(g, a, mine) for (g, a), mine in zip(pairs, ours) if mine != _plain_verdict(g, a)]
+    ours = [math_answer.equivalent(gold, answer) for gold, answer in pairs]
+    return [(g, a, mine) for (g, a), (mine, why) in zip(pairs, ours)
+            if not _refused(g, a, why) and mine != _plain_verdict(g, a)]
 
 
-def _math500_pairs(step: int) -> list[tuple[str, str]]:
+def _honest_refused(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Of the pairs whose answer is the gold's own text or a restatement of it, those the rules refuse."""
+    return [(g, a) for g, a in pairs if _refused(g, a, math_answer.equivalent(g, a)[1])]
+
+
+def _math500_pairs(step: int, honest_only: bool = False) -> list[tuple[str, str]]:
     answers = [r["answer"] for r in read_rows(shared_file("math500/test.jsonl"))]
     pairs = []
     for i in range(0, len(answers), step):
         gold = answers[i]
-        pairs += [(gold, answers[(i + 1) % len(answers)]), (gold, gold), (gold, restate(gold, i))]
+        pairs += [] if honest_only else [(gold, answers[(i + 1) % len(answers)])]
+        pairs += [(gold, gold), (gold, restate(gold, i))]
     return pairs
 
 
 def test_shortcut_verdicts_are_math_verifys_on_variants_and_a_math500_sample():
     assert _disagreements(VARIANTS + _math500_pairs(step=100)) == []
+    assert _honest_refused(_math500_pairs(step=100, honest_only=True)) == []
+
+
+def test_the_rules_refuse_what_plain_math_verify_accepts_and_nothing_honest():
+    """The contract has teeth: these pairs are equal to plain math-verify and refused here."""
+    hostile = [("4", "\\neq 4"), ("4", "5 ? 4"), ("4", "\\phantom{4}"), ("4", "4\\%"), ("4", "x = 5 = 4")]
+    assert all(_plain_verdict(g, a) for g, a in hostile)
+    assert _honest_refused(hostile) == hostile
+    assert _honest_refused([("4", "x = 4"), ("x=5", "5"), ("10\\%", "10"), ("4", "4 \\text{ cm}")]) == []
 
 
 @pytest.mark.slow
 def test_shortcut_verdicts_are_math_verifys_on_all_of_math500():
     """Each gold answer against the next row's, its own and a restatement of it (test_rewards_load.restate)."""
     assert _disagreements(_math500_pairs(step=1)) == []
+    assert _honest_refused(_math500_pairs(step=1, honest_only=True)) == []
 
 
 @pytest.mark.parametrize("gold, answer, unequal", [

@@ -234,7 +234,7 @@ def test_grape_sources_get_a_table_and_histogram(tmp_path):
                "sources": {"tutor": {"candidates": 300, "kept": 210}, "terse": {"candidates": 300, "kept": 90}}}
     blocks = selection_blocks("select", summary, tmp_path / "plots")
     table = next(b for b in blocks if isinstance(b, Table) and b.headers[0] == "source")
-    assert table.rows == [["tutor", "300", "210"], ["terse", "300", "90"]]
+    assert table.rows == [["tutor", "300", "210", "–"], ["terse", "300", "90", "–"]]  # no verifier: none verified
     assert any(isinstance(b, Figure) and b.path.exists() for b in blocks)
 
 
@@ -257,7 +257,7 @@ def test_hyperparameters_are_each_stages_resolved_config(report_md):
         assert rows["steps"][stage] == str(config[stage]["train"]["max_steps"])
         assert rows["batch per device"][stage] == str(config[stage]["train"]["per_device_train_batch_size"])
     assert rows["loss"]["dpo"] == ", ".join(config["dpo"]["loss_type"]) and rows["loss"]["rlvr"] == config["rlvr"]["loss_type"]
-    assert rows["β (DPO) / KL β (RLVR)"]["dpo"] == f"{config['dpo']['beta']:g}"
+    assert rows["β (DPO) / KL β (RLVR) / JSD β (distill)"]["dpo"] == f"{config['dpo']['beta']:g}"
     assert rows["generations per prompt"]["rlvr"] == str(config["rlvr"]["num_generations"])
     assert rows["samples per prompt"]["pairs (generate)"] == "4" and rows["selection method"]["select"] == "grape"
     assert rows["reward terms"]["rlvr"] == "1×verifier" and rows["learning rate"]["pairs (generate)"] == "–"
@@ -364,7 +364,7 @@ def test_reward_panel_names_identical_lines_and_terms_not_verifiers():
 
 
 def test_routed_rlvr_term_logs_each_verifiers_reward():
-    from posttrain.stages.rlvr import RLVRConfig, reward_functions
+    from posttrain.stages.rlvr.stage import RLVRConfig, reward_functions
 
     logged: dict[str, float] = {}
     funcs, _ = reward_functions(RLVRConfig(model="m", data="d"), stop_ids=[])

@@ -41,7 +41,7 @@ def rm_run(tiny_model_dir, tmp_path_factory):  # noqa: F811
 
 
 def scores(model_dir, prompts, completions):
-    from posttrain.reward_terms import RewardModelScorer
+    from posttrain.stages.rlvr.reward_terms import RewardModelScorer
 
     chats = [[{"role": "assistant", "content": c}] for c in completions]
     return RewardModelScorer(str(model_dir), batch_size=4)([[{"role": "user", "content": p}] for p in prompts], chats)
@@ -96,7 +96,7 @@ def test_a_model_term_needs_a_reward_model(tiny_model_dir, tmp_path):  # noqa: F
 
 def test_gated_model_term_scores_only_verified_answers(rm_run, tmp_path):
     """Tülu 3's 'verifier, else zero' with the RM ranking the verified answers; the verifier runs once a batch."""
-    from posttrain.stages.rlvr import reward_functions
+    from posttrain.stages.rlvr.stage import reward_functions
 
     out = rm_run[2].output("model")
     cfg, problems = rlvr_config({"model": str(out), "data": str(write_rows(tmp_path / "rl.jsonl", [])), "rewards": [
@@ -206,7 +206,7 @@ def test_the_reward_model_loads_whole_under_a_zero3_config(rm_run):
     from transformers.integrations import HfDeepSpeedConfig
     from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled, unset_hf_deepspeed_config
 
-    from posttrain.reward_terms import RewardModelScorer
+    from posttrain.stages.rlvr.reward_terms import RewardModelScorer
 
     live = HfDeepSpeedConfig({"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": 1})  # noqa: F841
     try:

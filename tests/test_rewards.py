@@ -72,7 +72,7 @@ def test_completion_may_be_chat_messages_or_bytes():
 @pytest.mark.parametrize("answer, gold", [
     ("\\frac{1}{2}", "0.5"), ("0.5", "\\frac{1}{2}"), ("1/2", "\\frac12"), ("\\dfrac{3}{4}", "\\frac{3}{4}"),
     ("2\\sqrt{2}", "\\sqrt{8}"), ("\\pi", "\\pi"), ("2\\pi", "6.283185307"), ("(1, 3]", "(1,3]"),
-    ("\\{1, 2\\}", "\\{2, 1\\}"), ("50\\%", "50"), ("10\\text{ cm}", "10"), ("x^2+2x+1", "(x+1)^2"),
+    ("\\{1, 2\\}", "\\{2, 1\\}"), ("50\\%", "50\\%"), ("50", "50\\%"), ("10\\text{ cm}", "10"), ("x^2+2x+1", "(x+1)^2"),
 ])
 def test_math_equivalences(answer, gold):
     verdict = get_verifier("math")(f"So we get \\boxed{{{answer}}}.", {"answer": gold})
@@ -87,10 +87,12 @@ def test_math_negatives(completion, gold):
     assert get_verifier("math")(completion, {"ground_truth": gold}).score == 0.0
 
 
-def test_math_extraction_last_box_nested_braces_and_final_answer_phrase():
+def test_math_extraction_every_box_nested_braces_and_final_answer_phrase():
     v = get_verifier("math")
-    assert v("first \\boxed{1} then \\boxed{\\frac{2}{3}}", {"answer": "\\frac{2}{3}"}).score == 1.0
+    # several different boxes are several candidates (docs/rewards.md); the same value boxed twice is one
+    assert v("first \\boxed{1} then \\boxed{\\frac{2}{3}}", {"answer": "\\frac{2}{3}"}).score == 0.0
     assert v("first \\boxed{\\frac{2}{3}} then \\boxed{1}", {"answer": "\\frac{2}{3}"}).score == 0.0
+    assert v("so \\boxed{\\frac{2}{3}}. Final: \\boxed{\\frac{2}{3}}", {"answer": "\\frac{2}{3}"}).score == 1.0
     assert v("Final Answer: The final answer is $\\frac{14}{3}$. I hope it is correct.", {"answer": "\\frac{14}{3}"}).score == 1.0
     assert v("the final answer is 12.", {"answer": "12"}).score == 1.0
     with pytest.raises(RowError, match="'ground_truth' or 'answer'"):

@@ -11,7 +11,7 @@ from posttrain.eval import plots
 from posttrain.rewards import Verdict, Verifier, failure_shares, get_verifier, register_verifier, score_rows
 from posttrain.rewards import math_answer, math_shortcuts
 from posttrain.rewards.guard import Worker
-from posttrain.stages.rlvr import RewardTerm, RLVRConfig, reward_functions, routed
+from posttrain.stages.rlvr.stage import RewardTerm, RLVRConfig, reward_functions, routed
 
 
 class _Probe(Verifier):

@@ -2,7 +2,7 @@
 import pytest
 
 from posttrain.data import read_rows, shared_file
-from posttrain.rewards import RowError, get_verifier, ifeval_details
+from posttrain.rewards import RowError, get_verifier, ifeval_details, score_rows
 from posttrain.rewards.ifeval_checks import CHECKERS, capital_words, count_sentences
 
 
@@ -21,7 +21,8 @@ def test_all_25_instruction_types_of_the_data_are_covered():
     ("Dr. Smith met Mr. Jones at 5 p.m. today. They talked.", 2),
     ("He said \"Stop.\" Then he left.", 2),
     ("Prices rose 3.5 percent. Wages did not.", 2),
-    ("Wait... what? Really!", 3),
+    ("Wait... what? Really!", 2),  # punkt: an ellipsis before a lower-case word ends no sentence
+    ("Wait... What? Really!", 3),
     ("J. R. R. Tolkien wrote books. Many of them.", 2),
     ("", 0),
 ])
@@ -108,3 +109,58 @@ def test_empty_response_follows_nothing_and_bad_rows_raise():
         get_verifier("ifeval")("x", _row(("length_constraints:number_words", {"relation": "at least"})))
     with pytest.raises(RowError, match="2 instruction ids but 1 kwargs"):
         get_verifier("ifeval")("x", {"instruction_id_list": ["punctuation:no_comma"] * 2, "kwargs": [{}]})
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("SOLAR/WIND/WATER power", 1), ("HELLO,WORLD", 2), ("A:B", 2), ("10:30 AM", 1), ("NASA'S plan", 2), ("CANNOT", 2),
+    ("(NASA) and [ESA]", 2), ("AT&T", 2), ("WAIT...NO", 2), ("U.S.A. and C++", 2), ("WELL-KNOWN E=MC2", 2),
+])
+def test_capital_words_are_counted_on_nltk_word_tokenize_tokens(text, expected):
+    assert capital_words(text) == expected
+
+
+@pytest.mark.slow  # importing nltk costs ~5 s of CPU
+def test_capital_word_tokens_agree_with_nltks_tokenizer_on_random_sentences():
+    """nltk's NLTKWordTokenizer (what word_tokenize runs on each sentence) needs no data; skipped without nltk."""
+    nltk_tokenizer = pytest.importorskip("nltk.tokenize").NLTKWordTokenizer()
+    import random
+
+    pieces = ["SOLAR/WIND/WATER", "DON'T", "NASA's", "NASA'S", "e-mail", "HELLO,WORLD", "A:B", "10:30", "(NASA)", "CANNOT",
+              "U.S.A.", "I'M", "*BOLD*", "--", "...", "WAIT...NO", "A;B", "AT&T", "$5", "1,000", "A,1", "\u201cQUOTE\u201d",
+              "HE'LL", "GONNA", "OK!", "WHY?NOT", "<TAG>", "A--B", "FOO_BAR", "C++", "hello", "World", "I", "a", "DOGS'",
+              "'HELLO'", '"HI"', "A.B", "\u00c9COLE", "A\u2013B", "x"]
+    rng = random.Random(0)
+    texts = [" ".join(rng.choice(pieces) for _ in range(rng.randint(1, 8))) for _ in range(2000)]
+    assert [t for t in texts if capital_words(t) != sum(w.isupper() for w in nltk_tokenizer.tokenize(t))] == []
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("Wait... and then it rained.", 1), ("Well... maybe. Yes.", 2), ("He paused... Then he left.", 2), ("So... 42 it is.", 1),
+])
+def test_an_ellipsis_before_a_lower_case_word_ends_no_sentence(text, expected):
+    assert count_sentences(text) == expected
+
+
+@pytest.mark.parametrize("instruction, kwargs, message", [
+    ("keywords:letter_frequency", {"letter": "ab", "let_frequency": 2, "let_relation": "at least"}, "one character"),
+    ("keywords:letter_frequency", {"letter": "a", "let_frequency": -1, "let_relation": "at least"}, "let_frequency must be a count"),
+    ("length_constraints:number_sentences", {"relation": "less than", "num_sentences": -2}, "num_sentences must be a count"),
+    ("length_constraints:number_words", {"relation": "at least", "num_words": 2.5}, "num_words must be a count"),
+    ("detectable_format:number_bullet_lists", {"num_bullets": "3"}, "num_bullets must be a count"),
+    ("length_constraints:nth_paragraph_first_word", {"num_paragraphs": 2, "nth_paragraph": 3, "first_word": "a"},
+     "nth_paragraph=3 is not between 1 and num_paragraphs=2"),
+])
+def test_arguments_the_reference_does_not_honour_are_row_errors(instruction, kwargs, message):
+    row = _row((instruction, kwargs))
+    with pytest.raises(RowError, match=message):
+        get_verifier("ifeval").verify_unguarded("aaaa bbbb. cccc.", row)
+    [verdict] = score_rows(["aaaa"], [row], "ifeval", max_failure_fraction=1.0)
+    assert verdict.failure == "bad_row" and verdict.score == 0.0
+
+
+def test_a_row_without_instructions_scores_zero():
+    """open-instruct's regression test (its PR #1655): an empty instruction list is not followed by anything."""
+    empty = {"id": "e", "instruction_id_list": [], "kwargs": []}
+    verdict = get_verifier("ifeval").verify_unguarded("any text at all", empty)
+    assert verdict.score == 0.0 and "no instructions" in verdict.reason
+    assert get_verifier("ifeval_loose").verify_unguarded("any text at all", empty).score == 0.0

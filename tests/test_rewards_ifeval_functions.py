@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from posttrain.rewards import RowError, get_verifier, score_rows
-from posttrain.stages.rlvr import RLVRConfig, RewardTerm, routed
+from posttrain.stages.rlvr.stage import RLVRConfig, RewardTerm, routed
 
 REPO = Path(__file__).resolve().parents[1]
 # IF_FUNCTIONS_MAP's keys, in its order.

@@ -2,7 +2,7 @@
 import pytest
 
 from posttrain.rewards import score_rows
-from posttrain.stages.rlvr import RewardTerm, RLVRConfig, reward_functions, routed
+from posttrain.stages.rlvr.stage import RewardTerm, RLVRConfig, reward_functions, routed
 
 LENGTH = {"budget_chars": 20, "zero_at_chars": 100}
 

@@ -10,7 +10,7 @@ from posttrain import hf
 from posttrain.data import DataError
 from posttrain.schema import build
 from posttrain.stage import STAGES, Context
-from posttrain.tools import PythonTool, Tools, check_tools, prepare_tokenizer, run_code
+from posttrain.stages.rlvr.tools import PythonTool, Tools, check_tools, prepare_tokenizer, run_code
 from posttrain.worlds import tinyworld, toolworld
 
 TINY = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, intermediate_size=64)

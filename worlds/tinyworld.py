@@ -2,7 +2,7 @@
 a small Llama model, so that a whole recipe trains on one CPU thread.
 
 Skills (one module each, see posttrain.worlds.skill): arithmetic word problems (`numeric` verifier),
-format instructions (`ifeval`), one-line Python functions (`code`, sandboxed), and courtesy, which only
+format instructions (`ifeval_words`: the format and the words), one-line Python functions (`code`, sandboxed), and courtesy, which only
 preference data teaches. In each, a fixed hash puts about one problem in ten into the held-out split; the
 training generators never emit those. Several "teachers" per skill answer in their own style, and some of
 them are sometimes wrong, so data selection and RL have something to do.

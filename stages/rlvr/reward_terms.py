@@ -148,19 +148,18 @@ def term_problems(terms: list) -> list[tuple[str, str]]:
     return problems
 
 
-def reward_model_refs(specs: dict) -> list[tuple[str, str]]:
+def reward_model_refs(terms: list, kinds: dict[str, str]) -> list[tuple[str, str]]:
     """(key, message) for each `model` term that names another stage's model when that stage does not train a
-    reward model: every other stage kind outputs a causal LM, which is found out only when the term loads it."""
+    reward model: every other stage kind outputs a causal LM, which is found out only when the term loads it.
+    kinds: every stage of the recipe, name -> kind."""
     from posttrain.stage import is_ref, parse_ref
 
     problems = []
-    for name, spec in specs.items():
-        for i, term in enumerate(getattr(spec.config, "rewards", None) or []):
-            model = getattr(term, "model", None)
-            upstream = specs.get(parse_ref(model)[0]) if is_ref(model) else None
-            if upstream is not None and upstream.kind != "reward_model":
-                problems.append((f"stages.{name}.rewards[{i}].model", f"stage '{upstream.name}' ({upstream.kind}) "
-                                 "outputs a causal LM, not a reward model; name a reward_model stage's output"))
+    for i, term in enumerate(terms):
+        upstream = parse_ref(term.model)[0] if is_ref(term.model) else None
+        if upstream in kinds and kinds[upstream] != "reward_model":
+            problems.append((f"rewards[{i}].model", f"stage '{upstream}' ({kinds[upstream]}) outputs a causal LM, "
+                             "not a reward model; name a reward_model stage's output"))
     return problems
 
 

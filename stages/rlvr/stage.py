@@ -3,26 +3,28 @@
 Each reward term names a verifier from posttrain.rewards and scores every row with it, whatever the row's
 own `verifier` column says; only the term named `verifier` routes each row to the verifier its route column
 names (Tülu 3's mixed GSM8K/MATH/IFEval data). A term named `model` is a reward model's score, and `gate`
-makes a term count only where another passes (posttrain.reward_terms). So a `length` or `format` term beside a routed correctness
-term is its own series in the logs (rewards/<term>/mean), never the row's verifier counted twice. Tülu 3's shaping is
-`verified_reward: 10` (the value of a verified answer) and `eos_penalty` (subtracted when a completion
-ends without an end-of-turn token). Checkpoints must fall on generation-buffer boundaries (validated), so resume is exact.
-With `lora`, adapters train (the KL reference is the adapter-free model) and merge into the export, as in sft.
+makes a term count only where another passes (reward_terms.py, beside this file). So a `length` or `format`
+term beside a routed correctness term is its own series in the logs (rewards/<term>/mean), never the row's
+verifier counted twice. Tülu 3's shaping is `verified_reward: 10` (the value of a verified answer) and
+`eos_penalty` (subtracted when a completion ends without an end-of-turn token). Checkpoints must fall on
+generation-buffer boundaries (validated), so resume is exact. With `lora`, adapters train (the KL reference
+is the adapter-free model) and merge into the export, as in sft.
 """
 import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
-from posttrain import dynamic_sampling, hf, vllm_correction
-from posttrain.dynamic_sampling import DynamicSampling
+from posttrain import hf
 from posttrain.data import DataError, located_rows
 from posttrain.formats import as_chat
 from posttrain.stage import Context, Dataset, Model, register
-from posttrain.async_rl import AsyncGeneration, check_async, run_async
-from posttrain.tools import Tools, check_tools, grpo_tool_args, prepare_tokenizer, tool_functions
 from posttrain.training import (TrainingStage, Launcher, Lora, TrainArgs, check_launcher, check_lora, check_trl_args,
                                 load_trainable, peft_config, train_and_save, trl_config)
+from posttrain.stages.rlvr import dynamic_sampling, vllm_correction
+from posttrain.stages.rlvr.async_gen import AsyncGeneration, check_async, run_async
+from posttrain.stages.rlvr.dynamic_sampling import DynamicSampling
+from posttrain.stages.rlvr.tools import Tools, check_tools, grpo_tool_args, prepare_tokenizer, tool_functions
 
 ROUTE_BY_ROW = "verifier"
 
@@ -86,8 +88,8 @@ def reward_functions(cfg: RLVRConfig, stop_ids: list[int], path: Callable[[str],
     """One TRL reward function per term (named after it, so TRL logs rewards/<name>/mean), plus the EOS term;
     a gated term's series is its reward after the gate. path: resolves a `model` term's model (the stage passes
     ctx.path, which also finds an upstream stage's output); without it the model is a folder as written.
-    Verifier terms log their failure shares (posttrain.reward_terms.VerifiedTerm)."""
-    from posttrain.reward_terms import MODEL_TERM, VerifiedTerm, gated, model_reward, remembered
+    Verifier terms log their failure shares (reward_terms.VerifiedTerm)."""
+    from posttrain.stages.rlvr.reward_terms import MODEL_TERM, VerifiedTerm, gated, model_reward, remembered
 
     def term_fn(term: RewardTerm):
         if term.name == MODEL_TERM:
@@ -164,7 +166,7 @@ class RLVR(TrainingStage):
         from posttrain.rewards import list_verifiers
         from posttrain.schema import suggest
 
-        from posttrain.reward_terms import MODEL_TERM, term_problems
+        from posttrain.stages.rlvr.reward_terms import MODEL_TERM, term_problems
 
         problems = (check_launcher(cfg.launcher) + check_lora(cfg.lora) + term_problems(cfg.rewards)
                     + check_trl_args("GRPOConfig", cfg.train, _grpo_args(cfg, reward_weights=None)))
@@ -189,6 +191,11 @@ class RLVR(TrainingStage):
         problems += dynamic_sampling.check(cfg.dynamic_sampling, cfg.train.per_device_train_batch_size,
                                            _steps_per_generation(cfg), cfg.num_generations)
         return problems
+
+    def check_upstream(self, cfg: RLVRConfig, kinds: dict[str, str]) -> list[tuple[str, str]]:
+        from posttrain.stages.rlvr.reward_terms import reward_model_refs
+
+        return reward_model_refs(cfg.rewards, kinds)
 
     def run(self, cfg: RLVRConfig, ctx: Context) -> dict:
         from datasets import Dataset as HFDataset
