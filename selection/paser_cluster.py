@@ -9,13 +9,14 @@ D^-1/2 A D^-1/2 U = U diag(lambda), which has the same eigenvalues and is what t
 memory: for pools up to about 10^4 rows.
 
 K: fixed (the released code: 10), or by the NMF approximation error (the paper): for each k in
-[2, max_clusters], S_k = |V_k V_k^T| from the top k eigenvectors is factorised with k components and its
-relative error e_k = ||S_k - W H||_F / ||S_k||_F is measured. The paper names the criterion, not the rule;
-here K is the k after which the error rises most (the largest e_k+1 - e_k). With K true groups V_K V_K^T is
-close to block-diagonal and non-negative, so K components reproduce it (e_K dips); one eigenvector more adds
-within-group structure with negative entries that |.| folds and the components cannot fit (e_K+1 jumps).
-The smallest error alone is not the rule: at k = 2 two merged groups are still nearly
-block-diagonal. Or (not the paper's) the largest eigengap of D^-1 A.
+[1, max_clusters + 1], S_k = |V_k V_k^T| from the top k eigenvectors is factorised with k components and
+its relative error e_k = ||S_k - W H||_F / ||S_k||_F is measured. The paper names the criterion, not the
+rule; here K in [2, max_clusters] is where the error curve dips most (the largest e_k-1 - 2 e_k + e_k+1).
+With K true groups V_K V_K^T is close to block-diagonal and non-negative, so K components reproduce it (e_K
+dips); one eigenvector more adds within-group structure with negative entries that |.| folds and the
+components cannot fit (e_K+1 jumps). The smallest error alone is not the rule: at k = 2 two merged groups
+are still nearly block-diagonal (e_1 = 0: S_1 is constant). Cost: max_clusters + 1 NMFs of the N x N matrix
+(bench/README.md). Or (not the paper's) the largest eigengap of D^-1 A.
 
 landmark (for larger pools; an approximation, not the paper's): an anchor kNN graph as in large-scale
 spectral clustering (Liu et al. 2010; Chen & Cai 2011). p landmarks are k-means centres of a random sample;
@@ -98,10 +99,10 @@ def dense_clusters(x: np.ndarray, k: int | None, k_rule: str, max_clusters: int,
         labels, _ = nmf_labels(v[:, :k], seed)
         return Clustering(labels, k, "eigengap", "dense", values.tolist())
     errors, labels_of = {}, {}
-    for k in range(2, min(max_clusters + 1, v.shape[1]) + 1):
+    for k in range(1, min(max_clusters + 1, v.shape[1]) + 1):
         labels_of[k], errors[k] = nmf_labels(v[:, :k], seed)
-    rise = {k: errors[k + 1] - errors[k] for k in errors if k + 1 in errors}
-    best = max(rise, key=lambda k: (rise[k], -k)) if rise else min(errors)
+    dip = {k: errors[k - 1] - 2 * errors[k] + errors[k + 1] for k in errors if k >= 2 and k + 1 in errors}
+    best = max(dip, key=lambda k: (dip[k], -k)) if dip else max(errors)
     return Clustering(labels_of[best], best, "nmf_error", "dense", values.tolist(), errors)
 
 

@@ -29,7 +29,8 @@ def test_nmf_error_finds_the_blobs_where_the_eigengap_does_not(k):
     assert c.k == k and c.k_chosen_by == "nmf_error" and c.graph == "dense"
     assert adjusted_rand_score(truth, c.labels) > 0.95
     errors = c.nmf_errors
-    assert errors[k + 1] - errors[k] == max(errors[j + 1] - errors[j] for j in errors if j + 1 in errors)
+    dip = {j: errors[j - 1] - 2 * errors[j] + errors[j + 1] for j in range(2, 13)}
+    assert max(dip, key=dip.get) == k and set(errors) == set(range(1, 14))
     # the eigengap on the same graph picks another K on these pools (3 blobs: 2, 8 blobs: 5)
     assert paser_cluster.dense_clusters(x, None, "eigengap", 12, seed=0).k != k
 

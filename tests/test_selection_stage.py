@@ -311,7 +311,7 @@ def test_paser_selects_at_most_the_budget_from_a_pruned_model(sft_file, base_mod
     rows, audit, summary = run(cfg, tmp_path / "paser")
     p, table = summary["paser"], summary["paser"]["clusters"]
     assert (p["graph"], p["jsd"], p["budget_split"], p["refill"]) == ("dense", "instruction_sum", "floor", False)
-    assert p["k_chosen_by"] == "nmf_error" and set(p["nmf_errors"]) == {str(k) for k in range(2, 8)}
+    assert p["k_chosen_by"] == "nmf_error" and set(p["nmf_errors"]) == {str(k) for k in range(1, 8)}
     assert p["unallocated"] == 10 - sum(t["budget"] for t in table) < len(table)  # floors: under one row each
     assert p["budget_shortfall"] == 10 - len(rows) == 10 - sum(t["selected"] for t in table)
     assert {a["cluster"] for a in audit} == {t["cluster"] for t in table}
