@@ -95,6 +95,18 @@ def bench_paser(sizes: list[int], dense_sizes: list[int]) -> None:
             print(f"n={n}: dense not run; its float64 kernel matrix alone would be {8 * n * n / 2**30:,.0f} GiB")
 
 
+def bench_k_search(sizes: list[int], max_clusters: int) -> None:
+    """K by the NMF approximation error (the paper's rule, dense graph) on the same pools: K found and time."""
+    from posttrain.selection.paser_cluster import dense_clusters
+
+    print(f"\n## PASER K by NMF error (true K={TRUE_K}, searched in [2, {max_clusters}])")
+    for n in sizes:
+        x, _ = synthetic_embeddings(n)
+        t0 = time.perf_counter()
+        k = dense_clusters(x, None, "nmf_error", max_clusters, seed=0).k
+        print(f"n={n}: K={k} in {time.perf_counter() - t0:.1f} s ({max_clusters + 1} NMFs of the {n} x {n} matrix)")
+
+
 def bench_grape(n_prompts: int) -> None:
     import torch
 
@@ -148,6 +160,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--dense", type=int, nargs="*", default=[2_000, 5_000, 10_000])
+    parser.add_argument("--k-search", type=int, nargs="*", default=[1000], help="pool sizes for the K-by-NMF-error run")
+    parser.add_argument("--k-max", type=int, default=45, help="the largest K searched there")
     parser.add_argument("--only-paser", action="store_true", help="skip the GRAPE and dedup benchmarks")
     parser.add_argument("--grape-prompts", type=int, default=64)
     parser.add_argument("--dedup-rows", type=int, default=20_000)
@@ -157,6 +171,7 @@ def main() -> None:
         bench_grape(args.grape_prompts)
         bench_dedup(args.dedup_rows, args.dedup_naive)
     bench_paser(args.sizes, args.dense)
+    bench_k_search(args.k_search, args.k_max)
 
 
 if __name__ == "__main__":
