@@ -5,15 +5,19 @@ samples, take each cluster's samples in efficiency order until its budget is met
 Consistency Graph, and leave budget unspent when a cluster runs out (the shortfall is in the summary).
 
 JSD (option jsd): instruction_sum, as the released code computes it: on the instruction's tokens alone,
-summed over positions; or response_mean (not the paper's): the mean per response token given the prompt.
+summed over positions (the instruction: the prompt's message contents, so an alpaca row's `input` is
+included, which the released code leaves out); or response_mean (not the paper's): the mean per response
+token given the prompt.
 Efficiency: JSD / ln(cost), cost = (the sample's tokens, prompt + response as scored)^2, the paper's
 quadratic attention cost (the released code adds instruction tokens to response characters; tokens here).
 Clusters are visited in order of degradation, largest first (the released code's order is that of its
 arbitrary cluster numbers; the shared CCG makes the order matter, so the most degraded cluster goes first).
 
-Kept from posttrain's earlier variant, not the paper's: budget_split largest_remainder (the split sums to
+Kept from posttrain's earlier variant, under their own option values and not the paper's: k_rule
+eigengap, graph landmark at any size, jsd response_mean, budget_split largest_remainder (the split sums to
 exactly B, capped at cluster sizes) and refill (budget left by CCG rejections or small clusters is filled
-from the whole pool in efficiency order, overriding the per-cluster split).
+from the whole pool in efficiency order, overriding the per-cluster split). That variant's efficiency was
+JSD / ln(tokens): half of this one, the same order.
 """
 from __future__ import annotations
 
