@@ -11,7 +11,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # Exact versions of everything for the demo and CI (Linux x86-64, CPython 3.11); `make lock` regenerates it.
 LOCK ?= requirements/cpu.lock
 
-.PHONY: setup demo test test-all bench test-min test-latest lock
+.PHONY: setup demo demo-real test test-all bench test-min test-latest lock
 
 # $(1): a venv's python, $(2): pip options. torch at the lock's version, from TORCH_INDEX: the index decides the
 # build (+cpu, +cu128) and with it which libraries torch needs; the lock then sets the versions of those it names.
@@ -53,6 +53,12 @@ demo: setup
 	$(VENV)/bin/posttrain run recipes/tiny.yaml
 	$(VENV)/bin/posttrain status runs/tiny
 	@echo "report: runs/tiny/report/report/report.html"
+
+# A real model: SmolLM2-135M-Instruct on real data (docs/real-model.md)
+demo-real: setup
+	$(VENV)/bin/posttrain run recipes/smollm2.yaml
+	$(VENV)/bin/posttrain status runs/smollm2
+	@echo "report: runs/smollm2/report/report/report.html"
 
 # The fast suite in parallel: one pytest worker per CPU (each one thread), a test file to a worker so that a
 # file's module fixtures are built once. TEST_WORKERS=0 runs it in one process.

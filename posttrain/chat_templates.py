@@ -123,19 +123,25 @@ def expected_spans(tokenizer, messages: list[dict], eot: str, template: str | No
 
 def trained_spans(tokenizer, messages: list[dict], template: str) -> list[str]:
     """The text of each run of consecutive tokens the assistant mask trains, as transformers computes the mask
-    (and TRL trains it)."""
+    (and TRL trains it). Read off the rendered text through the tokens' character offsets where the tokenizer
+    gives them (decoding a run alone can drop a SentencePiece word's leading space), else decoded."""
     enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
                                         chat_template=template)
-    runs, current = [], []
-    for tid, trained in zip(enc["input_ids"], enc["assistant_masks"]):
-        if trained:
-            current.append(tid)
-        elif current:
-            runs.append(current)
-            current = []
-    if current:
-        runs.append(current)
-    return [tokenizer.decode(run) for run in runs]
+    ids, mask = enc["input_ids"], enc["assistant_masks"]
+    runs, start = [], None
+    for i, trained in enumerate([*mask, 0]):
+        if trained and start is None:
+            start = i
+        elif not trained and start is not None:
+            runs.append((start, i))
+            start = None
+    text = _render(tokenizer, messages, template)
+    if getattr(tokenizer, "is_fast", False):
+        plain = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        if plain["input_ids"] == ids:
+            offsets = plain["offset_mapping"]
+            return [text[offsets[a][0]:offsets[b - 1][1]] for a, b in runs]
+    return [tokenizer.decode(ids[a:b]) for a, b in runs]
 
 
 def verify(tokenizer, marked: str, eot: str) -> str | None:
@@ -183,9 +189,10 @@ def training_template(tokenizer) -> tuple[str, str]:
         if not problem:
             return trl_template, "TRL's training template"
         reasons.append(f"TRL's training template for it does not render it exactly ({problem})")
-    problem = verify(tokenizer, marked_copy(original, eot), eot)
+    marked = marked_copy(original, eot)
+    problem = verify(tokenizer, marked, eot)
     if not problem:
-        return marked_copy(original, eot), "posttrain's marked copy"
+        return marked, "posttrain's marked copy"
     reasons.append(problem)
     raise TemplateProblem("posttrain cannot mark its assistant turns safely: " + "; ".join(reasons))
 
@@ -225,16 +232,17 @@ def carrying(tokenizer, template: str):
 
 def check_model_template(model: str, chat_template: str, assistant_only_loss: bool) -> list[tuple[str, str]]:
     """Validation (sft: assistant_only_loss as set; dpo: False): the problems of the template a stage would train
-    with, where its tokenizer is cheap to load (a local model folder; other models are checked when the stage
-    loads the tokenizer, before the model)."""
+    with, where its tokenizer is cheap to load (a local model folder, or a GGUF model a run has converted
+    already; other models are checked when the stage loads the tokenizer, before the model)."""
     from pathlib import Path
 
-    from posttrain import hf
+    from posttrain import hf, packaged
 
-    if not (Path(model) / "tokenizer_config.json").is_file():
+    folder = packaged.converted_folder(model) if packaged.is_packaged(model) else Path(model)
+    if folder is None or not (folder / "tokenizer_config.json").is_file():
         return []
     try:
-        tokenizer = hf.load_tokenizer(model, chat_template)
+        tokenizer = hf.load_tokenizer(str(folder), chat_template)
     except Exception:  # noqa: BLE001 - a tokenizer that does not load is reported when the stage loads it
         return []
     if assistant_only_loss:

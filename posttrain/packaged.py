@@ -91,6 +91,16 @@ def context_length(value: str) -> int | None:
         return None
 
 
+def converted_folder(value: str) -> Path | None:
+    """The converted folder of a packaged model if a run has made it already (validation reads its tokenizer
+    cheaply), else None."""
+    try:
+        folder = cache_root() / "models" / file_sha256(gguf_file(value))[:32]
+    except (PackagedModelError, OSError):
+        return None
+    return folder if (folder / "posttrain_source.json").is_file() else None
+
+
 def local_folder(value: str) -> Path:
     """The converted Hugging Face folder of a packaged model, converting it the first time. Concurrent
     callers (ranks, parallel test workers) wait on a file lock and then find the folder made."""

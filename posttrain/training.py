@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from posttrain import hf, tracking
-from posttrain.data import read_rows, write_rows
+from posttrain.final_checkpoint import drop_rows_after, finish_training
 from posttrain.stage import Context, Stage
 
 
@@ -268,9 +268,7 @@ def metrics_to_run_store(ctx: Context, trainer):
                 trainer._total_loss_scalar = saved["total_loss"]
                 trainer._total_train_tokens = saved["total_tokens"]
             trainer._initial_global_step = 0  # train_loss: the mean over all steps, not those since the resume
-            path = ctx.out_dir / "metrics.jsonl"
-            if path.exists() and path.stat().st_size:  # a line torn by a kill is dropped with the replayed ones
-                write_rows(path, [r for r in read_rows(path, on_bad_rows="skip") if r.get("step", 0) <= state.global_step])
+            drop_rows_after(ctx.out_dir / "metrics.jsonl", state.global_step)
 
         def on_step_end(self, args, state, control, **kwargs):
             if control.should_save:  # set by the trainer's flow callback, which runs before this one
@@ -292,11 +290,10 @@ def train_and_save(trainer, tokenizer, ctx: Context, merge_into: str | None = No
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         resumed_step = state.get("global_step", 0)
         if state.get("global_step", 0) >= state.get("max_steps", float("inf")) > 0:
-            # Resuming a finished checkpoint would train one extra step: load its weights instead.
+            # Resuming a finished checkpoint would train one extra step: load its weights instead, and do what
+            # the trainer's end did not (stages read their headline metrics from its state, as after a real run).
             _load_weights(trainer.model, checkpoint)
-            # Stages read their headline metrics from the trainer's state, as after a real run.
-            trainer.state.log_history = state.get("log_history", [])
-            trainer.state.global_step = state["global_step"]
+            finish_training(trainer, ctx, state)
             return _finish(trainer, tokenizer, ctx, merge_into)
     trainer.add_callback(metrics_to_run_store(ctx, trainer))
     tracked = tracking.start(trainer, ctx.out_dir, resumed_step)

@@ -7,7 +7,7 @@ from posttrain import hf
 from posttrain.worlds import tinyworld
 from posttrain.data import read_rows
 from posttrain.formats import content_budget
-from posttrain.stage import Context, Dataset, Model, register
+from posttrain.stage import BuiltModel, Context, Dataset, Model, register
 from posttrain.training import TrainingStage, TrainArgs, check_trl_args, train_and_save, trl_config
 
 BUILTIN = "builtin:tiny"
@@ -40,6 +40,12 @@ class Pretrain(TrainingStage):
         if cfg.architecture and cfg.model != BUILTIN:
             problems.append(("architecture", f"only applies to {BUILTIN}; a pretrained model keeps its own"))
         return problems
+
+    def built_model(self, cfg: PretrainConfig) -> BuiltModel | None:
+        if cfg.model != BUILTIN:
+            return None
+        context = {**tinyworld.DEFAULT_ARCH, **cfg.architecture}["max_position_embeddings"]
+        return BuiltModel(context if isinstance(context, int) else None, frozenset(tinyworld.CHARS), f"builds {BUILTIN}")
 
     def run(self, cfg: PretrainConfig, ctx: Context) -> dict:
         from datasets import Dataset as HFDataset

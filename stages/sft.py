@@ -1,7 +1,8 @@
 """Supervised fine-tuning on a mixture of sources, on TRL's SFTTrainer.
 
 Every source row is converted explicitly to `messages` (from messages, prompt/completion or alpaca);
-a row that fits no format is an error naming the file and row. Assistant-only loss is on by default.
+a row that fits no format is an error naming the file and row. Assistant-only loss is on by default, on any chat
+template (posttrain.chat_templates marks its assistant turns, or refuses it with the reason).
 """
 from dataclasses import dataclass, field
 from typing import Literal
@@ -31,7 +32,8 @@ class SFTStageConfig:
     model: Model
     data: Dataset | list[Source] = field(metadata={"help": "one file, or a mixture of sources (docs/data.md)"})
     chat_template: str = field(default="model", metadata={"help": "model (the checkpoint's own), tulu, chatml, or a Jinja string"})
-    assistant_only_loss: bool = True
+    assistant_only_loss: bool = field(default=True, metadata={
+        "help": "train only the assistant turns, each through its end-of-turn token, under any chat template (docs/data.md)"})
     loss_reduction: Literal["token_mean", "sum"] = field(default="token_mean", metadata={
         "help": "token_mean: mean over trained tokens; sum: summed over a micro-batch's tokens (Tülu 3)"})
     max_length: int = field(default=2048, metadata={"ge": 8})
@@ -78,12 +80,28 @@ def _sources(cfg: SFTStageConfig) -> list[Source]:
 
 def _count_truncated(rows: list[dict], tokenizer, max_length: int, batch: int = 1000) -> int:
     """How many rows the trainer will cut. Tokenised a batch at a time: the token lists of a 939k-row mixture
-    are never all held at once."""
+    are never all held at once. Rendered with the training template, so a row it refuses (posttrain's marked
+    copy refuses a turn whose prompt renders differently) is named here, not deep inside TRL."""
     count = 0
     for start in range(0, len(rows), batch):
-        texts = tokenizer.apply_chat_template([r["messages"] for r in rows[start:start + batch]], tokenize=False)
+        chats = [r["messages"] for r in rows[start:start + batch]]
+        try:
+            texts = tokenizer.apply_chat_template(chats, tokenize=False)
+        except Exception:  # noqa: BLE001 - the template's own error, for the first row that raises it
+            _raise_for_row(tokenizer, chats, start)
+            raise
         count += sum(len(ids) > max_length for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
     return count
+
+
+def _raise_for_row(tokenizer, chats: list[list[dict]], start: int) -> None:
+    for i, chat in enumerate(chats):
+        try:
+            tokenizer.apply_chat_template(chat, tokenize=False)
+        except Exception as e:  # noqa: BLE001 - any template error, reported with the row
+            first = next((m["content"] for m in chat if m["role"] != "system"), "")[:60]
+            raise DataError(f"example {start + i} of the mixture (it starts {first!r}; roles "
+                            f"{[m['role'] for m in chat]}): the chat template refuses it: {e}") from None
 
 
 def _dataset(cfg: SFTStageConfig, ctx: Context, tokenizer):
@@ -120,11 +138,11 @@ class SFT(TrainingStage):
         tokenizer = hf.load_tokenizer(ctx.path(cfg.model), cfg.chat_template)
         # Before any data or model is read: a template that cannot be marked safely stops the stage here.
         template, how = _training_template(cfg, tokenizer)
-        dataset, prepared = _dataset(cfg, ctx, tokenizer)
-        mixture, truncated = prepared["mixture"], prepared["truncated"]
-        if truncated:
-            ctx.info(f"{truncated} of {len(dataset)} examples are longer than max_length={cfg.max_length} and will be truncated")
         with chat_templates.carrying(tokenizer, template):
+            dataset, prepared = _dataset(cfg, ctx, tokenizer)
+            mixture, truncated = prepared["mixture"], prepared["truncated"]
+            if truncated:
+                ctx.info(f"{truncated} of {len(dataset)} examples are longer than max_length={cfg.max_length} and will be truncated")
             trainer = _trainer(cfg, ctx, tokenizer, dataset)
         # TRL drops examples whose truncation left no trained token (a prompt that fills max_length): say so
         dropped = len(dataset) - len(trainer.train_dataset)

