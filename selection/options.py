@@ -55,7 +55,8 @@ class PaserOptions:
     refill: bool = field(default=False, metadata={
         "help": "fill budget left by CCG rejections from the whole pool in efficiency order (not the paper's)"})
     ccg: bool = field(default=True, metadata={"help": "apply the Concept Consistency Graph filter"})
-    concepts_per_sample: int = field(default=5, metadata={"ge": 1})
+    concepts_per_sample: int | None = field(default=None, metadata={
+        "ge": 1, "help": "the CCG's concepts per sample: its top RAKE phrases; unset: all of them (the released code)"})
 
 
 @dataclass

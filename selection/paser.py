@@ -14,7 +14,7 @@ Clusters are visited in order of degradation, largest first (the released code's
 arbitrary cluster numbers; the shared CCG makes the order matter, so the most degraded cluster goes first).
 
 Kept from posttrain's earlier variant, under their own option values and not the paper's: k_rule
-eigengap, graph landmark at any size, jsd response_mean, budget_split largest_remainder (the split sums to
+eigengap, graph landmark at any size, jsd response_mean, concepts_per_sample 5, budget_split largest_remainder (the split sums to
 exactly B, capped at cluster sizes) and refill (budget left by CCG rejections or small clusters is filled
 from the whole pool in efficiency order, overriding the per-cluster split). That variant's efficiency was
 JSD / ln(tokens): half of this one, the same order.

@@ -163,6 +163,8 @@ def _paser_problems(p: PaserOptions) -> list[tuple[str, str]]:
         problems.append(("paser.clusters", f"not used by k_rule {p.k_rule}: remove it, or set k_rule: fixed"))
     if p.k_rule == "fixed" and p.max_clusters is not None:
         problems.append(("paser.max_clusters", "not used by k_rule fixed (K is paser.clusters): remove it"))
+    if not p.ccg and p.concepts_per_sample is not None:
+        problems.append(("paser.concepts_per_sample", "not used without the CCG (ccg: false): remove it"))
     if p.graph != "auto" and p.dense_max_rows is not None:
         problems.append(("paser.dense_max_rows", f"only used by graph auto, not {p.graph}: remove it"))
     problems += [(f"paser.{key}", "not used by graph dense: remove it")

@@ -144,5 +144,5 @@ def test_summed_jsd_is_over_the_instruction_positions_only(two_models):
 
 def test_the_defaults_are_the_papers_method():
     opts = PaserOptions()
-    assert (opts.jsd, opts.k_rule, opts.graph, opts.budget_split, opts.refill) == (
-        "instruction_sum", "nmf_error", "auto", "floor", False)
+    assert (opts.jsd, opts.k_rule, opts.graph, opts.budget_split, opts.refill, opts.concepts_per_sample) == (
+        "instruction_sum", "nmf_error", "auto", "floor", False, None)  # None: every RAKE phrase is a concept

@@ -342,6 +342,7 @@ def test_check_paser_options_used_together(sft_file, base_model):
     assert paser(k_rule="fixed", clusters=10, max_clusters=12) == ["paser.max_clusters"]
     assert paser(graph="dense", landmarks=50, dense_max_rows=10) == ["paser.dense_max_rows", "paser.landmarks"]
     assert paser(graph="landmark", landmarks=50, neighbors=3) == []
+    assert paser(ccg=False, concepts_per_sample=5) == ["paser.concepts_per_sample"]
 
 
 def test_magnitude_zeroes_the_smallest_weights_per_layer(base_model, tmp_path):
