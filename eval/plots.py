@@ -24,7 +24,17 @@ PANELS = [
     ("verifier failures", "share timed out, crashed or\nhit a sandbox limit", re.compile(r"^failures/[^/]+$")),
     ("KL to reference", "KL", re.compile(r"^kl$")),
     ("completion length", "tokens", re.compile(r"^completions/mean_length$")),
+    # GRPO: a group whose completions all get the same reward has zero advantage, so no gradient
+    ("groups with no signal", "share with zero reward std", re.compile(r"^frac_reward_zero_std$")),
+    ("clipped tokens", "share of tokens", re.compile(r"^clip_ratio/(low|high|region)_mean$")),
+    # DPO with an NLL term (RPO): the chosen log-prob is what the NLL term raises; the gap is the sigmoid term's
+    ("log-prob of chosen / rejected", "sequence log-prob", re.compile(r"^logps/(chosen|rejected)$")),
+    ("entropy", "nats per token", re.compile(r"^entropy$")),
+    ("gradient norm", "norm (before clipping)", re.compile(r"^grad_norm$")),
+    ("learning rate", "learning rate", re.compile(r"^learning_rate$")),
 ]
+# Panels of shares: their axis starts at 0 (an all-zero line must not sit on an axis of negative shares).
+SHARES = {"verifier failures", "groups with no signal", "clipped tokens"}
 # What a panel shows in a stage of a given kind, where the logged key alone does not say it: a distill stage's loss
 # is the teacher-student divergence on the student's own samples (stages/distill.py).
 PANEL_MEANING = {("distill", "loss"): ("loss: teacher–student divergence", "generalised JSD per token")}
@@ -68,6 +78,14 @@ def panel_series(rows: list[dict], keys: list[str]) -> list[tuple[str, list[tupl
     return series
 
 
+def drawn_series(title: str, rows: list[dict], keys: list[str]) -> list[tuple[str, list[tuple]]]:
+    """panel_series, except that a share panel at zero throughout is one line that says so, not "a = b = c"."""
+    series = panel_series(rows, keys)
+    if title in SHARES and all(y == 0 for _, points in series for _, y in points):
+        return [(f"0 at every step ({', '.join(series_name(k) for k in keys)})", series[0][1])]
+    return series
+
+
 def training_curves(stage: str, rows: list[dict], out: Path, kind: str | None = None) -> Path | None:
     """One figure for a stage, the page's width: panels in rows of up to three, a line per matching key."""
     rows = failure_totals([r for r in rows if "step" in r])
@@ -78,7 +96,9 @@ def training_curves(stage: str, rows: list[dict], out: Path, kind: str | None = 
     lines = -(-len(panels) // columns)
     fig, axes = plt.subplots(lines, columns, figsize=(WIDTH_IN, PANEL_HEIGHT_IN * lines + 0.3), squeeze=False)
     for ax, (title, ylabel, keys) in zip(axes.flat, panels):
-        series = panel_series(rows, keys)
+        series = drawn_series(title, rows, keys)
+        if title in SHARES:
+            ax.set_ylim(0, max([0.05] + [1.1 * y for _, points in series for _, y in points]))
         for label, points in series:
             ax.plot(*zip(*points), marker="." if len(points) < 30 else None, label=label)
         ax.set_title(title, fontsize=10)

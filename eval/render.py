@@ -11,6 +11,7 @@ class Cell:
     text: str
     note: str = ""        # a smaller second line, e.g. "n=500, CI 68.1-76.3"
     best: bool = False    # marked as the best in its row
+    change: str = ""      # "gain" or "loss": a real (significant) change, marked ▲ or ▼
     href: str = ""        # a link, relative to the report file (e.g. to per-example outputs)
 
 
@@ -76,7 +77,8 @@ def _md_table(t: Table) -> list[str]:
 
 
 def _md_cell(c: Cell) -> str:
-    text = f"**{_md_escape(c.text)}**" if c.best else _md_escape(c.text)
+    text = f"**{_md_escape(c.text)}**" if c.best or c.change else _md_escape(c.text)
+    text += {"gain": " ▲", "loss": " ▼"}.get(c.change, "")
     text = f"[{text}]({c.href})" if c.href else text
     return f"{text} <sub>{_md_escape(c.note)}</sub>" if c.note else text
 
@@ -101,6 +103,8 @@ td { padding: 0.25em 0.9em; text-align: left; vertical-align: top; }
 th.num, td.num { text-align: right; }
 td .note { display: block; font-size: 0.76em; font-weight: 400; color: #555; white-space: nowrap; }
 td.best { font-weight: 700; } td.best .main::after { content: " \\25B2"; font-size: 0.7em; color: #2a6; }
+td.gain, td.loss { font-weight: 700; } td.gain .main::after { content: " \\25B2"; font-size: 0.7em; color: #2a6; }
+td.loss .main { color: #b22; } td.loss .main::after { content: " \\25BC"; font-size: 0.7em; color: #b22; }
 tr.group td { font-style: italic; font-weight: 600; padding-top: 0.7em; color: #333; text-align: left; }
 tr.rule td { border-top: 1px solid #111; }
 figure { margin: 1em 0 1.6em; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
@@ -149,7 +153,7 @@ def _num(t: Table, i: int) -> str:
 
 def _html_cell(c: Cell, numeric: bool) -> str:
     note = f'<span class="note">{html.escape(c.note)}</span>' if c.note else ""
-    classes = " ".join(name for name, on in (("num", numeric), ("best", c.best)) if on)
+    classes = " ".join(name for name, on in (("num", numeric), ("best", c.best), (c.change, c.change)) if on)
     cls = f' class="{classes}"' if classes else ""
     text = html.escape(c.text)
     main = f'<a href="{html.escape(c.href)}">{text}</a>' if c.href else text

@@ -70,7 +70,7 @@ def build_report(run_dir: Path, out_dir: Path, reference: str | None = None, inp
     blocks += samples_section(scores, out_dir)
     blocks += hyperparameter_section(run.stages)
     blocks += curves_section(run.stages, out_dir / "plots")
-    blocks += data_section(inputs.summaries, run.stages, out_dir / "plots")
+    blocks += data_section(inputs.summaries, run.stages, out_dir / "plots", evaluated=list(scores.tasks))
     blocks += provenance_section(run)
     title = f"Report: {run.info.get('recipe', run_dir.name)}"
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -277,7 +277,7 @@ def provenance_section(run: Run) -> list[Block]:
                      f"{wall:.1f} s" if isinstance(wall, (int, float)) else "–", m.get("ended") or "–"])
     blocks: list[Block] = [Heading("Provenance"),
                            Para(f"Recipe '{run.info.get('recipe', '?')}', recipe hash {run.info.get('recipe_hash', '?')}; "
-                                f"run folder {run.dir}."),
+                                f"run folder {run.dir}."), *invocation_paras(run),
                            Table(["stage", "kind", "status", "fingerprint", "upstream", "hardware", "wall time", "ended"],
                                  rows, "Stages in run order", numeric={6})]
     tracked = [f"{s.name}: {s.manifest['metrics']['tracking']}" for s in run.stages
@@ -286,6 +286,27 @@ def provenance_section(run: Run) -> list[Block]:
         blocks.append(Para("Tracked runs: " + "; ".join(tracked) + "."))
     blocks.append(versions_table(run))
     return blocks
+
+
+def invocation_paras(run: Run) -> list[Para]:
+    """How the last `posttrain run` was called, with which overrides and which posttrain; and any stage whose
+    manifest was written by another command (a cached stage from an earlier run)."""
+    from posttrain.provenance import describe
+
+    info = run.info
+    if "command_line" not in info:  # a run folder from before posttrain recorded it
+        return []
+    overrides = info.get("overrides") or []
+    paras = [Para(f"Last run: `{info['command_line'] or '(called from Python)'}`; overrides: "
+                  f"{', '.join(f'`{o}`' for o in overrides) if overrides else 'none'}; "
+                  f"{describe(info.get('posttrain') or {})}.")]
+    last = (info["command_line"], info.get("posttrain"))
+    earlier = [f"{s.name} by `{s.manifest['command_line']}` ({describe(s.manifest.get('posttrain') or {})})"
+               for s in run.stages if "command_line" in s.manifest
+               and (s.manifest["command_line"], s.manifest.get("posttrain")) != last]
+    if earlier:
+        paras.append(Para("Stages made by an earlier command: " + "; ".join(earlier) + "."))
+    return paras
 
 
 def versions_table(run: Run) -> Table:
@@ -310,5 +331,6 @@ def versions_table(run: Run) -> Table:
 def _summary_line(run: Run) -> str:
     done = sum(s.complete for s in run.stages)
     total_wall = sum(s.manifest.get("wall_time_s") or 0 for s in run.stages)
-    return (f"{done} of {len(run.stages)} stages complete ({' → '.join(s.name for s in run.stages)}); "
-            f"total stage wall time {total_wall / 60:.1f} min.")
+    # the stages upstream of the report, not the run's others: only what it reads may change what it says
+    return (f"{done} of the {len(run.stages)} stages upstream of this report complete "
+            f"({' → '.join(s.name for s in run.stages)}); total stage wall time {total_wall / 60:.1f} min.")

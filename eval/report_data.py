@@ -9,15 +9,16 @@ from posttrain.eval import plots
 from posttrain.eval.render import Block, Figure, Heading, Para, Table
 
 
-def data_section(summaries: list[tuple[str, Path]], stages: list, plots_dir: Path) -> list[Block]:
-    """summaries: (stage name, summary.json) of the select stages given; stages: the run's stages."""
+def data_section(summaries: list[tuple[str, Path]], stages: list, plots_dir: Path, evaluated: list[str] = ()) -> list[Block]:
+    """summaries: (stage name, summary.json) of the select stages given; stages: the run's stages; evaluated:
+    the labels of the eval tasks the report shows (decontamination names those it did not check)."""
     blocks: list[Block] = []
     for name, path in summaries:
         try:
             summary = json.loads(path.read_text())
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: missing, though stage '{name}' is complete; rerun it with --force") from None
-        blocks += selection_blocks(name, summary, plots_dir)
+        blocks += selection_blocks(name, summary, plots_dir, evaluated)
     for stage in stages:
         if stage.manifest.get("kind") == "generate" and stage.complete:
             blocks += pairs_blocks(stage.name, stage.manifest.get("metrics", {}))
@@ -83,22 +84,32 @@ def pairs_blocks(stage: str, m: dict) -> list[Block]:
     rows += [("prompts giving a pair (best vs worst)", share(pairs, prompts))]
     table = accounting_table(f"Pairs accounting (mean sample score {fmt(m.get('mean_sample_score'))})",
                              "prompts", rows, why)
-    return [Heading(f"Preference pairs: {stage} (generate)", 3), table]
+    blocks: list[Block] = [Heading(f"Preference pairs: {stage} (generate)", 3), table]
+    extra = m.get("extra_pairs")
+    if extra:  # off-policy pairs added as given (the tiny world's judged courtesy pairs): often most of DPO's data
+        blocks.append(Para(f"The pairs file holds {pairs + extra} pairs: {pairs} on-policy (above) and {extra} "
+                           f"off-policy from `extra_pairs`, added unchanged ({share(extra, pairs + extra)} of DPO's pairs)."))
+    return blocks
 
 
 # ---------- selection details ----------
-def selection_blocks(stage: str, s: dict, plots_dir: Path) -> list[Block]:
+def selection_blocks(stage: str, s: dict, plots_dir: Path, evaluated: list[str] = ()) -> list[Block]:
     blocks: list[Block] = [Heading(f"Selection: {stage} ({s.get('method', '?')})", 3), selection_accounting(s)]
     if (s.get("paser") or {}).get("clusters"):
         blocks += paser_blocks(stage, s["paser"], plots_dir)
     if s.get("sources"):
         blocks += source_blocks(stage, s["sources"], plots_dir)
+    if s.get("skills"):
+        blocks.append(skill_mixture(s["skills"]))
+    if s.get("verify_failed"):
+        blocks.append(Para(f"{s['verify_failed']} kept responses could not be verified (the check failed); "
+                           "they count as not verifying."))
     if s.get("dedup"):
         d = s["dedup"]
         blocks.append(Para(f"Deduplication (MinHash, {d.get('shingle')}-gram shingles, {d.get('num_perm')} permutations, "
                            f"Jaccard threshold {d.get('threshold')}): {d.get('dropped')} near-duplicate rows dropped."))
     if s.get("decontamination"):
-        blocks.append(decontamination_table(s["decontamination"]))
+        blocks.append(decontamination_table(s["decontamination"], evaluated))
     return blocks
 
 
@@ -123,15 +134,48 @@ def source_blocks(stage: str, sources: dict, plots_dir: Path) -> list[Block]:
     png = plots.bar_chart(f"{stage}: responses chosen per source", names,
                           {key: [sources[n].get(key, 0) for n in names] for key in ("candidates", "kept")},
                           "responses", plots_dir / f"sources_{stage}.png")
-    rows = [[n, fmt(sources[n].get("candidates")), fmt(sources[n].get("kept"))] for n in names]
-    return [Table(["source", "candidates", "kept"], rows, "Responses per source", numeric={1, 2}),
+    rows = [[n, fmt(sources[n].get("candidates")), fmt(sources[n].get("kept")), _verified(sources[n])] for n in names]
+    return [Table(["source", "candidates", "kept", "kept that verify"], rows, "Responses per source; kept that "
+                  "verify: kept responses that pass the verifier their row names", numeric={1, 2, 3}),
             Figure(png, f"Source histogram of the chosen responses ({stage})")]
 
 
-def decontamination_table(d: dict) -> Table:
-    """Per eval set: training rows that share an n-gram with it (and were dropped), with example ids."""
-    rows = [[name, fmt(v.get("items")), fmt(v.get("matched_rows")), ", ".join(map(str, v.get("examples", []))) or "–"]
-            for name, v in (d.get("per_eval_set") or {}).items()]
-    return Table(["eval set", "eval items", "training rows matched", "example training rows"], rows,
-                 f"Decontamination: {d.get('ngram')}-gram overlap with each eval set; {d.get('dropped', 0)} "
-                 "training rows dropped", numeric={1, 2})
+def skill_mixture(skills: dict) -> Table:
+    """The kept SFT data per skill: rows, share of the mixture, and how many of them verify."""
+    total = sum(v.get("kept", 0) for v in skills.values())
+    rows = [[name, share(v.get("kept", 0), total), _verified(v)] for name, v in skills.items()]
+    return Table(["skill", "kept rows (share)", "kept that verify"], rows,
+                 "The SFT mixture by skill (the rows' `skill` column)", numeric={1, 2})
+
+
+def _verified(entry: dict) -> str:
+    verified, kept = entry.get("verified"), entry.get("kept") or 0
+    return "–" if verified is None else share(verified, kept)
+
+
+def decontamination_table(d: dict, evaluated: list[str] = ()) -> Table:
+    """Per eval set: its items (and how many are too short for an n-gram to match), the training rows that
+    share an n-gram with it (dropped), with their ids as far as the summary keeps them; and, in the caption,
+    the evaluated sets that were not checked at all."""
+    per_set = d.get("per_eval_set") or {}
+    rows = []
+    for name, v in per_set.items():
+        examples, matched = list(map(str, v.get("examples", []))), v.get("matched_rows") or 0
+        more = f" and {matched - len(examples)} more" if matched > len(examples) else ""
+        rows.append([name, fmt(v.get("items")), fmt(v.get("short_items_unchecked")), fmt(v.get("matched_rows")),
+                     (", ".join(examples) + more) or "–"])
+    caption = (f"Decontamination: {d.get('ngram')}-gram overlap with each eval set; {d.get('dropped', 0)} training rows "
+               f"dropped. An eval item shorter than {d.get('ngram')} words cannot be matched (too short to check).")
+    checked = set(per_set) | {_eval_source(name) for name in per_set}  # a task is checked through its eval set
+    unchecked = list(d.get("unchecked_tasks") or []) + [t for t in evaluated if _eval_source(t) not in checked]
+    if unchecked:
+        caption += f" Not checked at all: {', '.join(dict.fromkeys(unchecked))}."
+    return Table(["eval set", "eval items", "too short to check", "training rows matched", "training rows"], rows,
+                 caption, numeric={1, 2, 3})
+
+def _eval_source(name: str) -> str:
+    """The eval set a task label reads (gsm8k_8shot and gsm8k_0shot both read gsm8k), else the label itself."""
+    from posttrain.eval.tasks import TASKS
+
+    task = TASKS.get(name)
+    return task.source if task is not None and task.source else name

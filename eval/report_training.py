@@ -54,7 +54,14 @@ def _budget(c: dict):
     return f"{b['fraction']:.0%}" if b.get("fraction") else b.get("count")
 
 
-# (row label, the value in a stage's resolved config: a dotted key or a function of the config)
+def _precision(c: dict):
+    """The precision trained in (the stage's `precision` metric) with the recipe's setting: `fp32 (auto)`."""
+    asked, used = _get(c, "train.precision"), (c.get("_metrics") or {}).get("precision")
+    return f"{used} ({asked})" if used and asked and used != asked else asked
+
+
+# (row label, the value in a stage's resolved config: a dotted key or a function of the config; `_metrics`
+# holds the stage's manifest metrics)
 HYPERPARAMETERS = [
     ("selection method", "method"), ("selection budget", _budget),
     ("learning rate", "train.learning_rate"), ("LR schedule", "train.lr_scheduler_type"),
@@ -62,8 +69,10 @@ HYPERPARAMETERS = [
     ("batch per device", "train.per_device_train_batch_size"), ("grad. accumulation", "train.gradient_accumulation_steps"),
     ("processes", _processes), ("effective batch", _effective_batch),
     ("optimizer", "train.optim"), ("weight decay", "train.weight_decay"), ("max grad norm", "train.max_grad_norm"),
-    ("precision", "train.precision"), ("max length (tokens)", "max_length"), ("packing", "packing"), ("LoRA", _lora),
-    ("loss", "loss_type"), ("β (DPO) / KL β (RLVR) / JSD β (distill)", "beta"), ("label smoothing", "label_smoothing"),
+    ("precision", _precision), ("max length (tokens)", "max_length"), ("packing", "packing"), ("LoRA", _lora),
+    ("loss only on assistant turns", "assistant_only_loss"),
+    ("loss", "loss_type"), ("loss weights", "loss_weights"), ("β (DPO) / KL β (RLVR) / JSD β (distill)", "beta"),
+    ("label smoothing", "label_smoothing"),
     ("samples per prompt", "num_samples"), ("generations per prompt", "num_generations"),
     ("temperature", "temperature"), ("top-p", "top_p"), ("max new tokens", "max_new_tokens"),
     ("max completion tokens", "max_completion_length"), ("prompts used", "limit"), ("clip ε", "epsilon"),
@@ -96,6 +105,7 @@ def hyperparameter_section(stages: list) -> list[Block]:
         config = stage_config(stage) if stage.manifest.get("kind") not in NOT_TRAINING else None
         if config is None:
             continue
+        config["_metrics"] = stage.manifest.get("metrics") or {}
         values = {label: (get(config) if callable(get) else _get(config, get)) for label, get in HYPERPARAMETERS}
         if any(v is not None for label, v in values.items() if label != "seed"):
             columns.append((stage, values))

@@ -42,7 +42,7 @@ def evaluate_model(model_path: str, label: str, runs: list[TaskRun], results_dir
     stage config is reused, so a resumed eval stage only does the tasks it had not finished."""
     results = {}
     todo = {run.label: TASKS[run.name].rows(run.limit, shots=run.shots, chat=run.chat, source=run.source)
-            for run in runs if not is_lm_eval(run.name) and not (results_dir / _samples(label, run)).exists()}
+            for run in runs if not is_lm_eval(run.name) and not (results_dir / samples_path(label, run)).exists()}
     with _generator(model_path, backend, [r for r in runs if r.label in todo], todo, seed) as loaded:
         for run in runs:  # the built-in tasks first, with one model or engine; then lm-eval, which loads its own
             if not is_lm_eval(run.name):
@@ -55,7 +55,7 @@ def evaluate_model(model_path: str, label: str, runs: list[TaskRun], results_dir
     return {run.label: results[run.label] for run in runs}
 
 
-def _samples(label: str, run: TaskRun) -> str:
+def samples_path(label: str, run: TaskRun) -> str:
     return f"samples/{label}/{run.label}.jsonl"
 
 
@@ -78,7 +78,7 @@ def _generator(model_path: str, backend: str, runs: list[TaskRun], rows: dict[st
 
 def _evaluate(run: TaskRun, model_path: str, label: str, rows: list[dict] | None, loaded, results_dir: Path, *,
               batch_size: int, seed: int, log: Callable[[str], None]) -> dict:
-    relative = _samples(label, run)
+    relative = samples_path(label, run)
     path = results_dir / relative
     t0 = time.time()
     if path.exists():

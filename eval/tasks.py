@@ -257,6 +257,11 @@ def _mbpp_exemplars(source: str) -> list[Item]:
 
 # ---------- tiny world ----------
 TINYWORLD_HELDOUT = 500  # per skill, or the skill's whole held-out split where it is smaller
+# What each tiny-world skill's score checks (the report's "what" column says it beside the score).
+TINYWORLD_CHECKS = {"arith": "the final number equals the answer",
+                    "format": "the IFEval format check, and exactly the given words in the given order",
+                    "code": "the function passes hidden asserts in the sandbox",
+                    "courtesy": "the answer ends with \"You are welcome.\""}
 
 
 def _tinyworld_items(source: str, skill: str = "arith") -> list[Item]:
@@ -269,11 +274,12 @@ def _tinyworld_task(skill: str) -> "Task":
     """One task per tiny-world skill: `tinyworld` (arithmetic) and tinyworld_<skill>."""
     name = "tinyworld" if skill == "arith" else f"tinyworld_{skill}"
     verifier = tinyworld.SKILLS[skill].verifier
-    metric = {"numeric": "exact match", "ifeval": "prompt-level strict", "code": "pass@1"}[verifier]
+    metric = {"numeric": "exact match", "ifeval": "prompt-level strict", "ifeval_words": "format and words",
+              "code": "pass@1"}[verifier]
     return Task(name, tinyworld.SKILLS[skill].name, metric, verifier, lambda src: _tinyworld_items(src, skill),
                 max_new_tokens=96, plain_query="Q: {question}\nA:", stop=("\nQ:",),
                 timeout_s=10.0 if verifier == "code" else 5.0,
-                description=f"the tiny world's held-out {tinyworld.SKILLS[skill].name} problems")
+                description=f"the tiny world's held-out {tinyworld.SKILLS[skill].name} problems: {TINYWORLD_CHECKS[skill]}")
 
 
 TASKS: dict[str, Task] = {t.name: t for t in [

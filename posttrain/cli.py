@@ -8,6 +8,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from posttrain.provenance import VersionAction  # standard library only: fine before the settings below
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -54,29 +56,34 @@ def cmd_config(args) -> int:
     for name, spec in recipe.stages.items():
         if args.stage in (None, name):
             print(f"{name} ({spec.kind})")
-            rows = [(key, json.dumps(value, default=str), source) for key, value, source in config_sources(spec, args.overrides)]
+            kinds = {n: s.kind for n, s in recipe.stages.items()}
+            rows = [(key, json.dumps(value, default=str, ensure_ascii=False), source)
+                    for key, value, source in config_sources(spec, args.overrides, _run_dir(args, recipe), kinds)]
             width = max(len(k) for k, _, _ in rows)
             print("\n".join(f"  {k:<{width}}  {v}  [{source}]" for k, v, source in rows) + "\n")
     return 0
 
 
 def cmd_plan(args) -> int:
-    from rich.table import Table
+    from rich.markup import escape
 
     from posttrain.runner import plan
     from posttrain.store import RunStore
 
     recipe = _load(args)
     steps = plan(recipe, RunStore(_run_dir(args, recipe)), args.only, args.start, args.force)
-    table = Table(title=f"{recipe.name} -> {_run_dir(args, recipe)}")
-    for col in ("stage", "kind", "needs", "fingerprint", "action", "why"):
-        table.add_column(col)
+    # One line per stage, never wrapped by us (off a terminal too): the reason, with what changed, comes last.
+    rows = [("stage", "kind", "needs", "fingerprint", "action", "why")] + [
+        (s.name, s.kind, ", ".join(s.upstream) or "-", s.fingerprint, s.action, s.reason) for s in steps]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     colors = {"cached": "green", "run": "yellow", "resume": "cyan", "skip": "dim"}
-    for s in steps:
-        table.add_row(s.name, s.kind, ", ".join(s.upstream) or "-", s.fingerprint,
-                      f"[{colors[s.action]}]{s.action}[/]", s.reason)
     console = _console()
-    console.print(table)
+    console.print(escape(f"{recipe.name} -> {_run_dir(args, recipe)}"))
+    for i, row in enumerate(rows):
+        cells = [escape(text.ljust(width)) for text, width in zip(row, widths)]
+        if i:
+            cells[4] = f"[{colors[row[4]]}]{cells[4]}[/]"
+        console.print("  ".join([*cells, escape(row[5])]))
     _print_drift(console, {s.name: s.warning for s in steps})
     return 0
 
@@ -98,6 +105,7 @@ def cmd_run(args) -> int:
 
     from posttrain.progress import console_stream, stage_output
     from posttrain.runner import run
+    from posttrain.store import final_outputs
 
     recipe = _load(args)
     run_dir = _run_dir(args, recipe)
@@ -107,12 +115,14 @@ def cmd_run(args) -> int:
     capture = (lambda name, stage_dir: stage_output(name, stage_dir, console)) if stream else \
         (lambda name, stage_dir: nullcontext())
     steps = run(recipe, run_dir, args.only, args.start, args.force, args.resume,
-                echo=lambda m: console.print(escape(m), soft_wrap=True), capture=capture)
+                echo=lambda m: console.print(escape(m), soft_wrap=True), capture=capture, command_line=args.argv)
     done = [s.name for s in steps if s.action == "cached"]
     if done and len(done) == len([s for s in steps if s.action != "skip"]):
         console.print(f"[green]nothing to do[/]: all {len(done)} stages cached in {run_dir}")
     else:
         console.print(f"[green]done[/]: {run_dir}")
+    for what, path in final_outputs(recipe, run_dir).items():
+        console.print(f"{what}: {escape(str(path))}")
     return 0
 
 
@@ -128,21 +138,26 @@ def cmd_status(args) -> int:
     from rich.table import Table
 
     from posttrain.progress import headline
-    from posttrain.store import RunStore, version_drift
+    from posttrain.store import RunStore, stale_stages, version_drift
 
-    run_dir = _require_run_dir(args.run_dir)
+    run_dir = _require_run_dir(args.run_dir, starting=True)
     info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     names = info.get("stages") or sorted(p.name for p in run_dir.iterdir() if (p / "manifest.json").exists())
+    if not names:  # `posttrain run` holds the folder but is still planning (hashing its inputs)
+        _console().print(f"{escape(str(run_dir))}: a run is starting (planning); no stage has started yet")
+        return 0
     store = RunStore(run_dir)
+    manifests = {name: store.manifest(name) for name in names}
     # One line per stage at any width: the headline is cut with an ellipsis, never wrapped (the manifest has it all).
-    rows = []
-    for name in names:
-        m = store.manifest(name)
+    rows, stale_from = [], stale_stages(manifests)
+    for name, m in manifests.items():
         if m is None:
             rows.append((name, "-", "not run", "-", "-", ""))
             continue
-        rows.append((name, m["kind"], m["status"], _duration(m["wall_time_s"]), m["fingerprint"][:8],
-                     headline(m["metrics"]) or (m.get("error") or "")))
+        stale = stale_from.get(name)
+        text = f"made from an earlier {', '.join(stale)}" if stale else headline(m["metrics"], m["kind"]) or (m.get("error") or "")
+        rows.append((name, m["kind"], "stale" if stale else m["status"], _duration(m["wall_time_s"]),
+                     m["fingerprint"][:8], text))
     console = _console()
     table = Table(title=f"{info.get('recipe', run_dir.name)} ({run_dir})", box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0),
                   show_edge=False)
@@ -153,7 +168,7 @@ def cmd_status(args) -> int:
     table.add_column("headline", no_wrap=True)
     # The headline gets what is left (2 characters between columns), cut with an ellipsis, never wrapped.
     room = max(10, console.width - sum(widths) - 2 * len(widths) - 1)
-    colors = {"complete": "green", "failed": "red", "not run": "dim"}
+    colors = {"complete": "green", "failed": "red", "not run": "dim", "stale": "dim"}
     for name, kind, status, time_, fingerprint, text in rows:
         text = text if len(text) <= room else text[:room - 1] + "…"
         table.add_row(*map(escape, (name, kind)), f"[{colors.get(status, 'yellow')}]{status}[/]",
@@ -163,11 +178,16 @@ def cmd_status(args) -> int:
     return 0
 
 
-def _require_run_dir(path: str) -> Path:
+def _require_run_dir(path: str, starting: bool = False) -> Path:
+    """A run folder; a recipe file names its own (runs/<recipe name>, where `run` puts it). starting: a run that
+    is still planning (its lock or run.json, no manifest yet) counts too."""
     from posttrain.data import DataError
 
     run_dir = Path(path)
-    if not run_dir.is_dir() or not any(run_dir.glob("*/manifest.json")):
+    if run_dir.is_file():
+        run_dir = Path("runs") / _load(argparse.Namespace(recipe=path, overrides=[])).name
+    begun = starting and any((run_dir / f).exists() for f in ("run.json", ".lock"))
+    if not run_dir.is_dir() or not (begun or any(run_dir.glob("*/manifest.json"))):
         raise DataError(f"{run_dir}: not a run folder (no <stage>/manifest.json inside); runs go to runs/<recipe name>/")
     return run_dir
 
@@ -186,14 +206,15 @@ def cmd_report(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    """Show how one SFT example is tokenized and which tokens are trained."""
-    from posttrain.stages.sft import inspect_example
+    """Show one training example as the stage's trainer sees it (SFT, DPO, reward model, RLVR)."""
+    from posttrain.inspect_views import INSPECTORS, inspect_stage
 
     recipe = _load(args)
     spec = recipe.stages.get(args.stage)
-    if spec is None or spec.kind != "sft":
-        sfts = [n for n, s in recipe.stages.items() if s.kind == "sft"]
-        raise UsageError(f"--stage must name an sft stage ({', '.join(sfts) or 'none in this recipe'})")
+    if spec is None or spec.kind not in INSPECTORS:
+        some = [f"{n} ({s.kind})" for n, s in recipe.stages.items() if s.kind in INSPECTORS]
+        raise UsageError(f"--stage {args.stage}: inspect shows a stage of kind {', '.join(INSPECTORS)}; "
+                         f"this recipe has: {', '.join(some) or 'none'}")
     from posttrain.stage import Context
     from posttrain.store import RunStore
 
@@ -209,7 +230,7 @@ def cmd_inspect(args) -> int:
         raise UsageError(f"inspect needs {', '.join(unfinished)} to have finished; run: {steps}")
     artifacts = {d: store.artifact_paths(m) for d, m in manifests.items()}
     ctx = Context(args.stage, run_dir / args.stage, run_dir, {}, artifacts)
-    print(inspect_example(spec.config, ctx, index=args.index))
+    print(inspect_stage(spec.kind, spec.config, ctx, args.index))
     return 0
 
 
@@ -263,42 +284,50 @@ def _non_negative(text: str) -> int:
     return int(text)
 
 
+VERBOSE_HELP = "print each stage's own output (trainer logs, progress bars) as it happens instead of to its stage.log"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="posttrain", description="Post-training recipes as a cached, resumable stage graph.")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    p.add_argument("--version", action=VersionAction)
     sub = p.add_subparsers(dest="command", required=True)
 
-    def recipe_cmd(name, fn, help):
-        c = sub.add_parser(name, help=help)
-        c.add_argument("recipe")
-        c.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist)")
-        c.add_argument("--out", help="run folder (default runs/<recipe name>)")
+    def command(name, fn, help):
+        c = sub.add_parser(name, help=help, description=help)
+        # -v after the subcommand too; SUPPRESS keeps a -v given before it
+        c.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
         c.set_defaults(fn=fn)
+        return c
+
+    def recipe_cmd(name, fn, help):
+        c = command(name, fn, help)
+        c.add_argument("recipe", help="the recipe YAML file")
+        c.add_argument("overrides", nargs="*", help="key=value overrides (OmegaConf dotlist), e.g. stages.sft.train.learning_rate=1e-5")
+        c.add_argument("--out", help="run folder (default runs/<recipe name>)")
         return c
 
     recipe_cmd("validate", cmd_validate, "validate a recipe fully, without heavy work")
     c = recipe_cmd("config", cmd_config, "every stage's resolved config, each value marked recipe, override or default")
     c.add_argument("--stage", help="show just this stage")
-    for name, fn, help in (("run", cmd_run, "run a recipe"), ("plan", cmd_plan, "show what `run` would do")):
+    for name, fn, help in (("run", cmd_run, "run a recipe"), ("plan", cmd_plan, "show what `run` would do, and why")):
         c = recipe_cmd(name, fn, help)
         c.add_argument("--only", help="run just this stage (its upstream must have finished)")
         c.add_argument("--from", dest="start", help="re-run this stage and everything downstream of it")
         c.add_argument("--force", action="store_true", help="recompute the selected stages even if cached")
         c.add_argument("--resume", default="auto", help="off | on | auto | a checkpoint path (default auto)")
-    c = recipe_cmd("inspect", cmd_inspect, "show one tokenized SFT example with its trained tokens marked")
-    c.add_argument("--stage", default="sft")
-    c.add_argument("--index", type=_non_negative, default=0)
-    c = sub.add_parser("keys", help="every stage kind's recipe keys, types, defaults and meaning")
-    c.add_argument("kinds", nargs="*")
-    c.set_defaults(fn=cmd_keys)
-    c = sub.add_parser("status", help="every stage's state, fingerprint, wall time and headline metrics")
-    c.add_argument("run_dir")
-    c.set_defaults(fn=cmd_status)
-    c = sub.add_parser("report", help="(re)build the report from a run folder's manifests")
-    c.add_argument("run_dir")
-    c.add_argument("--out")
+    c = recipe_cmd("inspect", cmd_inspect, "show one training example as the stage's trainer sees it: an SFT "
+                                           "example's trained tokens, a DPO pair, an RL prompt")
+    c.add_argument("--stage", default="sft", help="an sft, dpo, reward_model or rlvr stage (default sft)")
+    c.add_argument("--index", type=_non_negative, default=0, help="which example of the stage's data (default 0)")
+    c = command("keys", cmd_keys, "every stage kind's recipe keys, types, defaults and meaning")
+    c.add_argument("kinds", nargs="*", help="stage kinds to show (default all)")
+    c = command("status", cmd_status, "every stage's state, fingerprint, wall time and headline metrics")
+    c.add_argument("run_dir", help="a run folder, or a recipe file (then its run folder, runs/<recipe name>)")
+    c = command("report", cmd_report, "(re)build the report from a run folder's manifests")
+    c.add_argument("run_dir", help="a run folder, or a recipe file (then its run folder, runs/<recipe name>)")
+    c.add_argument("--out", help="where to write the report (default: where the run's report stage put it)")
     c.add_argument("--reference", help="a JSON/YAML file of published reference numbers")
-    c.set_defaults(fn=cmd_report)
     return p
 
 
@@ -310,13 +339,17 @@ def main(argv=None) -> int:
     from posttrain.store import LockedError
 
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
+    args.argv = ["posttrain", *map(str, argv)]
     # key=value overrides may come after options (argparse stops collecting positionals at the first option)
     if extra and (not hasattr(args, "overrides") or any("=" not in x or x.startswith("-") for x in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args.overrides += extra
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    # timestamped: these lines land in each stage's stage.log (and on the console with -v)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s",
+                        datefmt="%Y-%m-%d %H:%M:%S")
     logging.getLogger("posttrain").setLevel(logging.INFO)
     if not args.verbose:  # raised by TRL on every step; nothing a user can act on
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -334,6 +367,10 @@ def main(argv=None) -> int:
     except StageFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e.__cause__, DataError) else 1  # bad data found at run time is still bad input
+    except KeyboardInterrupt:  # Ctrl-C: the stage's manifest says interrupted; a traceback would say nothing more
+        print("\ninterrupted" + ("; the same command again resumes where this stopped" if args.command == "run" else ""),
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -11,8 +11,12 @@ import pickle
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from datetime import timedelta
+
+HEARTBEAT_S = 1.0  # how often a following node says it is alive
+GONE_AFTER_S = 5.0  # node 0 stops waiting for a node it has not heard from for this long (killed, or failed)
 
 
 class ClusterError(Exception):
@@ -129,8 +133,16 @@ class Coordinator:
         self._wait_acks(f"step/{self.seq - 1}")
 
     def _wait_acks(self, key: str, seconds: float = 60) -> None:
-        deadline = time.time() + seconds
-        while self.store.add(f"ack/{key}", 0) < self.nodes - 1 and time.time() < deadline:
+        """Until every node has heard `key` or is gone (no heartbeat for GONE_AFTER_S), at most `seconds`."""
+        deadline, waiting = time.time() + seconds, set(range(1, self.nodes))
+        heard = {n: (self.store.add(f"alive/{n}", 0), time.time()) for n in waiting}  # (beats, when they last moved)
+        while waiting and time.time() < deadline:
+            for n in sorted(waiting):
+                beats = self.store.add(f"alive/{n}", 0)
+                if beats != heard[n][0]:
+                    heard[n] = (beats, time.time())
+                if self.store.check([f"ack/{key}/{n}"]) or time.time() - heard[n][1] > GONE_AFTER_S:
+                    waiting.discard(n)
             time.sleep(0.2)
 
 
@@ -145,12 +157,29 @@ class Follower:
             self.store = TCPStore(master_addr(), coordinator_port(), None, False, timeout)
             self.store.set(f"node/{rank}", fingerprint)
             verdict = self.store.get("verdict").decode()
-            self.store.add("ack/verdict", 1)
+            self._ack("verdict")
         except RuntimeError as e:  # torch's DistError: no node 0 within the timeout, or it went away
             raise ClusterError(f"node {rank}: no coordinator (node 0) at {master_addr()}:{coordinator_port()} "
                                f"({str(e).splitlines()[0]}); start node 0 with the same command") from None
         if verdict != "ok":
             raise ClusterError(f"node {rank}: {verdict}")
+        threading.Thread(target=self._beat, args=(timeout,), name="posttrain-heartbeat", daemon=True).start()
+
+    def _ack(self, key: str) -> None:
+        self.store.set(f"ack/{key}/{self.rank}", "1")
+
+    def _beat(self, timeout: timedelta) -> None:
+        """Say this node is alive, every HEARTBEAT_S, until the process ends: node 0 then knows a killed node
+        from one still busy. A connection of its own, as the main one may be waiting in next()."""
+        from torch.distributed import TCPStore
+
+        try:
+            store = TCPStore(master_addr(), coordinator_port(), None, False, timeout)
+            while True:
+                store.add(f"alive/{self.rank}", 1)
+                time.sleep(HEARTBEAT_S)
+        except RuntimeError:  # node 0 is gone; next() says so
+            return
 
     def next(self) -> dict:
         """The next message; waits as long as node 0 is alive (its other stages may take hours)."""
@@ -166,6 +195,6 @@ class Follower:
                 continue
             except RuntimeError as e:
                 raise ClusterError(f"lost node 0 ({str(e).splitlines()[0]})") from None
-        self.store.add(f"ack/{key}", 1)
+        self._ack(key)
         self.seq += 1
         return message

@@ -1,19 +1,23 @@
-"""`posttrain config`: every stage's resolved config, each value with where it came from."""
+"""`posttrain config`: every stage's resolved config, each value with where it came from; a reference to
+another stage's output is shown as written and with the path it resolves to in the run folder."""
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from posttrain import schema
 from posttrain.recipe import StageSpec
-from posttrain.stage import is_ref, parse_ref
+from posttrain.stage import STAGES, is_ref, output_path, parse_ref
 
 
-def config_sources(spec: StageSpec, overrides: list[str] = ()) -> list[tuple[str, Any, str]]:
+def config_sources(spec: StageSpec, overrides: list[str] = (), run_dir: Path | None = None,
+                   kinds: dict[str, str] | None = None) -> list[tuple[str, Any, str]]:
     """(key, value, source) for every setting of a stage: `override` when a command-line override set it (the key,
     or a block whose new value holds it: a block override replaces the recipe's block, so its other keys are
     defaults) or set the `vars` value it interpolates; `recipe` when the recipe file did; else `default`, or
-    `default, TRL: X` where TRL 1.16's default differs (posttrain/trl_defaults.py says why)."""
+    `default, TRL: X` where TRL 1.16's default differs (posttrain/trl_defaults.py says why). With run_dir and the
+    stages' kinds, a reference reads `${stages.X.output.Y} = <run_dir>/X/<Y's file>`."""
     from posttrain.trl_defaults import trl_default
 
     overridden = _overridden_keys(spec, overrides)
@@ -28,7 +32,7 @@ def config_sources(spec: StageSpec, overrides: list[str] = ()) -> list[tuple[str
         else:
             trl = trl_default(spec.kind, key)
             source = f"default, TRL: {trl[0]!r}" if trl else "default"
-        rows.append((key, _as_written(value), source))
+        rows.append((key, _as_written(value, run_dir, kinds or {}), source))
     return rows
 
 
@@ -71,13 +75,19 @@ def _set_through_vars(written: Any, overridden: list[str]) -> bool:
     return any(not n or u == n or u.startswith(n + ".") or n.startswith(u + ".") for u in used for n in names)
 
 
-def _as_written(value: Any) -> Any:
-    """References back in the recipe's own syntax, ${stages.X.output.Y}, in plain data."""
+def _as_written(value: Any, run_dir: Path | None, kinds: dict[str, str]) -> Any:
+    """References back in the recipe's own syntax, ${stages.X.output.Y}, and where they point, in plain data."""
     if isinstance(value, list):
-        return [_as_written(v) for v in value]
+        return [_as_written(v, run_dir, kinds) for v in value]
     if isinstance(value, dict):
-        return {k: _as_written(v) for k, v in value.items()}
-    return "${stages.%s.output.%s}" % parse_ref(value) if is_ref(value) else value
+        return {k: _as_written(v, run_dir, kinds) for k, v in value.items()}
+    if not is_ref(value):
+        return value
+    stage, output = parse_ref(value)
+    written = "${stages.%s.output.%s}" % (stage, output)
+    if run_dir is None or stage not in kinds:
+        return written
+    return f"{written} = {output_path(Path(run_dir) / stage, output, STAGES[kinds[stage]].outputs[output])}"
 
 
 def _find(raw: Any, key: str) -> tuple[bool, Any]:

@@ -297,8 +297,21 @@ def save_model(model, tokenizer, out: Path, state_dict: dict | None = None) -> N
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp)
+    # For whoever loads the export: generation uses the KV cache (training turned it off), and the tokenizer's
+    # limit is the model's positions, not transformers' 1e30 "unset" (so truncation=True means something).
+    positions = getattr(model.config, "max_position_embeddings", None)
+    saved_limits = getattr(model.config, "use_cache", None), tokenizer.model_max_length
+    if saved_limits[0] is not None:
+        model.config.use_cache = True
+    if positions and tokenizer.model_max_length > positions:
+        tokenizer.model_max_length = positions
+    try:
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp)
+    finally:  # the caller's objects are left as they were (a trainer may go on using them)
+        if saved_limits[0] is not None:
+            model.config.use_cache = saved_limits[0]
+        tokenizer.model_max_length = saved_limits[1]
     check_export(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

@@ -10,7 +10,7 @@ import os
 import pickle
 import subprocess
 import sys
-import tempfile
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import yaml
@@ -71,20 +71,36 @@ def fsdp_args(launcher) -> dict:
     return {"fsdp": None, "fsdp_config": None}
 
 
-def command(launcher, job: Path, rank: int, addr: str, port: int, config_dir: Path) -> list[str]:
-    """The launcher's command line; every setting is explicit, so no saved default can change it."""
+@contextmanager
+def memory_file(data: bytes, name: str):
+    """A file that lives in this process's memory (memfd) and the path its children open it by, while the
+    context lasts. A killed process leaves nothing behind, where a temp folder would outlive a SIGKILL."""
+    fd = os.memfd_create(name)
+    try:
+        with open(fd, "wb", closefd=False) as f:
+            f.write(data)
+        yield Path(f"/proc/{os.getpid()}/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
+def accelerate_config(launcher, rank: int, addr: str, port: int) -> dict:
+    """Our own accelerate config: the user's saved default (FSDP, fp16, dynamo, gpu_ids, ...) is never read."""
+    total = launcher.num_processes * launcher.num_machines
+    return {"compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_GPU" if total > 1 else "NO",
+            "mixed_precision": "no", "num_machines": launcher.num_machines, "num_processes": total,
+            "machine_rank": rank, "main_process_ip": addr, "main_process_port": port, "rdzv_backend": "static",
+            "gpu_ids": "all", "use_cpu": False, "debug": False}
+
+
+def command(launcher, job: Path, rank: int, addr: str, port: int, config: Path | None) -> list[str]:
+    """The launcher's command line; every setting is explicit, so no saved default can change it. config: the
+    accelerate_config file, for accelerate."""
     where = ["--machine_rank", str(rank), "--main_process_ip", addr, "--main_process_port", str(port)]
     if launcher.type == "accelerate":
         if not _module_exists("accelerate"):
             raise LaunchError("launcher accelerate: the accelerate package is not installed")
         total = launcher.num_processes * launcher.num_machines
-        # Our own config file: the user's saved default (FSDP, fp16, dynamo, gpu_ids, ...) is never read.
-        config = config_dir / "accelerate.yaml"
-        config.write_text(yaml.safe_dump({
-            "compute_environment": "LOCAL_MACHINE", "distributed_type": "MULTI_GPU" if total > 1 else "NO",
-            "mixed_precision": "no", "num_machines": launcher.num_machines, "num_processes": total,
-            "machine_rank": rank, "main_process_ip": addr, "main_process_port": port, "rdzv_backend": "static",
-            "gpu_ids": "all", "use_cpu": False, "debug": False}))
         # Precision is the trainer's (recipe key train.precision); "no" here keeps the launcher out of it.
         return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
                 *(["--multi_gpu"] if total > 1 else []), "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -109,8 +125,9 @@ def start(job: Path, launcher, rank: int, addr: str, port: int, info=print) -> i
     if launcher.num_processes * launcher.num_machines == 1:
         # A single process gets no rank variables from the launcher; DeepSpeed would go looking for MPI.
         env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
-    with tempfile.TemporaryDirectory(prefix="posttrain-launch-") as config_dir:
-        cmd = command(launcher, job, rank, addr, port, Path(config_dir))
+    config = yaml.safe_dump(accelerate_config(launcher, rank, addr, port)) if launcher.type == "accelerate" else None
+    with memory_file(config.encode(), "posttrain-accelerate.yaml") if config else nullcontext() as config_path:
+        cmd = command(launcher, job, rank, addr, port, config_path)
         info("launching: " + " ".join(cmd))
         return subprocess.run(cmd, env=env).returncode
 
@@ -139,15 +156,13 @@ def run_launched(stage, config, ctx, fingerprint: str, coordinator=None) -> tupl
 
 def follow(follower, rank: int, echo=print) -> None:
     """A non-zero node: join each multi-machine stage node 0 publishes, until it says the run is over.
-    Nothing is written in the run folder here; the job copy lives in a private temp folder."""
+    Nothing is written here, in the run folder or elsewhere: the workers read the job from this process's memory."""
     while "end" not in (message := follower.next()):
         if rank >= message["machines"]:
             continue
         echo(f"[{message['stage']}] node {rank}: joining node 0's workers")
         job = pickle.loads(message["job"])
-        with tempfile.TemporaryDirectory(prefix="posttrain-job-") as tmp:
-            path = Path(tmp) / "job.pkl"
-            path.write_bytes(message["job"])
+        with memory_file(message["job"], "posttrain-job.pkl") as path:
             code = start(path, job["config"].launcher, rank, message["addr"], message["port"], echo)
         if code != 0:
             raise LaunchError(f"stage '{message['stage']}': this node's workers exited with code {code}")

@@ -5,7 +5,6 @@ from pathlib import Path
 
 from posttrain import packaged
 from posttrain.stage import is_ref, parse_ref
-from posttrain.stages.pretrain import BUILTIN
 
 
 def model_context(model: str, specs: dict, seen: frozenset = frozenset()) -> tuple[int, str] | None:
@@ -31,13 +30,9 @@ def model_context(model: str, specs: dict, seen: frozenset = frozenset()) -> tup
 
 
 def _builtin_context(name: str, spec) -> tuple[int, str] | None:
-    """The context of the model a pretrain stage builds from builtin:tiny, with its architecture overrides."""
-    if spec.kind != "pretrain" or spec.config.model != BUILTIN:
-        return None
-    from posttrain.stages.pretrain import TinyArchitecture
-
-    n = (spec.config.architecture or TinyArchitecture()).max_position_embeddings
-    return (n, f"stage '{name}' builds {BUILTIN}") if isinstance(n, int) else None
+    """The context of a model the stage builds from nothing (Stage.built_model), e.g. pretrain's builtin:tiny."""
+    built = spec.stage.built_model(spec.config)
+    return (built.context, f"stage '{name}' {built.how}") if built and built.context is not None else None
 
 
 def check_max_length(specs: dict) -> list[tuple[str, str]]:
@@ -117,11 +112,8 @@ def _unknown_chars(model: str, specs: dict, seen: frozenset = frozenset()):
         spec = specs.get(stage)
         if spec is None or spec.config is None or stage in seen:
             return None
-        if spec.kind == "pretrain" and spec.config.model == BUILTIN:
-            from posttrain.worlds.tinyworld import CHARS
-
-            known = set(CHARS)
-            return lambda text: set(text) - known
+        if (built := spec.stage.built_model(spec.config)) is not None:  # e.g. pretrain's builtin:tiny
+            return None if built.chars is None else lambda text: set(text) - built.chars
         upstream = getattr(spec.config, "model", None)
         return _unknown_chars(upstream, specs, seen | {stage}) if isinstance(upstream, str) else None
     return _folder_unknown_chars(Path(model))

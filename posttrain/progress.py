@@ -37,8 +37,15 @@ def _num(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def headline(metrics: dict) -> str:
-    """A stage's metrics in a few words, the telling ones first: `12 steps loss 4.26→3.699 rows=200`."""
+# Kinds whose `<model>/<task>` metrics are scores in [0, 1]: shown in %, as the report shows them.
+PERCENT_KINDS = {"eval"}
+
+
+def headline(metrics: dict, kind: str | None = None) -> str:
+    """A stage's metrics in a few words, the telling ones first: `12 steps loss 4.26→3.699 rows=200`; an eval
+    stage's scores in %: `base/tinyworld=0.5%`."""
+    if kind in PERCENT_KINDS:
+        metrics = {k: f"{100 * v:.1f}%" if "/" in k and isinstance(v, float) else v for k, v in metrics.items()}
     parts = [f"{metrics['global_step']} steps"] if "global_step" in metrics else []
     folded = {"global_step"}
     for key in metrics:
@@ -102,6 +109,7 @@ def stage_output(name: str, stage_dir: Path, console):
     sys.stdout.flush(), sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    _mark(fd, f"[{name}] stage started (pid {os.getpid()})")  # a resumed stage appends: each attempt is dated
     os.dup2(fd, 1), os.dup2(fd, 2)
     os.close(fd)
     live = _live_line(console, progress_text(name, None, None, None)) if console.is_terminal else None
@@ -110,14 +118,24 @@ def stage_output(name: str, stage_dir: Path, console):
         if live:
             live.start(), tail.start()
         yield
-    except BaseException:
+    except BaseException as e:
+        _mark(1, f"[{name}] stage stopped: {type(e).__name__}")
         _restore(saved, live, tail)
         lines = log.read_text(errors="replace").splitlines()[-15:]
         console.print("\n".join(lines), markup=False, highlight=False, style="dim")
         console.print(f"[{name}] the stage's full output: {log}", markup=False)
         raise
     else:
+        _mark(1, f"[{name}] stage finished")
         _restore(saved, live, tail)
+
+
+def _mark(fd: int, text: str) -> None:
+    """A dated line in the stage's log (the trainers' own lines carry no time)."""
+    from datetime import datetime, timezone
+
+    sys.stdout.flush(), sys.stderr.flush()
+    os.write(fd, f"\n{datetime.now(timezone.utc).isoformat(timespec='seconds')} {text}\n".encode())
 
 
 def _restore(saved: tuple[int, int], live, tail) -> None:

@@ -51,6 +51,7 @@ class Recipe:
     stages: dict[str, StageSpec]    # in run order
     resolved: dict
     warnings: list[str] = field(default_factory=list)  # file:line: key: what may surprise at run time
+    overrides: list[str] = field(default_factory=list)  # the key=value overrides applied, as given
 
     @property
     def hash(self) -> str:
@@ -170,14 +171,19 @@ def load(path: str | Path, overrides: list[str] = ()) -> Recipe:
     order = _topological_order(specs, problems)
     if problems.items:
         raise RecipeError(problems.items)
-    return Recipe(name, path, {n: specs[n] for n in order}, resolved, warnings)
+    return Recipe(name, path, {n: specs[n] for n in order}, resolved, warnings, list(overrides))
 
 
 def _apply_overrides(cfg: DictConfig, overrides, problems: "_Problems") -> list[tuple[str, str]]:
     """key=value, values parsed as YAML, replacing what was there (a whole block too, with a warning naming the
     recipe's keys it drops); list items by index (stages.eval.tasks.0.limit=20, tasks[0].limit=20, tasks.-1.limit=20).
+    An override may add a stage only by giving it a kind: otherwise a stage name it names must exist (a typo).
     Returns the warnings (key, message)."""
     warnings = []
+    stages = cfg.get("stages") if isinstance(cfg.get("stages"), DictConfig) else {}
+    names = [str(n) for n in stages]
+    added = {k.split(".")[1] for k, _, _ in (o.partition("=") for o in overrides)
+             if re.fullmatch(r"\s*stages\.[^.]+\.kind\s*", k)}
     for item in overrides:
         key, sep, value = item.partition("=")
         key, shown = key.strip(), (f"{item[:80]}… ({len(item):,} characters)" if len(item) > 80 else item)
@@ -186,6 +192,11 @@ def _apply_overrides(cfg: DictConfig, overrides, problems: "_Problems") -> list[
             continue
         if problem := _index_problem(cfg, key):
             problems.add(key, problem)
+            continue
+        path = key.strip().split(".")
+        if len(path) > 2 and path[0] == "stages" and path[1] not in names and path[1] not in added:
+            problems.add(key.strip(), f"no stage '{path[1]}' in the recipe{schema.suggest(path[1], names)}; stages: "
+                                      f"{', '.join(names)} (an override adds a stage only with stages.{path[1]}.kind)")
             continue
         try:
             parsed = yaml.load(value, Loader=YamlLoader) if value.strip() else ""

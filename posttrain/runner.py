@@ -12,10 +12,13 @@ import yaml
 from posttrain import cluster
 from posttrain import store as st
 from posttrain.recipe import Recipe, StageSpec, canonical_hash, resolved_stage_config
-from posttrain.stage import Context, output_path
+from posttrain.model_card import write_model_card
+from posttrain.stage import Context, Model, output_path
 from posttrain.data import atomic_open, follow_umask, remove_stale_temp_files, write_json
 from posttrain.launch import follow, run_launched
+from posttrain.changes import what_changed
 from posttrain.progress import headline
+from posttrain.provenance import command_text, posttrain_source
 
 
 class PlanError(Exception):
@@ -50,7 +53,7 @@ def plan(recipe: Recipe, run_store: st.RunStore, only: str | None = None, start:
         upstream = {d: steps[d].fingerprint for d in spec.deps}
         inputs = _inputs(spec, run_store.hashes)
         fp = st.fingerprint(spec.kind, resolved_stage_config(spec), upstream, inputs)
-        action, reason = _decide(run_store, spec, fp, forced=name in forced)
+        action, reason = _decide(run_store, spec, fp, forced=name in forced, upstream=upstream, inputs=inputs)
         stale_upstream = [d for d in spec.deps if steps[d].action != "cached"]
         if name in selected and action == "cached" and stale_upstream:
             action, reason = "run", f"upstream {', '.join(stale_upstream)} will run"
@@ -69,7 +72,7 @@ def _inputs(spec: StageSpec, hashes: st.HashCache) -> dict[str, str]:
     return st.inputs(spec.config, spec.stage.files(spec.config), hashes)
 
 
-def _decide(run_store: st.RunStore, spec: StageSpec, fp: str, forced: bool) -> tuple[str, str]:
+def _decide(run_store: st.RunStore, spec: StageSpec, fp: str, forced: bool, upstream: dict, inputs: dict) -> tuple[str, str]:
     name = spec.name
     manifest = run_store.manifest(name)
     if forced:
@@ -77,7 +80,7 @@ def _decide(run_store: st.RunStore, spec: StageSpec, fp: str, forced: bool) -> t
     if manifest is None:
         return "run", "never ran"
     if manifest.get("fingerprint") != fp:
-        return "run", "config or inputs changed"
+        return "run", what_changed(manifest, run_store.stage_dir(name), resolved_stage_config(spec), upstream, inputs)
     if manifest.get("status") == st.COMPLETE:
         missing = run_store.missing_artifacts(manifest)
         return ("run", "; ".join(missing)) if missing else ("cached", "finished with the same fingerprint")
@@ -95,8 +98,10 @@ def run_fingerprint(recipe: Recipe, hashes: st.HashCache) -> str:
 
 
 def run(recipe: Recipe, run_dir: Path, only: str | None = None, start: str | None = None, force: bool = False,
-        resume: str = "auto", echo=print, capture=lambda name, stage_dir: nullcontext()) -> list[Step]:
-    """`capture(name, stage_dir)`: a context around each stage's work (the CLI's quiet mode sends its output to a log)."""
+        resume: str = "auto", echo=print, capture=lambda name, stage_dir: nullcontext(),
+        command_line: list[str] | None = None) -> list[Step]:
+    """`capture(name, stage_dir)`: a context around each stage's work (the CLI's quiet mode sends its output to a log).
+    `command_line`: the argv that asked for this run, recorded in run.json and each manifest it writes."""
     nodes, rank = cluster.nodes_needed(recipe), cluster.node_rank()
     cluster.check_environment(nodes)
     if rank != 0:
@@ -111,8 +116,10 @@ def run(recipe: Recipe, run_dir: Path, only: str | None = None, start: str | Non
             fingerprint = run_fingerprint(recipe, run_store.hashes)
             coordinator = cluster.Coordinator(nodes, fingerprint, cluster.store_timeout(recipe))
         remove_stale_temp_files(run_dir, recursive=False)
+        invocation = {"recipe": recipe.name, "command_line": command_text(command_line),
+                      "overrides": recipe.overrides, "posttrain": posttrain_source()}
         write_json(run_dir / "run.json", {"recipe": recipe.name, "recipe_path": str(recipe.path),
-                                          "recipe_hash": recipe.hash, "stages": list(recipe.stages),
+                                          "recipe_hash": recipe.hash, "stages": list(recipe.stages), **invocation,
                                           "packages": st.package_versions()})
         for step in steps:
             if step.action == "skip":
@@ -123,7 +130,7 @@ def run(recipe: Recipe, run_dir: Path, only: str | None = None, start: str | Non
             echo(f"[{step.name}] {step.action}: {step.reason}")
             error = f"stage '{step.name}' failed"
             _execute(recipe.stages[step.name], step, run_store, resume, echo, coordinator, recipe.upstream(step.name),
-                     capture)
+                     capture, invocation)
         error = None
         return steps
     finally:
@@ -148,7 +155,7 @@ def _follow(recipe: Recipe, run_dir: Path, nodes: int, rank: int, echo) -> None:
 
 
 def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, echo, coordinator=None,
-             lineage: list[str] = (), capture=lambda name, stage_dir: nullcontext()) -> None:
+             lineage: list[str] = (), capture=lambda name, stage_dir: nullcontext(), invocation: dict | None = None) -> None:
     stage_dir = run_store.stage_dir(spec.name)
     previous = run_store.manifest(spec.name)
     if step.action == "run" and stage_dir.exists() and (previous is None or previous.get("fingerprint") != step.fingerprint
@@ -166,7 +173,7 @@ def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, e
         "stage": spec.name, "kind": spec.kind, "status": st.RUNNING, "fingerprint": step.fingerprint,
         "upstream": step.upstream, "inputs": step.inputs, "versions": st.package_versions(),
         "hardware": st.hardware(), "started": st.now_iso(), "ended": None, "wall_time_s": None,
-        "metrics": {}, "artifacts": {}, "error": None, "config": "config.resolved.yaml",
+        "metrics": {}, "artifacts": {}, "error": None, "config": "config.resolved.yaml", **(invocation or {}),
     }
     run_store.write_manifest(spec.name, manifest)
     t0 = time.time()
@@ -180,9 +187,15 @@ def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, e
         missing = [o for o in outputs if not output_path(stage_dir, o, outputs[o]).exists()]
         if missing:
             raise StageFailed(f"stage '{spec.name}' finished without writing its declared output(s): {', '.join(missing)}")
+        for o in (o for o, kind in outputs.items() if kind is Model):  # before the artifact hashes: it is part of it
+            write_model_card(output_path(stage_dir, o, Model), recipe=(invocation or {}).get("recipe", run_store.run_dir.name), stage=spec.name,
+                             kind=spec.kind, config=config, lineage=list(lineage), metrics=metrics,
+                             versions=manifest["versions"], posttrain=(invocation or {}).get("posttrain"))
     except BaseException as e:
-        manifest.update(status=st.FAILED, ended=st.now_iso(), wall_time_s=st.elapsed(t0),
-                        error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc()[-4000:])
+        interrupted = isinstance(e, KeyboardInterrupt)  # Ctrl-C: the next run resumes; no traceback to keep
+        manifest.update(status=st.INTERRUPTED if interrupted else st.FAILED, ended=st.now_iso(), wall_time_s=st.elapsed(t0),
+                        error="interrupted (Ctrl-C)" if interrupted else f"{type(e).__name__}: {e}",
+                        traceback=None if interrupted else traceback.format_exc()[-4000:])
         try:
             run_store.write_manifest(spec.name, manifest)
         except OSError:  # a full or read-only disk: the atomic "running" manifest stays, which is still true
@@ -198,4 +211,4 @@ def _execute(spec: StageSpec, step: Step, run_store: st.RunStore, resume: str, e
                     artifact_hashes={o: run_store.hashes.tree(run_store.run_dir / p) for o, p in artifacts.items()})
     run_store.hashes.save()
     run_store.write_manifest(spec.name, manifest)  # last: a manifest that says complete means the artifacts are there
-    echo(f"[{spec.name}] complete in {manifest['wall_time_s']:.1f}s {headline(metrics)}")
+    echo(f"[{spec.name}] complete in {manifest['wall_time_s']:.1f}s {headline(metrics, spec.kind)}")

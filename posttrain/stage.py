@@ -8,7 +8,8 @@ headline metrics. The contract:
   names them in `files(cfg)`. The fingerprint covers all of them: local files by content, hub models by
   id and revision (`org/name@rev`). Where only some stage kinds can feed an input, wherever it sits in the
   config (a reward term's model must be a reward model), `check_upstream(cfg, kinds)` says so: the core
-  calls it and knows no stage kind itself.
+  calls it and knows no stage kind itself. A stage that builds its model from nothing rather than from a model
+  input says what is known of it beforehand in `built_model(cfg)` (pretrain's builtin:tiny).
 - Everything another stage may read is a declared output (`outputs`); nothing reads a stage's other files.
 - `progress(cfg, out_dir)` says what an interrupted run left that the next run continues from; the runner
   then keeps the stage folder and resumes instead of starting over.
@@ -122,6 +123,15 @@ class Context:
         log.warning("[%s] warning: %s", self.name, message)
 
 
+@dataclass(frozen=True)
+class BuiltModel:
+    """What is known before a run of a model a stage builds from nothing, for the checks across stages."""
+
+    context: int | None  # max_position_embeddings
+    chars: frozenset[str] | None  # every character its tokenizer has a token for
+    how: str  # how the stage makes it, as messages say it: "builds builtin:tiny"
+
+
 class Stage:
     """Base class of every stage kind. Subclasses set `kind`, `Config`, `outputs` and implement `run`."""
 
@@ -139,6 +149,11 @@ class Stage:
         (key path inside the stage, message) for each whose upstream stage's kind cannot feed it. kinds: every
         stage of the recipe, name -> kind."""
         return []
+
+    def built_model(self, cfg: Any) -> BuiltModel | None:
+        """For a stage whose model output is built from nothing, not trained from its model input: what is
+        known of it before it runs. None: the output keeps its input model's context and tokenizer."""
+        return None
 
     def files(self, cfg: Any) -> list[Path]:
         """Local files the stage reads that are not Config inputs (e.g. built-in eval sets)."""

@@ -17,10 +17,10 @@ from typing import Any
 from posttrain import hf, packaged
 from posttrain.data import DataError, write_json
 from posttrain.schema import DATASET_SCHEMES
-from posttrain.stage import ARTIFACT_TYPES, Dataset, Model, is_ref, parse_ref
+from posttrain.stage import ARTIFACT_TYPES, Dataset, Model, Report, is_ref, output_path, parse_ref
 
 KEY_PACKAGES = ("posttrain", "torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "datasets", "vllm")
-COMPLETE, RUNNING, FAILED = "complete", "running", "failed"
+COMPLETE, RUNNING, FAILED, INTERRUPTED = "complete", "running", "failed", "interrupted"
 INPUT_TYPES = tuple(ARTIFACT_TYPES.values())
 
 
@@ -51,6 +51,21 @@ def version_drift(manifest: dict | None) -> str:
     changed = [f"{p} {v} (now {now.get(p, 'not installed')})" for p, v in sorted(manifest["versions"].items())
                if now.get(p) != v]
     return f"made with {', '.join(changed)}; not recomputed: --force to redo it" if changed else ""
+
+
+def stale_stages(manifests: dict[str, dict | None]) -> dict[str, list[str]]:
+    """Complete stages that were not made from what is upstream of them now -> those upstream stages: one that
+    failed, was interrupted or re-ran since (its fingerprint moved), or is itself stale. `manifests`: every
+    stage's current manifest (None: never ran), in run order."""
+    stale: dict[str, list[str]] = {}
+    for name, manifest in manifests.items():
+        if manifest and manifest.get("status") == COMPLETE:
+            moved = [up for up, fingerprint in manifest.get("upstream", {}).items()
+                     if up in stale or (manifests.get(up) or {}).get("status") != COMPLETE
+                     or manifests[up].get("fingerprint") != fingerprint]
+            if moved:
+                stale[name] = moved
+    return stale
 
 
 class HashCache:
@@ -225,3 +240,21 @@ def hardware() -> dict[str, Any]:
 
 def elapsed(start: float) -> float:
     return round(time.time() - start, 3)
+
+
+def final_outputs(recipe, run_dir: Path) -> dict[str, Path]:
+    """Where the recipe's last model and last report are: of the last stages that have them complete and made
+    from what is upstream of them now (a stage left out by --only may be stale)."""
+    store = RunStore(run_dir)
+    manifests = {name: store.manifest(name) for name in recipe.stages}
+    stale = stale_stages(manifests)
+    current = [n for n, m in manifests.items() if m and m.get("status") == COMPLETE and n not in stale]
+    found = {}
+    for what, kind in (("final model", Model), ("report", Report)):
+        for name in reversed(current):
+            out = next((o for o, t in recipe.stages[name].stage.outputs.items() if t is kind), None)
+            if out and output_path(run_dir / name, out, kind).exists():
+                path = output_path(run_dir / name, out, kind)
+                found[what] = path / "report.html" if kind is Report and (path / "report.html").exists() else path
+                break
+    return found

@@ -1,5 +1,15 @@
-"""Checks of the free-form parts of a training stage's `train` block, against what transformers and TRL take: the
+"""Checks of a training stage's `train` block beyond types, against what transformers and TRL take: max_steps, the
 scheduler's keyword arguments and the values of `trl_args` (their names are checked by training.check_trl_args)."""
+
+
+def train_problems(train) -> list[tuple[str, str]]:
+    """max_steps 0 (TRL would still take one step, at learning rate 0, and the stage would say complete) and the
+    scheduler's keyword arguments."""
+    problems = scheduler_kwargs_problems(train)
+    if train.max_steps == 0:
+        problems.append(("train.max_steps", "0 steps trains nothing; give a positive number, or -1 to train "
+                                            "num_train_epochs"))
+    return problems
 
 
 def scheduler_kwargs_problems(train) -> list[tuple[str, str]]:
@@ -27,17 +37,19 @@ def scheduler_kwargs_problems(train) -> list[tuple[str, str]]:
              f"it takes: {', '.join(takes) or 'none'}") for key in train.lr_scheduler_kwargs if key not in takes]
 
 
-def trl_value_problems(config_cls, key: str, value) -> list[tuple[str, str]]:
-    """A trl_args value against the type TRL's dataclass declares for it (the schema's checks); a type the schema
-    cannot read (a class, a bare dict) is left to TRL."""
+def trl_value_problems(config_cls, settable: set[str], trl_args: dict) -> list[tuple[str, str]]:
+    """The values of the trl_args a recipe may set (`settable`; the others are reported by name) against the types
+    TRL's dataclass declares for them (the schema's checks); a type the schema cannot read is left to TRL."""
     import typing
 
     from posttrain import schema
 
-    try:
-        hint = typing.get_type_hints(config_cls)[key]
-        found: list = []
-        schema.check_value(hint, value, f"train.trl_args.{key}", found, lambda *_: "not an input here")
-    except (TypeError, NameError):
-        return []
+    hints, found = typing.get_type_hints(config_cls), []
+    for key, value in trl_args.items():
+        if key not in settable:
+            continue
+        try:
+            schema.check_value(hints[key], value, f"train.trl_args.{key}", found, lambda *_: "not an input here")
+        except (TypeError, NameError):
+            pass
     return found

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from posttrain import hf, tracking, train_checks
-from posttrain.data import read_rows, write_rows
+from posttrain.final_checkpoint import drop_rows_after, finish_training
 from posttrain.stage import Context, Stage
 
 
@@ -113,10 +113,7 @@ def check_trl_args(config_name: str, train: TrainArgs, stage_args: dict[str, Any
     """Problems with the `train` block: scheduler and optimizer names as transformers knows them, and
     `train.trl_args` against the fields of TRL's `config_name` (e.g. "SFTConfig") and the arguments set
     elsewhere: by trl_config itself, by a TrainArgs key, or by the stage (`stage_args`, the dict it passes)."""
-    problems = _check_names(train) + tracking.check(train.report_to) + train_checks.scheduler_kwargs_problems(train)
-    if train.max_steps == 0:  # TRL would still take one step (at learning rate 0) and the stage would say complete
-        problems.append(("train.max_steps", "0 steps trains nothing; give a positive number, or -1 to train "
-                                            "num_train_epochs"))
+    problems = _check_names(train) + tracking.check(train.report_to) + train_checks.train_problems(train)
     if not train.trl_args:
         return problems  # TRL is imported only when there is something to check: validation stays fast
     import trl
@@ -131,9 +128,7 @@ def check_trl_args(config_name: str, train: TrainArgs, stage_args: dict[str, Any
             problems.append((f"train.trl_args.{key}", f"not an argument of TRL's {config_cls.__name__}{suggest(key, names)}"))
         elif key in reserved:
             problems.append((f"train.trl_args.{key}", "set by posttrain or by a recipe key of its own; set that key instead"))
-        else:
-            problems += train_checks.trl_value_problems(config_cls, key, train.trl_args[key])
-    return problems
+    return problems + train_checks.trl_value_problems(config_cls, names - reserved, train.trl_args)
 
 
 def set_by_posttrain() -> set[str]:
@@ -145,7 +140,8 @@ def set_by_posttrain() -> set[str]:
 
 
 def _check_names(train: TrainArgs) -> list[tuple[str, str]]:
-    """lr_scheduler_type and optim against transformers' own lists; imported only for a non-default name."""
+    """lr_scheduler_type and optim against transformers' own lists, read from its source: importing
+    transformers.trainer_utils would import torch, and validate/plan/config must stay cheap."""
     from posttrain.schema import suggest
 
     defaults, problems = TrainArgs(), []
@@ -153,13 +149,23 @@ def _check_names(train: TrainArgs) -> list[tuple[str, str]]:
         value = getattr(train, key)
         if value == getattr(defaults, key):
             continue
-        import importlib
-
-        module, enum = where.rsplit(".", 1)
-        known = [e.value for e in getattr(importlib.import_module(f"transformers.{module}"), enum)]
+        known = transformers_enum_values(*where.split("."))
         if value not in known:
             problems.append((f"train.{key}", f"unknown {key} {value!r:.80}{suggest(value, known)}; known: {', '.join(known)}"))
     return problems
+
+
+def transformers_enum_values(module: str, enum: str) -> list[str]:
+    """The string values of enum `enum` in transformers/<module>.py, parsed without importing it."""
+    import ast
+    import importlib.util
+
+    source = Path(importlib.util.find_spec("transformers").origin).parent / f"{module}.py"
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.ClassDef) and node.name == enum:
+            return [stmt.value.value for stmt in node.body if isinstance(stmt, ast.Assign)
+                    and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)]
+    raise LookupError(f"transformers/{module}.py has no class {enum}")
 
 
 def trl_config(config_cls, train: TrainArgs, ctx: Context, launcher: "Launcher | None" = None, **stage_args):
@@ -273,9 +279,7 @@ def metrics_to_run_store(ctx: Context, trainer):
                 trainer._total_loss_scalar = saved["total_loss"]
                 trainer._total_train_tokens = saved["total_tokens"]
             trainer._initial_global_step = 0  # train_loss: the mean over all steps, not those since the resume
-            path = ctx.out_dir / "metrics.jsonl"
-            if path.exists() and path.stat().st_size:  # a line torn by a kill is dropped with the replayed ones
-                write_rows(path, [r for r in read_rows(path, on_bad_rows="skip") if r.get("step", 0) <= state.global_step])
+            drop_rows_after(ctx.out_dir / "metrics.jsonl", state.global_step)
 
         def on_step_end(self, args, state, control, **kwargs):
             if control.should_save:  # set by the trainer's flow callback, which runs before this one
@@ -297,11 +301,10 @@ def train_and_save(trainer, tokenizer, ctx: Context, merge_into: str | None = No
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         resumed_step = state.get("global_step", 0)
         if state.get("global_step", 0) >= state.get("max_steps", float("inf")) > 0:
-            # Resuming a finished checkpoint would train one extra step: load its weights instead.
+            # Resuming a finished checkpoint would train one extra step: load its weights instead, and do what
+            # the trainer's end did not (stages read their headline metrics from its state, as after a real run).
             _load_weights(trainer.model, checkpoint)
-            # Stages read their headline metrics from the trainer's state, as after a real run.
-            trainer.state.log_history = state.get("log_history", [])
-            trainer.state.global_step = state["global_step"]
+            finish_training(trainer, ctx, state)
             return _finish(trainer, tokenizer, ctx, merge_into)
     trainer.add_callback(metrics_to_run_store(ctx, trainer))
     tracked = tracking.start(trainer, ctx.out_dir, resumed_step)
@@ -388,7 +391,9 @@ def _finish(trainer, tokenizer, ctx: Context, merge_into: str | None) -> dict[st
         export_model(trainer.model, tokenizer, ctx.output("model"), merge_into, state_dict)
     trainer.accelerator.wait_for_everyone()  # no rank reports done before the export exists
     history = [h for h in trainer.state.log_history if "loss" in h]
-    metrics: dict[str, Any] = {"global_step": trainer.state.global_step}
+    # what `precision: auto` became on this hardware (the report shows it beside the recipe's setting)
+    precision = "bf16" if trainer.args.bf16 else "fp16" if trainer.args.fp16 else "fp32"
+    metrics: dict[str, Any] = {"global_step": trainer.state.global_step, "precision": precision}
     if history:
         metrics["first_loss"] = history[0]["loss"]
         metrics["final_loss"] = history[-1]["loss"]

@@ -14,6 +14,8 @@ Verifiers (see each module's docstring for the row fields it reads and its optio
 - `ifeval` (strict), `ifeval_loose`: the 25 IFEval instruction types, or open-instruct's `func_name` JSON
   (Tülu 3's RLVR mixture, ifeval_functions.py); `ifeval_details`
   gives per-instruction results                                                          (ifeval.py)
+- `ifeval_words`: `ifeval` and the words `ground_truth` lists, in its order (a format applied to given
+  content, as the tiny world's format skill asks)                                        (ifeval_words.py)
 - `code`: HumanEval / MBPP tests run here against the completion's functions, served from a
   bubblewrap sandbox over a literal-only channel (why that is sound: code_exec.py) (remote.py, sandbox.py)
 - shaping terms `format`, `eos`, `length`                                                (shaping.py)
@@ -29,7 +31,7 @@ RowError (a ValueError) for a row that lacks the fields it needs. A Verdict that
 a crashed verifier, a program stopped by a sandbox limit) says so in `failure`; `failure_shares` gives their
 share per verifier, which RLVR logs. `register_verifier(name, factory)` adds one.
 """
-from posttrain.rewards import code_exec, ifeval, math_answer, numeric, shaping  # noqa: F401 - they register
+from posttrain.rewards import code_exec, ifeval, ifeval_words, math_answer, numeric, shaping  # noqa: F401 - they register
 from posttrain.rewards.batch import VerifierFailure, failure_shares, bad_rows, score_rows
 from posttrain.rewards.core import RowError, Verdict, Verifier
 from posttrain.rewards.ifeval import ifeval_details

@@ -15,9 +15,10 @@ Why no program can earn reward without computing the right values:
   the arguments as plain literals and decode the answer with `ast.literal_eval`. So every value the tests
   compare is a plain builtin int, str, list, ... that this process built itself: no `__eq__` that always
   says yes, no int subclass, no patched builtin, `operator` or `math` (they live in the other process).
-- The verdict is computed here, from the tests finishing without an exception, and from the session
-  never having broken (an exit, a crash, a malformed or oversized answer, a CPU-limit kill, the wall
-  backstop). No token, exit code or output of the program counts.
+- The verdict is computed here, from the tests finishing without an exception (any exception from the
+  program fails the test that called it: remote._exception), and from the session never having broken (an
+  exit, a crash, a malformed, oversized or costly answer, a CPU-limit kill, the backstop on blocked time). No
+  token, exit code or output of the program counts. Tests that never call the program are a bad row.
 - The only values of the tests that reach the program are the arguments of its own function calls.
   Builtins the tests use are never taken from the program (it could otherwise define `set` and be
   handed the expected value), except when the tests call nothing but a builtin name (MBPP 126 tests its
@@ -27,10 +28,12 @@ Why no program can earn reward without computing the right values:
 
 Code inside ``` fences is used when present (the first block that defines the entry point, else the
 first block). Options: `timeout_s` (10 CPU seconds for the whole program; MBPP's reference for task 123
-alone needs 4.1 s), `wall_factor` (3: the wall-clock backstop is timeout_s x wall_factor, so a loaded
-machine does not change the verdict), `memory_mb` (1024); the verifier's own time limit defaults to the
-backstop + 5 s. The sandboxed program sees only the standard library; a result that is not plain data
-(a generator, an object) can be called or passed back to it but never compared.
+alone needs 4.1 s; the trusted side's CPU for the program's answers is limited to as much), `wall_factor`
+(3: the program may be blocked, neither running nor waiting for a CPU, timeout_s x wall_factor seconds, so no
+load changes a verdict), `memory_mb` (1024); the verifier's own time limit defaults to timeout_s x
+wall_factor + 5 s. The sandboxed program sees only the standard library; a result that is not plain data
+(a generator, an object) can be called or passed back to it but never compared. The sandbox's guarantees
+and their tests: docs/rewards.md.
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ import time
 from typing import Any
 
 from posttrain.rewards.core import RowError, Verdict, Verifier, row_label
-from posttrain.rewards.guard import CpuTimeout
+from posttrain.rewards.guard import CpuTimeout, cpu_limit
 from posttrain.rewards.registry import register_verifier
 from posttrain.rewards.remote import SERVER, Session, encode
 from posttrain.rewards.sandbox import describe_exit, sandboxed
@@ -131,14 +134,14 @@ def _exec_trusted(code: str, namespace: dict) -> dict:
     return namespace
 
 
-SESSION_LIMITS = ("timed out", "an answer over")  # how remote.Session names its wall backstop and size limit
 EXIT_LIMITS = ("CPU time limit exceeded", "file size limit exceeded", "killed by SIGKILL")  # sandbox.describe_exit's
 
 
 def run_tests(program: str, setup: str, trusted: dict, names: list[str], tests: str, *, cpu_s: float,
-              wall_s: float, memory_mb: int) -> tuple[bool, str, bool]:
-    """(passed, reason, whether the program hit a sandbox limit) for the tests against the program served
-    from the sandbox. The limits: CPU time, the wall-clock backstop, memory, file size, answer size."""
+              stall_s: float, memory_mb: int) -> tuple[bool, str, str]:
+    """(passed, reason, failure label) for the tests against the program served from the sandbox. The limits:
+    CPU time, the backstop on blocked time, memory, file size, answer size, and the CPU this process spends on
+    the program's answers (reading and comparing them: at most cpu_s, charged to the program as a limit)."""
     to_server, server_in = os.pipe()
     server_out, from_server = os.pipe()
     with tempfile.TemporaryFile() as stderr, \
@@ -146,27 +149,39 @@ def run_tests(program: str, setup: str, trusted: dict, names: list[str], tests: 
                       pass_fds=(to_server, from_server), stderr=stderr) as proc:
         for fd in (to_server, from_server):
             os.close(fd)
-        session = Session(proc, server_in, server_out, time.monotonic() + wall_s)
+        session = Session(proc, server_in, server_out, stall_s, answer_cpu_s=cpu_s)
+        start = time.process_time()
         try:
             session.send(encode((program, setup)))
             if session.answer() != "ready":  # or the program's own error, raised here
                 raise session.fail("no ready signal")
             for name in names:
                 trusted[name] = session.request(("get", name))
-            exec(compile(tests, "<tests>", "exec"), trusted)
-            passed, reason, limit = session.failure is None and session.calls > 0, "tests passed", False
+            with cpu_limit(cpu_s):
+                exec(compile(tests, "<tests>", "exec"), trusted)
+            passed, reason, label = session.failure is None, "tests passed", ""
         except CpuTimeout:
-            raise  # this verifier's own time limit (guard.py): a timeout, not a verdict
+            if time.process_time() - start < cpu_s:
+                raise  # this verifier's own time limit (guard.py): a timeout, not a verdict
+            passed, reason, label = False, f"the tests spent over {cpu_s:g}s of CPU on the program's answers", "sandbox_limit"
         except BaseException as e:  # noqa: BLE001 - whatever the program made the tests raise is a failure
-            passed, reason, limit = False, f"{type(e).__name__}: {str(e)[:200]}", isinstance(e, MemoryError)
+            # A MemoryError raised here, not by the program, is this process running out on its answers.
+            ours = isinstance(e, MemoryError) and not getattr(e, "from_program", False)
+            passed, reason, label = False, f"{type(e).__name__}: {str(e)[:200]}", "sandbox_limit" if ours else ""
         finally:
             for fd in (server_in, server_out):
                 os.close(fd)
         if session.failure:
             status = _exit_status(proc, stderr)
-            reason = f"{session.failure} ({status})"
-            limit = session.failure.startswith(SESSION_LIMITS) or status in EXIT_LIMITS
-    return passed and session.failure is None, reason, limit
+            passed, reason = False, f"{session.failure} ({status})"
+            label = "sandbox_limit" if session.limit or status in EXIT_LIMITS else ""
+        setup_error = getattr(proc, "setup_error", "")
+        if setup_error:  # the sandbox, not the program, failed
+            return False, f"the sandbox could not run the program: {setup_error}", "crash"
+    if passed and session.calls == 0:
+        raise RowError("the row's tests never call the program's functions, so they cannot tell a right program "
+                       f"from a wrong one (tests: {tests[:200]!r})")
+    return passed, reason, label
 
 
 def _exit_status(proc, stderr) -> str:
@@ -183,14 +198,16 @@ class CodeVerifier(Verifier):
     def __init__(self, *, timeout_s: float = 10.0, wall_factor: float = 3.0, memory_mb: int = 1024, **base: Any):
         base.setdefault("time_limit_s", timeout_s * wall_factor + 5.0)
         super().__init__(**base)
-        self.timeout_s, self.wall_s, self.memory_mb = timeout_s, timeout_s * wall_factor, memory_mb
+        self.timeout_s, self.stall_s, self.memory_mb = timeout_s, timeout_s * wall_factor, memory_mb
 
     def check(self, text: str, row: dict) -> Verdict:
-        passed, reason, limit = run_tests(*split_row(text, row), cpu_s=self.timeout_s, wall_s=self.wall_s,
+        passed, reason, label = run_tests(*split_row(text, row), cpu_s=self.timeout_s, stall_s=self.stall_s,
                                           memory_mb=self.memory_mb)
         if passed:
             return Verdict(1.0, reason)
-        return Verdict(0.0, f"tests failed: {reason}", "sandbox_limit" if limit else "")
+        if label == "crash":
+            return Verdict(0.0, reason, label)
+        return Verdict(0.0, f"tests failed: {reason}", label)
 
 
 register_verifier("code", CodeVerifier)

@@ -1,12 +1,13 @@
-"""CPU-time limits and hard wall-clock backstops for verifier calls: persistent forked worker processes.
+"""CPU-time limits and hard backstops for verifier calls: persistent forked worker processes.
 
 A worker takes a chunk of calls `fn(*args)` (one round trip for many rows) and sends back their `Outcome`s in
 groups, at least every FLUSH_S. Each call runs under its own CPU-time limit, counted by a SIGPROF interval timer
 (ITIMER_PROF: this process's user + system time), so a busy machine does not change a verdict. A call stuck
 where no signal can interrupt it (a long C call such as a huge big-integer power) or blocked without using
-CPU is caught by the parent's wall-clock backstop (WALL_FACTOR x its limit + WALL_SLACK_S): the worker is
-killed, that call times out, and the rest of its chunk goes to a fresh worker. A worker that dies (a crash,
-`os._exit` in a verifier) costs the call it was running and nothing else (Worker.run says how). Each worker also gets an
+CPU is caught by the parent's backstops (progress.py: CPU time past 2 L + 1 s, or time blocked past
+WALL_FACTOR x L + WALL_SLACK_S, neither moved by load): the worker is killed, that call times out and is never
+run again, and the rest of its chunk goes to a fresh worker. A worker that dies (a crash, `os._exit` in a
+verifier) costs the call it was running and nothing else. Each worker also gets an
 address-space limit so a memory bomb raises MemoryError in the worker instead of taking the trainer down.
 
 Workers are forked (not spawned) so they start in milliseconds with the caller's modules already
@@ -31,10 +32,11 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from posttrain.rewards.core import RowError
+from posttrain.rewards.progress import CallClock
 
 MEMORY_HEADROOM_BYTES = 2 << 30  # address space a worker may add on top of what it inherits
 POOL_WORKERS = min(2, os.cpu_count() or 1)
-WALL_FACTOR, WALL_SLACK_S = 3.0, 1.0  # the wall-clock backstop of a call with a CPU limit of L seconds: 3 L + 1
+WALL_FACTOR, WALL_SLACK_S = 3.0, 1.0  # a call with a CPU limit of L seconds may be blocked 3 L + 1 seconds
 CHUNKS_PER_WORKER = 8  # a batch is cut into this many chunks per worker: few round trips, balanced ends
 FLUSH_S = 0.02  # a worker sends the outcomes it has at least this often (and at the end of a chunk)
 _CONTEXT = multiprocessing.get_context("fork")
@@ -108,9 +110,10 @@ def _vm_size_bytes() -> int:
     return 0
 
 
-def _serve(conn, parent_end) -> None:
+def _serve(conn, parent_end, clock: CallClock) -> None:
     global _in_worker
     _in_worker = True
+    clock.serve()
     # Drop the inherited parent end of our pipe (the others went at fork), so when the parent dies recv() sees EOF.
     parent_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills us
@@ -134,6 +137,7 @@ def _serve(conn, parent_end) -> None:
             return  # the parent is gone
         done, sent_at = [], time.monotonic()
         for index, (args, cpu_s) in enumerate(calls):
+            clock.begin(index)
             done.append(_call(fn, args, cpu_s))
             if index == len(calls) - 1 or time.monotonic() - sent_at >= FLUSH_S:
                 _send_outcomes(conn, done)
@@ -165,6 +169,7 @@ class Worker:
     def __init__(self) -> None:
         self._proc = None
         self._conn = None
+        self._clock: CallClock | None = None
         _all_workers.append(self)
 
     def _start(self) -> None:
@@ -174,7 +179,8 @@ class Worker:
             for hook in BEFORE_FORK_HOOKS:
                 hook()
             parent_conn, child_conn = _CONTEXT.Pipe()
-            self._proc = _CONTEXT.Process(target=_serve, args=(child_conn, parent_conn), daemon=True,
+            self._clock = CallClock(_CONTEXT)
+            self._proc = _CONTEXT.Process(target=_serve, args=(child_conn, parent_conn, self._clock), daemon=True,
                                           name="posttrain-rewards-worker")
             self._proc.start()
             child_conn.close()
@@ -188,46 +194,55 @@ class Worker:
         self._proc = self._conn = None
 
     def run(self, fn: Callable, calls: Sequence[tuple[Sequence, float]]) -> list[Outcome]:
-        """One Outcome per (args, CPU seconds) in `calls`, in order. When a call breaks the worker (past its
-        wall-clock backstop, or the process died) and more than one call was unanswered, which one did it is
-        not known (answers come in groups), so those calls go again, one per round trip, to a fresh worker."""
+        """One Outcome per (args, CPU seconds) in `calls`, in order. When a call breaks the worker (a backstop,
+        or the process died), that call gets the outcome and is never run again (a bomb would cost its backstop
+        twice); the calls it cut off, and any that finished unreported, go to a fresh worker."""
+        if not calls:
+            return []
         if self._proc is None or not self._proc.is_alive():
             self.stop()
             self._start()
+        self._clock.reset()
         try:
             self._conn.send((fn, list(calls)))
         except Exception as e:  # noqa: BLE001 - e.g. an unpicklable argument: find which, keep the rest
             if len(calls) == 1:
                 return [Outcome("error", message=f"could not send the call to the worker: {type(e).__name__}: {e}")]
             return [o for call in calls for o in self.run(fn, [call])]
-        got, broken = self._receive([cpu_s for _, cpu_s in calls])
-        unanswered = calls[len(got):]
+        got, broken, culprit = self._receive([cpu_s for _, cpu_s in calls])
         if broken is None:
             return got
-        if len(unanswered) == 1:
-            return got + [broken]
-        return got + [o for call in unanswered for o in self.run(fn, [call])]
+        if not len(got) <= culprit < len(calls):  # died before it began a call: the first unanswered broke it
+            culprit = len(got)
+        return got + self.run(fn, calls[len(got):culprit]) + [broken] + self.run(fn, calls[culprit + 1:])
 
-    def _receive(self, limits: list[float]) -> tuple[list[Outcome], Outcome | None]:
-        """(outcomes as they come, None), or (those that came, the outcome that broke the worker)."""
+    def _receive(self, limits: list[float]) -> tuple[list[Outcome], Outcome | None, int]:
+        """(outcomes as they come, None, -1), or (those that came, the outcome that broke the worker, the index
+        of the call it was running)."""
         got: list[Outcome] = []
         try:
             while len(got) < len(limits):
-                wait = backstop_s(max(limits[len(got):])) + FLUSH_S
+                running = self._clock.running()
+                limit = limits[running] if len(got) <= running < len(limits) else max(limits[len(got):])
+                why, wait = self._clock.overrun(self._proc.pid, cpu_limit_s=backstop_s(limit) - limit,
+                                                stall_limit_s=backstop_s(limit))
+                if why:
+                    self.stop()
+                    return got, Outcome("timeout", message=why), running
                 # The process's sentinel too: should anything else in this process fork while a worker
                 # starts, the child would hold the pipe's other end, which then never reports EOF.
-                ready = multiprocessing.connection.wait([self._conn, self._proc.sentinel], wait)
+                ready = multiprocessing.connection.wait([self._conn, self._proc.sentinel], wait + FLUSH_S)
                 if not ready:
-                    self.stop()
-                    return got, Outcome("timeout", message=f"no result within {wait:g}s of wall-clock time (worker killed)")
+                    continue
                 if self._conn not in ready and not self._conn.poll(0):
                     raise EOFError
                 got += self._conn.recv()
-            return got, None
+            return got, None, -1
         except (EOFError, OSError):
             code = self._proc.exitcode if self._proc is not None else None
+            running = self._clock.running() if self._clock is not None else -1
             self.stop()
-            return got, Outcome("crashed", message=f"worker process died (exit code {code})")
+            return got, Outcome("crashed", message=f"worker process died (exit code {code})"), running
         except BaseException:
             self.stop()  # interrupted mid-batch: its late answers must never be read as the next batch's
             raise

@@ -1,27 +1,27 @@
 """Run untrusted Python in a separate, locked-down process.
 
 The sandbox is bubblewrap (`bwrap`, Debian's `bubblewrap` package) when it works here (`sandbox_kind()` says
-"bubblewrap"). A process starts it once: it runs a trusted harness (harness.py, which says why this is as
-sound as a sandbox per program) that forks a child per program, so a program costs a fork, not a bubblewrap
-and interpreter start. The program runs in new PID, network, UTS and cgroup namespaces, and a user and IPC
-namespace of its own, as `nobody`, with no capabilities, and sees:
+"bubblewrap"). A process starts it once: it runs a trusted harness (harness.py) that starts a fresh
+interpreter per program, so a program costs a fork and an interpreter start, not a bubblewrap start. The
+program runs in new PID, network, UTS, cgroup, user and mount namespaces, an IPC namespace of its own, as
+`nobody`, with no capabilities, and sees:
 - a read-only root holding only /usr (the system Python's standard library; no site-packages) and the
   /dev/null, zero, random and urandom devices: no host /tmp, /dev/shm, /run, /home, /root, project or
   data files, so no Unix sockets of the host;
 - a private /proc that shows only the harness (PID 1) and itself;
-- a network namespace with no interface but a down loopback;
-- one writable folder, /sandbox (its cwd, HOME and TMPDIR): a tmpfs of SANDBOX_BYTES, empty when it
-  starts and emptied when it ends.
+- a network namespace with no interface but a down loopback (and it may not create sockets at all);
+- one writable folder, /sandbox (its cwd, HOME and TMPDIR): a new tmpfs of SANDBOX_BYTES and SANDBOX_INODES
+  mounted for this program alone, gone when it ends.
+The guarantees, and the tests of each, are listed in docs/rewards.md.
 
 Without bubblewrap ("rlimit", weaker: logged once and reported by RLVR) the program runs in a fresh empty
 host temporary folder, removed afterwards, as `nobody` when started as root, in a new network namespace
-where the kernel allows one (else Python's socket module is disabled); it can still read world-readable
-host files and see other processes in /proc.
+where the kernel allows one; it can still read world-readable host files and see other processes in /proc.
 
-Both: a fresh `python -I -S -B` (no site-packages, no PYTHON* variables; under bubblewrap a fresh fork of the
-harness's), an empty environment, rlimits (CPU seconds, address space, 16 MB per file, no core files,
-RLIMIT_NPROC=1 so no fork or thread), and a wall-clock backstop after which it is killed (the rlimit
-fallback kills its process group).
+Both: a fresh `python -I -S -B` (no site-packages, no PYTHON* variables), an empty environment, seccomp.py's
+filter (no sockets, new namespaces, memfd or System V memory), rlimits (CPU seconds, address space, 16 MB per
+file, 256 descriptors, no core files, RLIMIT_NPROC=1 so no fork or thread), and a backstop for a program that
+waits without using CPU (remote.Session; the rlimit fallback kills its process group).
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import pwd
+import resource
 import shutil
 import signal
 import subprocess
@@ -38,35 +39,30 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-from posttrain.rewards.harness import Pool
+from posttrain.rewards.harness import Pool, Program
+from posttrain.rewards.seccomp import INSTALL, filter_bytes
 
 log = logging.getLogger("posttrain.rewards")
 FILE_SIZE_LIMIT = 16 << 20
 SANDBOX_BYTES = 64 << 20
+SANDBOX_INODES = 8192  # files, folders and links in /sandbox: each costs kernel memory outside SANDBOX_BYTES
+OPEN_FILES = 256  # descriptors: bounds the pipes (and their buffers) a program can hold
 _CLEAN_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 _DEVICES = ("/dev/null", "/dev/zero", "/dev/random", "/dev/urandom")
 SANDBOX_PYTHON = "/usr/bin/python3"  # the system interpreter: its standard library is under /usr
 _HARNESSES = Pool()
 
-# Runs first in the child: the limits, and (fallback only) the network namespace and the user drop.
-_LIMITS = """
-import resource as _r
-_r.setrlimit(_r.RLIMIT_CPU, (%(cpu)d, %(cpu)d + 1))  # SIGXCPU first, SIGKILL a second later
-for _w, _v in ((_r.RLIMIT_AS, %(memory)d), (_r.RLIMIT_CORE, 0), (_r.RLIMIT_FSIZE, %(fsize)d), (_r.RLIMIT_NPROC, 1)):
-    _r.setrlimit(_w, (_v, _v))
-del _r, _w, _v
-"""
-_FALLBACK_ISOLATION = """
+# The fallback's program runs these first (the harness sets the same limits in the child before its exec).
+_LIMITS = "import resource as _r\nfor _w, _s, _h in %r:\n    _r.setrlimit(_w, (_s, _h))\ndel _r, _w, _s, _h\n"
+_FALLBACK_ISOLATION = INSTALL + """
 import ctypes as _c, os as _os
 _libc = _c.CDLL(None, use_errno=True)
-if _libc.unshare(0x40000000) != 0 and _libc.unshare(0x10000000 | 0x40000000) != 0:
-    import socket as _s
-    def _no_network(*args, **kwargs):
-        raise OSError("network access is disabled in the sandbox")
-    _s.socket = _s.create_connection = _s.socketpair = _no_network
+_libc.unshare(0x40000000) == 0 or _libc.unshare(0x10000000 | 0x40000000)  # a network namespace where allowed
 if _os.getuid() == 0 and %(uid)d >= 0:
     _os.setgroups([]); _os.setgid(%(uid)d); _os.setuid(%(uid)d)
-del _c, _os, _libc
+if not install_filter(_libc, bytes.fromhex(%(filter)r)):
+    raise SystemExit("sandbox: seccomp failed")
+del _c, _os, _libc, install_filter
 """
 
 
@@ -78,7 +74,8 @@ def _nobody() -> int:
 
 
 def _bwrap_argv() -> list[str]:
-    argv = ["bwrap", "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv",
+    argv = ["bwrap", "--unshare-all", "--as-pid-1", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+            "--cap-add", "CAP_SYS_ADMIN", "--clearenv",  # the harness's, to mount each program's /sandbox; children drop it
             "--ro-bind", "/usr", "/usr"]
     for top in ("/lib", "/lib64", "/bin"):
         if os.path.islink(top):
@@ -89,8 +86,13 @@ def _bwrap_argv() -> list[str]:
         argv += ["--dev-bind", device, device]
     for key, value in {**_CLEAN_ENV, "HOME": "/sandbox", "TMPDIR": "/sandbox"}.items():
         argv += ["--setenv", key, value]
-    return argv + ["--proc", "/proc", "--size", str(SANDBOX_BYTES), "--tmpfs", "/sandbox", "--remount-ro", "/",
-                   "--chdir", "/sandbox", SANDBOX_PYTHON]
+    return argv + ["--proc", "/proc", "--dir", "/sandbox", "--remount-ro", "/", "--chdir", "/", SANDBOX_PYTHON]
+
+
+def _harness_setup() -> dict:
+    """What the harness gives each program: the interpreter, the mount options of its /sandbox, the filter."""
+    return {"python": SANDBOX_PYTHON, "tmpfs": f"size={SANDBOX_BYTES},nr_inodes={SANDBOX_INODES},mode=0700",
+            "filter": filter_bytes().hex()}
 
 
 def _probe(argv: list[str], **kwargs) -> bool:
@@ -154,21 +156,28 @@ def sandboxed(source: str, args: list[str], *, cpu_s: float, memory_mb: int, pas
               stdout=None):
     """A Popen-like handle (wait, kill, returncode) of `python -c source args` in the sandbox: under
     bubblewrap a child of this process's harness (harness.py), else a Popen; killed and cleaned on exit."""
-    limits = _LIMITS % {"cpu": math.ceil(cpu_s), "memory": memory_mb << 20, "fsize": FILE_SIZE_LIMIT}
-    run = _in_harness if sandbox_kind() == "bubblewrap" else _in_fallback
-    with run(limits + source, args, pass_fds, stderr, stdout) as proc:
-        yield proc
+    cpu = math.ceil(cpu_s)
+    limits = [(resource.RLIMIT_CPU, cpu, cpu + 1)]  # SIGXCPU first, SIGKILL a second later
+    for which, value in ((resource.RLIMIT_AS, memory_mb << 20), (resource.RLIMIT_CORE, 0),
+                         (resource.RLIMIT_FSIZE, FILE_SIZE_LIMIT), (resource.RLIMIT_NPROC, 1), (resource.RLIMIT_NOFILE, OPEN_FILES)):
+        limits.append((which, value, value))
+    if sandbox_kind() == "bubblewrap":
+        with _in_harness(source, args, pass_fds, stderr, stdout, limits) as proc:
+            yield proc
+    else:
+        with _in_fallback(_LIMITS % (limits,) + source, args, pass_fds, stderr, stdout) as proc:
+            yield proc
 
 
 @contextlib.contextmanager
-def _in_harness(source: str, args: list[str], pass_fds: tuple, stderr, stdout=None):
+def _in_harness(source: str, args: list[str], pass_fds: tuple, stderr, stdout=None, limits: list = ()):
     argv, user = _bwrap_launch()
-    harness = _HARNESSES.take(argv, _CLEAN_ENV, user)
+    harness = _HARNESSES.take(argv, _CLEAN_ENV, user, _harness_setup())
     fds, targets = list(pass_fds), list(pass_fds)
     for stream, target in ((stderr, 2), (stdout, 1)):
         if stream is not None:
             fds, targets = [stream.fileno(), *fds], [target, *targets]
-    proc = harness.start(source, args, fds, targets)
+    proc = harness.start(source, args, fds, targets, list(limits))
     try:
         yield proc
     finally:
@@ -182,7 +191,7 @@ def _in_fallback(source: str, args: list[str], pass_fds: tuple, stderr, stdout=N
     workdir = tempfile.mkdtemp(prefix="posttrain-sandbox-")
     if uid >= 0:
         os.chown(workdir, uid, uid)
-    proc = subprocess.Popen([interpreter, "-I", "-S", "-B", "-c", _FALLBACK_ISOLATION % {"uid": uid} + source, *args],
+    proc = subprocess.Popen([interpreter, "-I", "-S", "-B", "-c", _FALLBACK_ISOLATION % {"uid": uid, "filter": filter_bytes().hex()} + source, *args],
                             cwd=workdir, env={**_CLEAN_ENV, "HOME": workdir, "TMPDIR": workdir},
                             stdin=subprocess.DEVNULL, stdout=stdout or subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL,
                             pass_fds=pass_fds, start_new_session=True)
@@ -199,6 +208,18 @@ def _make_writable_and_retry(func, path, _exc_info) -> None:
     """rmtree's error hook: the program may have made a folder read-only; removal must still succeed."""
     os.chmod(os.path.dirname(path), 0o700)
     func(path)
+
+
+def busy_seconds(proc) -> float | None:
+    """Seconds the sandboxed program has run or waited for a CPU (the kernel's schedstat), None once it has ended
+    or where the kernel does not say. The rest of its wall-clock time it was blocked, which load does not change."""
+    pid = proc.host_pid() if isinstance(proc, Program) else proc.pid
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            on_cpu, waiting = f.read().split()[:2]
+        return (int(on_cpu) + int(waiting)) / 1e9
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def describe_exit(code: int | None, stderr_tail: str) -> str:

@@ -1,5 +1,5 @@
-"""Budgets: resolving count-or-fraction to a number of rows, splitting it across groups exactly, and
-sampling without replacement in proportion to exp(score) (Gumbel top-k)."""
+"""Budgets: resolving count-or-fraction to a number of rows, splitting it across groups (PASER's floor
+rule, or exactly by largest remainder), and sampling without replacement in proportion to exp(score) (Gumbel top-k)."""
 import math
 
 import numpy as np
@@ -9,6 +9,19 @@ def resolve(count: int | None, fraction: float | None, available: int) -> int:
     """Rows to keep: `count`, or `fraction` of the available rows rounded half up (at least 1), at most all."""
     wanted = count if count is not None else max(1, math.floor(fraction * available + 0.5))
     return min(wanted, available)
+
+
+def floor_split(budget: int, weights) -> np.ndarray:
+    """PASER's split (paper and released code): group k gets floor(budget * w_k / sum w), nothing more.
+
+    The remainder of the floors is left unspent, and a share larger than its group is not passed on.
+    All-zero weights (no degradation anywhere) split equally.
+    """
+    weights = np.asarray(weights, dtype=float)
+    if (weights < 0).any() or not np.isfinite(weights).all():
+        raise ValueError("allocation weights must be finite and non-negative")
+    w = weights if weights.sum() > 0 else np.ones(len(weights))
+    return np.floor(budget * w / w.sum() + 1e-9).astype(int)  # 1e-9: an exact share is not lost to rounding
 
 
 def allocate(budget: int, weights, capacity) -> np.ndarray:

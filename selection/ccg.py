@@ -3,7 +3,8 @@
 RAKE (Rose et al. 2010), implemented here with a built-in English stopword list because the maintained
 packages need NLTK data that cannot be downloaded offline: the text is split at punctuation and
 stopwords into candidate phrases (at most 3 words, no pure numbers); a word scores degree/frequency over
-the candidates, a phrase the sum of its words; the top phrases are the concepts.
+the candidates, a phrase the sum of its words; the concepts are all the phrases (PASER's released code:
+every ranked phrase of instruction, input and output) or the top ones.
 
 The graph rejects a sample when two of its concepts are already in the graph but not linked to each
 other (the sample would join concepts that earlier accepted samples kept apart); otherwise it accepts the
@@ -40,8 +41,9 @@ def _candidate_phrases(text: str) -> list[tuple[str, ...]]:
     return phrases
 
 
-def key_phrases(text: str, top: int) -> list[str]:
-    """The `top` RAKE key phrases of `text`, best first (ties: first appearance)."""
+def key_phrases(text: str, top: int | None) -> list[str]:
+    """The `top` RAKE key phrases of `text` (None: all of them, as PASER's released code takes), best first
+    (ties: first appearance)."""
     phrases = _candidate_phrases(text)
     freq: dict[str, int] = {}
     degree: dict[str, int] = {}

@@ -21,7 +21,7 @@ from posttrain.stage import Dataset
 
 WORD = re.compile(r"\w+")
 DEDUP_BATCH = 1024
-EXAMPLES_PER_SET = 3
+EXAMPLES_PER_SET = 20  # the report lists them: enough for every planted problem
 # One task per eval set in ../shared/data (gsm8k_0shot reads the same file as gsm8k_8shot).
 DEFAULT_TASKS = list({t.source: name for name, t in reversed(TASKS.items()) if t.source}.values())[::-1]
 

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 
 from posttrain.data import located_rows
 from posttrain.selection import scoring
+from posttrain.selection.quality import KeptQuality
 from posttrain.formats import candidate_examples, candidates, locate, sft_row
 
 SCORE_DECIMALS = 6
@@ -48,7 +49,7 @@ def run_candidates(cfg, ctx, path: str, hits: dict[int, dict], out) -> dict:
             yield index, row, locate(where, row)
 
     scored = _candidate_scores(cfg, ctx, (r for r in rows() if r[0] not in hits))
-    offered, kept, discarded = Counter(), Counter(), Counter()
+    offered, kept, discarded, quality = Counter(), Counter(), Counter(), KeptQuality()
     for i, row, where in rows():
         cands = candidates(row, where)
         sources = [c["source"] for c in cands]
@@ -66,8 +67,12 @@ def run_candidates(cfg, ctx, path: str, hits: dict[int, dict], out) -> dict:
         row_id = str(row.get("id", i))
         for r, j in enumerate(chosen):
             kept[sources[j]] += 1
+            quality.add(row, cands[j])
             out.keep(sft_row(row, cands[j], row_id if cfg.grape.top_k == 1 else f"{row_id}-{r}"))
-    return {"budget": None, "sources": {s: {"candidates": offered[s], "kept": kept[s]} for s in sorted(offered)},
+    checked = quality.summary(ctx.info)
+    return {"budget": None, "sources": {s: {"candidates": offered[s], "kept": kept[s],
+                                            "verified": checked["sources"].get(s, {}).get("verified")} for s in sorted(offered)},
+            "skills": checked["skills"], "verify_failed": checked["verify_failed"],
             "candidates": {"total": sum(offered.values()), "kept": sum(kept.values()), "discarded": dict(discarded)}}
 
 

@@ -32,14 +32,31 @@ class GrapeOptions:
 
 @dataclass
 class PaserOptions:
+    """PASER's options; the defaults are the paper's method (selection/paser.py says which options are not)."""
     reference_model: Model | None = field(default=None, metadata={"help": "the model to recover towards (e.g. the unpruned one); `model` is the target"})
-    clusters: int | None = field(default=None, metadata={"ge": 1, "help": "K; unset: chosen by the eigengap"})
-    max_clusters: int = field(default=30, metadata={"ge": 2})
-    landmarks: int = field(default=1000, metadata={"ge": 2, "help": "anchor points of the kNN graph"})
-    neighbors: int = field(default=5, metadata={"ge": 1, "help": "landmarks each point links to"})
+    k_rule: Literal["nmf_error", "fixed", "eigengap"] = field(default="nmf_error", metadata={
+        "help": "how K is chosen: nmf_error (the paper), fixed (the released code: `clusters`, which it sets to 10), "
+                "eigengap (posttrain's earlier variant, not the paper's)"})
+    clusters: int | None = field(default=None, metadata={"ge": 1, "help": "K, with k_rule: fixed (only then)"})
+    max_clusters: int | None = field(default=None, metadata={"ge": 2, "help": "nmf_error, eigengap: K is searched in [2, max_clusters]; unset: 30"})
+    graph: Literal["auto", "dense", "landmark"] = field(default="auto", metadata={
+        "help": "dense: diffusion kernel + NMF spectral clustering (the paper; O(N^2) memory); landmark: anchor kNN "
+                "graph + k-means (an approximation, not the paper's); auto: dense up to dense_max_rows rows"})
+    dense_max_rows: int | None = field(default=None, metadata={"ge": 2, "help": "graph auto: the largest pool clustered densely; unset: 10000"})
+    landmarks: int | None = field(default=None, metadata={"ge": 2, "help": "landmark graph (auto above dense_max_rows): anchor points; unset: 1000"})
+    neighbors: int | None = field(default=None, metadata={"ge": 1, "help": "landmark graph: landmarks each point links to; unset: 5"})
     embedding_model: Model | None = field(default=None, metadata={"help": "sentence-transformers folder; unset: bundled all-MiniLM-L6-v2"})
+    jsd: Literal["instruction_sum", "response_mean"] = field(default="instruction_sum", metadata={
+        "help": "instruction_sum: on the instruction's tokens, summed over positions (the released code); "
+                "response_mean: mean per response token given the prompt (not the paper's)"})
+    budget_split: Literal["floor", "largest_remainder"] = field(default="floor", metadata={
+        "help": "floor: floor(B * CDS_k / sum CDS), the remainder unspent (the paper); largest_remainder: exactly B, "
+                "capped at cluster sizes (not the paper's)"})
+    refill: bool = field(default=False, metadata={
+        "help": "fill budget left by CCG rejections from the whole pool in efficiency order (not the paper's)"})
     ccg: bool = field(default=True, metadata={"help": "apply the Concept Consistency Graph filter"})
-    concepts_per_sample: int = field(default=5, metadata={"ge": 1})
+    concepts_per_sample: int | None = field(default=None, metadata={
+        "ge": 1, "help": "the CCG's concepts per sample: its top RAKE phrases; unset: all of them (the released code)"})
 
 
 @dataclass

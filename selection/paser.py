@@ -1,20 +1,23 @@
-"""PASER (arXiv 2502.12594), written from the paper's description: cluster the instructions, split the
-budget across clusters by capability degradation, rank inside a cluster by efficiency, and filter
-negative transfer with the Concept Consistency Graph.
+"""PASER (arXiv 2502.12594) as its paper and released code (github BokwaiHo/PASER: paser.py) define it:
+cluster the instructions (selection/paser_cluster.py), give cluster k floor(B * CDS_k / sum CDS) rows, where
+its capability degradation score CDS_k is the mean JSD between the original and the pruned model over its
+samples, take each cluster's samples in efficiency order until its budget is met, each passing the Concept
+Consistency Graph, and leave budget unspent when a cluster runs out (the shortfall is in the summary).
 
-Clustering (scales to 1M x 384 on 2 cores): a landmark ("anchor") kNN graph, as in large-scale spectral
-clustering (Liu et al. 2010; Chen & Cai 2011). p landmarks are k-means centres of a random sample (10 Lloyd steps from random points); each point links
-to its r nearest landmarks with Gaussian weights (bandwidth: mean distance to the r-th landmark), rows of the
-sparse N x p matrix Z summing to 1. The implied point affinity W = Z diag(Z^T 1)^-1 Z^T is never formed:
-it is symmetric with unit degrees, and its top eigenvectors are the left singular vectors of
-B = Z diag(Z^T 1)^-1/2, obtained exactly from the small p x p matrix B^T B. The embedding is the top K
-eigenvectors, rows normalised (Ng-Jordan-Weiss), clustered with k-means.
+JSD (option jsd): instruction_sum, as the released code computes it: on the instruction's tokens alone,
+summed over positions (the instruction: the prompt's message contents, so an alpaca row's `input` is
+included, which the released code leaves out); or response_mean (not the paper's): the mean per response
+token given the prompt.
+Efficiency: JSD / ln(cost), cost = (the sample's tokens, prompt + response as scored)^2, the paper's
+quadratic attention cost (the released code adds instruction tokens to response characters; tokens here).
+Clusters are visited in order of degradation, largest first (the released code's order is that of its
+arbitrary cluster numbers; the shared CCG makes the order matter, so the most degraded cluster goes first).
 
-K: set in the recipe, or the eigengap of W: the k in [2, max_clusters] with the largest lambda_k - lambda_k+1
-(the paper uses the NMF approximation error; the eigengap is the standard spectral criterion).
-
-Efficiency: JSD / ln(cost), cost = the sample's token count (prompt + response) clipped below at 2, so
-the log is positive.
+Kept from posttrain's earlier variant, under their own option values and not the paper's: k_rule
+eigengap, graph landmark at any size, jsd response_mean, concepts_per_sample 5, budget_split largest_remainder (the split sums to
+exactly B, capped at cluster sizes) and refill (budget left by CCG rejections or small clusters is filled
+from the whole pool in efficiency order, overriding the per-cluster split). That variant's efficiency was
+JSD / ln(tokens): half of this one, the same order.
 """
 from __future__ import annotations
 
@@ -24,13 +27,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from posttrain.selection import scoring
-from posttrain.selection.budget import allocate
+from posttrain.selection.budget import allocate, floor_split
 from posttrain.selection.ccg import ConceptGraph, key_phrases
 from posttrain.selection import pool
-
-LANDMARK_SAMPLE_PER_CENTRE = 20  # k-means for the landmarks runs on at most this many points per centre
-LANDMARK_KMEANS_ITERATIONS = 10  # Lloyd steps from a random start: landmarks need coverage, not convergence
-BLOCK_ROWS = 16384                # rows per block when computing point-landmark similarities
+from posttrain.selection.paser_cluster import cluster
 
 
 def embed(texts: list[str], model_path: str | None = None, batch_size: int = 64) -> np.ndarray:
@@ -48,68 +48,6 @@ def embed(texts: list[str], model_path: str | None = None, batch_size: int = 64)
 
 
 @dataclass
-class Clustering:
-    labels: np.ndarray
-    k: int
-    k_chosen_by: str            # "recipe" or "eigengap"
-    eigenvalues: list[float]    # top eigenvalues of the affinity W, descending (the first is 1)
-
-
-def anchor_graph(x: np.ndarray, landmarks: int, neighbors: int, seed: int) -> sp.csr_matrix:
-    """Sparse N x p point-to-landmark affinities, each row summing to 1."""
-    import scipy.sparse as sp
-    from sklearn.cluster import KMeans
-
-    x = (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32, copy=False)
-    n = len(x)
-    p = min(landmarks, n)
-    if p == n:
-        centres = x
-    else:
-        rng = np.random.default_rng(seed)
-        sample = x[rng.choice(n, size=min(n, LANDMARK_SAMPLE_PER_CENTRE * p), replace=False)]
-        km = KMeans(n_clusters=p, init=sample[:p], n_init=1, max_iter=LANDMARK_KMEANS_ITERATIONS).fit(sample)
-        centres = km.cluster_centers_ / np.maximum(np.linalg.norm(km.cluster_centers_, axis=1, keepdims=True), 1e-12)
-        centres = centres.astype(np.float32)
-    r = min(neighbors, p)
-    idx = np.empty((n, r), dtype=np.int64)
-    dist = np.empty((n, r), dtype=np.float32)
-    for lo in range(0, n, BLOCK_ROWS):
-        sims = x[lo: lo + BLOCK_ROWS] @ centres.T
-        top = np.argpartition(-sims, r - 1, axis=1)[:, :r]
-        idx[lo: lo + BLOCK_ROWS] = top
-        dist[lo: lo + BLOCK_ROWS] = np.maximum(1.0 - np.take_along_axis(sims, top, axis=1), 0.0)
-    sigma = max(float(dist.max(axis=1).mean()), 1e-6)
-    weights = np.exp(-(dist.astype(np.float64) ** 2) / (2 * sigma ** 2))
-    weights /= weights.sum(axis=1, keepdims=True)
-    return sp.csr_matrix((weights.ravel(), idx.ravel(), np.arange(0, n * r + 1, r)), shape=(n, p))
-
-
-def spectral_clusters(x: np.ndarray, k: int | None, max_clusters: int, landmarks: int, neighbors: int,
-                      seed: int) -> Clustering:
-    import scipy.linalg
-    import scipy.sparse as sp
-    from sklearn.cluster import KMeans
-
-    z = anchor_graph(x, landmarks, neighbors, seed)
-    p = z.shape[1]
-    b = z @ sp.diags(1.0 / np.sqrt(np.maximum(np.asarray(z.sum(axis=0)).ravel(), 1e-12)))
-    gram = (b.T @ b).toarray()
-    top = min((k or max_clusters) + 1, p)
-    values, vectors = scipy.linalg.eigh(gram, subset_by_index=[p - top, p - 1])
-    values, vectors = values[::-1].clip(min=0), vectors[:, ::-1]
-    chosen_by = "recipe" if k else "eigengap"
-    if not k:
-        gaps = values[1:-1] - values[2:]  # gaps[i] = lambda_(i+2) - lambda_(i+3), 1-based
-        k = int(np.argmax(gaps)) + 2 if len(gaps) else 1
-    k = min(k, len(values))
-    u = (b @ vectors[:, :k]) / np.sqrt(np.maximum(values[:k], 1e-12))
-    u /= np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
-    labels = KMeans(n_clusters=k, n_init=3, random_state=seed).fit_predict(u)
-    return Clustering(labels, k, chosen_by, [float(v) for v in values])
-
-
-@dataclass
 class Decision:
     kept: bool
     reason: str
@@ -119,23 +57,25 @@ class Decision:
 
 
 def efficiency(jsd: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    return jsd / np.log(np.maximum(tokens, 2))
+    """JSD / ln(tokens^2), tokens clipped below at 2 so the log is positive."""
+    return jsd / np.log(np.maximum(tokens, 2).astype(float) ** 2)
 
 
 def select(labels: np.ndarray, jsd: np.ndarray, tokens: np.ndarray, concepts: list[list[str]] | None,
-           budget: int) -> tuple[list[Decision], list[dict]]:
+           budget: int, split: str = "floor", refill: bool = False) -> tuple[list[Decision], list[dict]]:
     """Decide every sample; return the decisions and a per-cluster table (size, degradation, budget, selected).
 
+    split floor: the paper's floor(B * CDS_k / sum CDS); largest_remainder: exactly B, capped at cluster sizes.
     Clusters are visited in order of degradation (largest first); inside one, samples in efficiency order
-    until its budget is met, each passing the CCG (when `concepts` is given). Budget left over when a
-    cluster runs out of acceptable samples is filled from the remaining samples in global efficiency order.
+    until its budget is met, each passing the CCG (when `concepts` is given). With `refill`, budget left
+    over is then filled from the remaining samples in global efficiency order.
     """
     n, k = len(labels), int(labels.max()) + 1
     eff = efficiency(jsd, tokens)
     members = [np.flatnonzero(labels == c) for c in range(k)]
     members = [m[np.lexsort((m, -eff[m]))] for m in members]  # efficiency desc, then index
     degradation = np.array([jsd[m].mean() for m in members])
-    quota = allocate(budget, degradation, [len(m) for m in members])
+    quota = floor_split(budget, degradation) if split == "floor" else allocate(budget, degradation, [len(m) for m in members])
     rank = np.empty(n, dtype=int)
     for m in members:
         rank[m] = np.arange(len(m))
@@ -154,7 +94,7 @@ def select(labels: np.ndarray, jsd: np.ndarray, tokens: np.ndarray, concepts: li
             if selected[c] == quota[c]:
                 break
             selected[c] += consider(i, "selected")
-    for i in np.lexsort((np.arange(n), -eff)):  # refill the shortfall, if any
+    for i in np.lexsort((np.arange(n), -eff)) if refill else ():
         if selected.sum() == budget:
             break
         if decisions[i] is None:
@@ -180,30 +120,37 @@ def run_paser(cfg, ctx, rows: pool.Pool, n: int, k: int):
                          f"{model.config.vocab_size}: the JSD needs one shared vocabulary")
     fmt, pad = scoring.formatter(cfg, tokenizer), scoring.pad_id(tokenizer)
     items = ((p, str(p), where, [ex]) for p, (where, ex) in enumerate(rows.examples()))
-    scored = [(r["scores"][0], r["tokens"][0]) for r in scoring.score_stream(
-        items, lambda exs, where: [fmt.encode(exs[0], where)],
-        lambda enc: scoring.mean_jsd(reference, model, enc, cfg.scoring.batch_size, pad),
-        scoring.score_log(ctx), cfg.scoring.chunk_rows, scoring.progress(ctx))]
-    jsd, tokens = np.array([s for s, _ in scored]), np.array([t for _, t in scored])
-    instructions, concepts = [], []
-    for _, e in rows.examples():  # the texts are not kept, only the instructions (to embed) and the concepts
+    if opts.jsd == "instruction_sum":
+        encode = lambda exs, where: [scoring.prompt_ids(tokenizer, exs[0], cfg.scoring.max_length, where)]  # noqa: E731
+        divergence = scoring.summed_jsd
+    else:
+        encode, divergence = (lambda exs, where: [fmt.encode(exs[0], where)]), scoring.mean_jsd
+    jsd = np.array([r["scores"][0] for r in scoring.score_stream(
+        items, encode, lambda enc: divergence(reference, model, enc, cfg.scoring.batch_size, pad),
+        scoring.score_log(ctx), cfg.scoring.chunk_rows, scoring.progress(ctx))])
+    instructions, concepts, tokens = [], [], []
+    for where, e in rows.examples():  # the texts are not kept: the instructions (to embed), concepts, costs
         instructions.append(e.instruction)
+        tokens.append(len(fmt.encode(e, where).ids))
         if opts.ccg:
             concepts.append(key_phrases(f"{e.instruction}\n{e.response}", opts.concepts_per_sample))
+    tokens = np.array(tokens)
     ctx.info(f"embedding {n} instructions")
     embedder = ctx.path(opts.embedding_model) if opts.embedding_model else None
-    clustering = spectral_clusters(embed(instructions, embedder), opts.clusters, opts.max_clusters, opts.landmarks,
-                                   opts.neighbors, cfg.seed)
+    clustering = cluster(embed(instructions, embedder), opts, cfg.seed)
     del instructions
     concepts = concepts or None
-    decisions, table = select(clustering.labels, jsd, tokens, concepts, k)
+    decisions, table = select(clustering.labels, jsd, tokens, concepts, k, opts.budget_split, opts.refill)
     out = [pool.Decision(d.kept, d.reason, {"scores": {"jsd": float(jsd[p]), "tokens": int(tokens[p]), "efficiency": d.efficiency},
                                        "cluster": int(clustering.labels[p]), "rank": d.rank,
                                        **({"concepts": concepts[p]} if concepts else {}),
                                        **({"conflict": d.conflict} if d.conflict else {})})
            for p, d in enumerate(decisions)]
     kept = sum(d.kept for d in decisions)
-    summary = {"k": clustering.k, "k_chosen_by": clustering.k_chosen_by, "eigenvalues": clustering.eigenvalues,
+    summary = {"k": clustering.k, "k_chosen_by": clustering.k_chosen_by, "graph": clustering.graph,
+               "eigenvalues": clustering.eigenvalues,
+               **({"nmf_errors": {str(c): e for c, e in clustering.nmf_errors.items()}} if clustering.nmf_errors else {}),
+               "jsd": opts.jsd, "budget_split": opts.budget_split, "refill": opts.refill,
                "clusters": table, "ccg_rejected": sum(d.reason == "ccg conflict" for d in decisions),
-               "budget_shortfall": k - kept}
+               "unallocated": k - sum(t["budget"] for t in table), "budget_shortfall": k - kept}
     return out, {"paser": summary}

@@ -156,6 +156,38 @@ def mean_jsd(reference, target, encoded: list[Encoded], batch_size: int, pad_id:
     return _batched(encoded, batch_size, per_batch)
 
 
+def prompt_ids(tokenizer, ex: Example, max_length: int, where: str) -> Encoded:
+    """The instruction alone (no template, no response) as the tokenizer encodes it, with its special tokens:
+    what PASER's released code feeds both models. Longer ones lose tokens from the left. Every position counts
+    (start 0, end len(ids))."""
+    ids = tokenizer(ex.instruction, add_special_tokens=True)["input_ids"][-max_length:]
+    if not ids:
+        raise DataError(f"{where}: the instruction is empty, nothing to score")
+    return Encoded(ids, 0, len(ids))
+
+
+def summed_jsd(reference, target, encoded: list[Encoded], batch_size: int, pad_id: int) -> list[float]:
+    """PASER's released code's JSD: between the two models' next-token distributions at every position of
+    the ids, summed over the positions (not normalised: longer instructions score higher)."""
+    import torch
+
+    def logps(model, batch):
+        longest = max(len(e.ids) for e in batch)
+        device = getattr(model, "device", "cpu")
+        ids = torch.full((len(batch), longest), pad_id, dtype=torch.long, device=device)
+        mask = torch.zeros_like(ids)
+        for b, e in enumerate(batch):
+            ids[b, : len(e.ids)] = torch.tensor(e.ids, device=device)
+            mask[b, : len(e.ids)] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        return [torch.log_softmax(logits[b, : len(e.ids)].float(), dim=-1) for b, e in enumerate(batch)]
+
+    def per_batch(batch):
+        return [jensen_shannon(p, q).sum().item() for p, q in zip(logps(reference, batch), logps(target, batch))]
+    return _batched(encoded, batch_size, per_batch)
+
+
 # ---------- streaming and resume ----------
 
 class ScoreLog:

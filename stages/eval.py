@@ -79,20 +79,30 @@ class Eval(Stage):
         return f"{len(done)} of {len(cfg.models) * len(cfg.tasks)} model-task results" if done else None
 
     def run(self, cfg: EvalConfig, ctx: Context) -> dict:
-        from posttrain.eval.suite import evaluate_model
+        from posttrain.eval.reuse import ResultCache
+        from posttrain.eval.suite import evaluate_model, samples_path
 
         out = ctx.output("results")
         runs = [resolve(dataclasses.replace(spec, source=ctx.path(spec.source) if spec.source else None), cfg)
                 for spec in cfg.tasks]
         results = {"seed": cfg.seed, "backend": cfg.backend, "models": {}}
+        cache, reused = ResultCache(ctx.run_dir, cfg.backend, cfg.seed, cfg.batch_size), []
         for label, model in cfg.models.items():
             path = ctx.path(model)
-            ctx.info(f"evaluating {label} ({path})")
+            keys = {run.label: cache.key(path, run) for run in runs}
+            # a (model, task) whose model and settings an earlier run of this stage already evaluated
+            hits = [run.label for run in runs if cache.restore(keys[run.label], out / samples_path(label, run))]
+            reused += [f"{label}/{task}" for task in hits]
+            ctx.info(f"evaluating {label} ({path})" + (f"; reusing {', '.join(hits)}" if hits else ""))
             tasks = evaluate_model(path, label, runs, out, backend=cfg.backend,
                                    batch_size=cfg.batch_size, seed=cfg.seed, log=lambda m: ctx.info(f"{label}/{m}"))
+            for run in runs:
+                cache.keep(keys[run.label], out / samples_path(label, run))
+                tasks[run.label]["reused"] = run.label in hits
             results["models"][label] = {"model": path, "tasks": tasks}
         write_json(out / "results.json", results)
-        return {f"{label}/{task}": r["score"] for label, m in results["models"].items() for task, r in m["tasks"].items()}
+        return {**{f"{label}/{task}": r["score"] for label, m in results["models"].items() for task, r in m["tasks"].items()},
+                "reused_results": len(reused)}
 
 
 def resolve(spec: TaskSpec, cfg: EvalConfig):

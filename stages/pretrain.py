@@ -8,7 +8,7 @@ from posttrain import hf
 from posttrain.worlds import tinyworld
 from posttrain.data import DataError, ReadStats, convert_rows, first_rows_problem
 from posttrain.formats import content_budget
-from posttrain.stage import Context, Dataset, Model, register
+from posttrain.stage import BuiltModel, Context, Dataset, Model, register
 from posttrain.training import TrainingStage, TrainArgs, check_trl_args, train_and_save, trl_config
 
 BUILTIN = "builtin:tiny"
@@ -60,6 +60,12 @@ class Pretrain(TrainingStage):
         if bad := first_rows_problem(cfg.data, text_row):
             problems.append(("data", bad))
         return problems
+
+    def built_model(self, cfg: PretrainConfig) -> BuiltModel | None:
+        if cfg.model != BUILTIN:
+            return None
+        context = (cfg.architecture or TinyArchitecture()).max_position_embeddings
+        return BuiltModel(context, frozenset(tinyworld.CHARS), f"builds {BUILTIN}")
 
     def run(self, cfg: PretrainConfig, ctx: Context) -> dict:
         from datasets import Dataset as HFDataset

@@ -19,10 +19,13 @@ Outputs:
     dedup: null | {threshold, num_perm, shingle, dropped};
     decontamination: null | {ngram, dropped, unchecked_tasks,
                              per_eval_set: {name: {items, short_items_unchecked, matched_rows, examples}}};
-    sources (candidate methods): {source: {candidates, kept}};
+    sources (candidate methods): {source: {candidates, kept, verified}}; skills (candidate methods): {skill:
+    {kept, verified}}, verify_failed: int (verified: kept responses that pass the verifier their row names,
+    None where none names one; selection/quality.py);
     candidates (candidate methods): {total, kept, discarded: {reason: responses}} (counted per response);
-    paser (paser): {k, k_chosen_by, eigenvalues, clusters: [{cluster, size, degradation, budget, selected}],
-                    ccg_rejected, budget_shortfall}.
+    paser (paser): {k, k_chosen_by, graph, eigenvalues, nmf_errors (when K was chosen by them), jsd,
+                    budget_split, refill, clusters: [{cluster, size, degradation, budget, selected}], ccg_rejected,
+                    unallocated (budget the split gave no cluster), budget_shortfall (budget minus rows kept)}.
 Launcher (`launcher: {type: torchrun, num_processes: 8}`, as training stages declare it; default: none, one
 process): the model scoring of grape, grape_reverse, perplexity and ifd is split across the ranks
 (posttrain.selection.ranks); rank 0 alone reads, logs and writes, and selects exactly as one process would.
@@ -114,6 +117,7 @@ class Select(Stage):
         if cfg.scoring.backend == "vllm":
             problems += _vllm_problems(m)
         if m == "paser":
+            problems += _paser_problems(cfg.paser)
             sizes = (_vocab_size(cfg.model), _vocab_size(cfg.paser.reference_model))
             if None not in sizes and sizes[0] != sizes[1]:
                 problems.append(("paser.reference_model", f"vocabulary size {sizes[1]} differs from model's {sizes[0]}: "
@@ -159,6 +163,23 @@ class Select(Stage):
         return {"rows/input": summary["input_rows"], "rows/kept": summary["kept_rows"],
                 "rows/filtered": summary["filtered_rows"], "skipped_rows": bad.skipped,
                 **({"scored_per_rank": per_rank} if per_rank else {})}
+
+
+def _paser_problems(p: PaserOptions) -> list[tuple[str, str]]:
+    problems = []
+    if p.k_rule == "fixed" and p.clusters is None:
+        problems.append(("paser.clusters", "k_rule fixed needs paser.clusters (the released code uses 10)"))
+    if p.k_rule != "fixed" and p.clusters is not None:
+        problems.append(("paser.clusters", f"not used by k_rule {p.k_rule}: remove it, or set k_rule: fixed"))
+    if p.k_rule == "fixed" and p.max_clusters is not None:
+        problems.append(("paser.max_clusters", "not used by k_rule fixed (K is paser.clusters): remove it"))
+    if not p.ccg and p.concepts_per_sample is not None:
+        problems.append(("paser.concepts_per_sample", "not used without the CCG (ccg: false): remove it"))
+    if p.graph != "auto" and p.dense_max_rows is not None:
+        problems.append(("paser.dense_max_rows", f"only used by graph auto, not {p.graph}: remove it"))
+    problems += [(f"paser.{key}", "not used by graph dense: remove it")
+                 for key in ("landmarks", "neighbors") if p.graph == "dense" and getattr(p, key) is not None]
+    return problems
 
 
 def _launcher_problems(cfg: SelectConfig) -> list[tuple[str, str]]:

@@ -98,6 +98,17 @@ def install(site: str, n: int, stage: str | None) -> None:
             return real_save(self, path)
 
         TrainerState.save_to_json = save_to_json
+    elif site == "final":
+        from transformers.trainer_callback import TrainerState
+
+        real_save = TrainerState.save_to_json
+
+        def save_final(self, path):
+            real_save(self, path)
+            if self.global_step >= self.max_steps and hit():
+                _die()
+
+        TrainerState.save_to_json = save_final
     elif site == "hang":  # a child that never ends, as a deadlocked one would: for the deadline's own test
         print("hanging on purpose", flush=True)
         threading.Event().wait()

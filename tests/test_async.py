@@ -73,10 +73,25 @@ def test_fsdp2_reaches_the_trainer_and_not_elsewhere(tmp_path):
     assert problems({"train": {"trl_args": {"fsdp": True}}}) == ["train.trl_args.fsdp"]
 
 
-def test_async_config_takes_the_recipe_keys(tmp_path):
-    from trl.experimental.async_grpo import AsyncGRPOConfig
+def test_async_trainer_comes_from_trl_where_it_is_stable(monkeypatch):
+    import trl
 
-    from posttrain.stages.rlvr.async_gen import async_args, reward_terms
+    from posttrain.stages.rlvr.async_gen import async_classes
+
+    if not hasattr(trl, "AsyncGRPOTrainer"):  # TRL before 1.18: only the experimental path has it
+        from trl.experimental.async_grpo import AsyncGRPOConfig, AsyncGRPOTrainer
+
+        assert async_classes() == (AsyncGRPOConfig, AsyncGRPOTrainer)
+    stable = type("AsyncGRPOConfig", (), {}), type("AsyncGRPOTrainer", (), {})
+    monkeypatch.setattr(trl, "AsyncGRPOConfig", stable[0], raising=False)
+    monkeypatch.setattr(trl, "AsyncGRPOTrainer", stable[1], raising=False)
+    assert async_classes() == stable
+
+
+def test_async_config_takes_the_recipe_keys(tmp_path):
+    from posttrain.stages.rlvr.async_gen import async_args, async_classes, reward_terms
+
+    AsyncGRPOConfig = async_classes()[0]
 
     stage, found = STAGES["rlvr"](), []
     cfg = build(stage.Config, {"model": "m", "data": __file__, **ASYNC, "num_generations": 4, "temperature": 0.7,

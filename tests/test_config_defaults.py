@@ -101,7 +101,8 @@ def test_config_command_shows_every_value_and_its_source(tmp_path, capsys):
     assert rows["train.save_steps"] == ["7", "[override]"]
     assert rows["train.logging_steps"] == ["5", "[default,", "TRL:", "10]"]  # TRL 1.16's default differs
     assert rows["train.weight_decay"] == ["0.0", "[default]"]
-    assert rows["data"] == ['"${stages.data.output.sft_candidates}"', "[recipe]"]
+    # a reference as written, and the file it resolves to in the run folder
+    assert rows["data"] == ['"${stages.data.output.sft_candidates}', "=", 'runs/demo/data/sft_candidates.jsonl"', "[recipe]"]
     assert len(rows) == len(schema.leaves(load(path).stages["dpo"].config))
     assert out.startswith("dpo (dpo)") and "pairs (" not in out
 

@@ -53,3 +53,9 @@ def test_status_is_one_line_per_stage_at_80_columns(tmp_path, capsys, monkeypatc
     assert "complete" in rows["pretrain_base"][0] and "12m34s" in rows["pretrain_base"][0]
     assert "700 steps loss 4.1→1.2" in rows["pretrain_base"][0]
     assert "failed" in rows["dpo"][0] and "DataError" in rows["dpo"][0] and "not run" in rows["eval"][0]
+
+
+def test_eval_scores_are_shown_in_percent_as_in_the_report():
+    metrics = {"base/tinyworld": 0.005, "rlvr/tinyworld_code": 0.765, "reused_results": 2}
+    assert headline(metrics, "eval") == "base/tinyworld=0.5% rlvr/tinyworld_code=76.5% reused_results=2"
+    assert headline({"rows": 0.5}, "sft") == "rows=0.5"

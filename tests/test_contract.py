@@ -95,7 +95,7 @@ def test_the_report_opens_only_its_inputs(recipe_path, tmp_path, monkeypatch):
     md = (run_dir / "report" / "report" / "report.md").read_text()
     assert "Selection: select (length)" in md and "decoy" not in md and "other" not in md
     # the report counts the stages it reports on, not itself (it is still running while it writes)
-    assert md.splitlines()[2].startswith("1 of 1 stages complete (select)") and "running" not in md
+    assert md.splitlines()[2].startswith("1 of the 1 stages upstream of this report complete (select)") and "running" not in md
 
 
 def test_a_hub_model_is_fingerprinted_by_the_commit_its_revision_names(tmp_path, monkeypatch, sft_file):

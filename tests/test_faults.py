@@ -9,6 +9,8 @@ Kill sites (the child process kills itself with SIGKILL at the n-th occurrence, 
   read        after the n-th row is read from a data file (a training stage preparing its data)
   step        after the n-th optimizer step (mid-training, between checkpoints)
   checkpoint  half-way through writing the n-th trainer_state.json (a torn checkpoint)
+  final       after the final checkpoint is written whole, before the trainer rotates checkpoints and logs
+              its summary row
   manifest    before the n-th manifest.json is renamed into place
   between     as the n-th stage starts (after the previous one completed)
   timer       n/10 seconds after the first stage starts (anywhere)
@@ -322,22 +324,28 @@ def test_deleted_upstream_artifact_is_detected_and_rerun_with_the_reason(chain, 
     assert "upstream sft will run" in steps["dpo"].reason
 
 
-@pytest.mark.parametrize("stage", ["dpo", "rlvr"])
-def test_killed_after_the_last_checkpoint_reports_the_same_metrics(chain, tmp_path, stage):
-    """Killed after the final checkpoint but before the complete manifest: the resume loads that checkpoint
-    instead of training, and must still report the headline metrics (DPO margins, RLVR rewards) it had."""
+@pytest.mark.parametrize("stage", ["sft", "dpo", "rlvr"])
+def test_killed_after_the_final_checkpoint_recovers_the_summary_and_the_checkpoint_limit(chain, killer, tmp_path,
+                                                                                          stage):
+    """Killed after the final checkpoint is written but before the trainer removes checkpoints beyond
+    save_total_limit and logs its summary row (train_loss, total_flos, epoch): the re-run loads that checkpoint
+    instead of training, and its curves (summary row included), headline metrics (DPO margins, RLVR rewards),
+    weights and checkpoints must equal the uninterrupted run's."""
     from posttrain.runner import run
 
     recipe_path, recipe, reference = chain
     run_dir = tmp_path / "run"
     shutil.copytree(reference, run_dir)
-    for name in recipe.downstream(stage)[1:]:
+    for name in recipe.downstream(stage):
         shutil.rmtree(run_dir / name)
-    manifest = json.loads((run_dir / stage / "manifest.json").read_text())
-    (run_dir / stage / "manifest.json").write_text(json.dumps({**manifest, "status": "running"}))
-    shutil.rmtree(run_dir / stage / "model")
-    run(recipe, run_dir, echo=lambda m: None)
-    check_equal_to_uninterrupted(run_dir, reference)
+    assert run_killed(killer, recipe_path, run_dir, "final", 1, stage) == -signal.SIGKILL
+    checkpoints = lambda d: sorted(p.name for p in (d / stage / "checkpoints").glob("checkpoint-*"))  # noqa: E731
+    limit = recipe.stages[stage].config.train.save_total_limit
+    assert len(checkpoints(run_dir)) == limit + 1  # the kill landed in the window: one checkpoint too many...
+    assert not any("train_loss" in r for r in map(json.loads, (run_dir / stage / "metrics.jsonl").open()))  # ...no row
+    run(recipe, run_dir, only=stage, echo=lambda m: None)
+    check_equal_to_uninterrupted(run_dir, reference, stages=[stage])
+    assert checkpoints(run_dir) == checkpoints(reference)
 
 
 def test_a_hung_child_is_killed_at_its_deadline_and_the_test_fails_with_its_log(killer, tmp_path):

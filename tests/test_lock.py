@@ -3,6 +3,7 @@ reports what an environment has that the lock does not say."""
 import sys
 import tomllib
 
+import pytest
 from packaging.requirements import Requirement
 
 from conftest import REPO
@@ -34,3 +35,16 @@ def test_drift_names_changed_missing_and_unlocked_packages_but_not_the_build_tag
     lock = {"torch": "2.13.0+cpu", "trl": "1.16.0", "rich": "15.0.0"}
     have = {"torch": "2.13.0+cu128", "trl": "1.17.0", "extra": "1.0", "pip": "25.0", "posttrain": "0.1.0"}
     assert drift(lock, have) == [("extra", "-", "1.0"), ("rich", "15.0.0", "-"), ("trl", "1.16.0", "1.17.0")]
+
+
+def test_setup_keeps_pips_configuration_warnings_out_of_its_output(tmp_path):
+    """pip prints a warning per configured index folder it cannot read ("Location ... is ignored"): -qq."""
+    import shutil
+    import subprocess
+
+    if not shutil.which("make"):
+        pytest.skip("make is not installed")
+    dry = subprocess.run(["make", "-n", "setup", f"VENV={tmp_path / 'venv'}"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60).stdout
+    installs = [part for line in dry.splitlines() for part in line.split(";") if "-m pip install" in part]
+    assert len(installs) >= 3 and all(" -qq " in part for part in installs), installs

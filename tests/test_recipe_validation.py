@@ -191,3 +191,22 @@ def test_a_relative_model_path_is_a_local_folder_not_a_hub_id(name):
     with pytest.raises(RecipeError) as info:
         load(next((REPO / "recipes").rglob(name)))
     assert all("model folder not found: ../../runs/tiny/" in p for p in info.value.problems), info.value.problems
+
+
+def test_a_stage_name_typo_in_an_override_gets_a_did_you_mean(tmp_path, sft_file):
+    text = GOOD.replace("DATA", str(sft_file))
+    problems = problems_of(tmp_path, text, ["stages.stf.train.learning_rate=1e-3"])
+    assert len(problems) == 1 and "stages.stf.train.learning_rate: no stage 'stf' in the recipe (did you mean 'sft'?)" \
+        in problems[0] and "unknown stage kind" not in problems[0], problems
+    # an override that gives the new stage a kind still adds it
+    recipe = load(write_recipe(tmp_path, text), ["stages.more.kind=tinyworld", "stages.more.sft_rows=5"])
+    assert recipe.stages["more"].config.sft_rows == 5
+
+
+def test_the_tulu3_recipe_evaluates_its_three_models_and_reports():
+    recipe = load(REPO / "recipes" / "tulu3_8b.yaml")
+    assert [s.kind for s in recipe.stages.values()] == ["sft", "dpo", "rlvr", "eval", "report"]
+    evaluated = recipe.stages["eval"]
+    assert list(evaluated.config.models) == ["sft", "dpo", "rlvr"] and evaluated.deps == ["dpo", "rlvr", "sft"]
+    assert [t.name for t in evaluated.config.tasks] == ["gsm8k_8shot", "math500", "ifeval", "humaneval"]
+    assert recipe.stages["report"].deps == ["eval"]

@@ -74,7 +74,7 @@ def make_run(run: Path) -> Path:
                                  "verifier_reward/numeric": s / 40, "failures/numeric/timeout": 0.0,
                                  "failures/numeric/crash": s / 400, "kl": s / 1000, "completions/mean_length": 40 - s / 5}}
     for stage, curve in curves.items():
-        write_json(run / stage / "manifest.json", manifest(stage, stage, run))
+        write_json(run / stage / "manifest.json", manifest(stage, stage, run, {"precision": "fp32"}))  # what auto became
         write_rows(run / stage / "metrics.jsonl", [{"time": 0.0, "step": s, **curve(s)} for s in range(0, 40, 5)])
     write_eval_stage(run, rng)
     return run
@@ -172,9 +172,24 @@ def test_planted_contamination_is_in_the_decontamination_table(report_md):
                                   for line in section.split("\n\n")[1].splitlines()[2:])}
     for name in ("gsm8k", "math500", "ifeval"):
         planted = [row_id for row_id, sets in PLANTED.items() if name in sets]
-        assert rows[name][1] == str(len(planted)), name  # training rows matched
-        assert rows[name][2] == (", ".join(planted) or "–"), name  # their ids, from the summary
+        assert rows[name][1] == "0", name  # too short to check
+        assert rows[name][2] == str(len(planted)), name  # training rows matched
+        assert rows[name][3] == (", ".join(planted) or "–"), name  # their ids, from the summary
     assert "37 near-duplicate rows dropped" in md
+    # the evaluated sets decontamination did not check are named (this fixture's set "gsm8k" is no task's label)
+    caption = section.split("\n\n")[0]
+    assert caption.endswith("Not checked at all: gsm8k_8shot, tinyworld.*"), caption
+
+
+def test_decontamination_names_short_items_and_rows_past_the_examples():
+    from posttrain.eval.report_data import decontamination_table
+
+    table = decontamination_table({"ngram": 9, "dropped": 5, "unchecked_tasks": ["lm_eval:mmlu"], "per_eval_set": {
+        "tinyworld_code": {"items": 225, "short_items_unchecked": 22, "matched_rows": 5, "examples": ["a", "b", "c"]},
+        "gsm8k_8shot": {"items": 1319, "short_items_unchecked": 0, "matched_rows": 0, "examples": []}}},
+        evaluated=["tinyworld_code", "tinyworld_format", "gsm8k_0shot"])  # gsm8k_0shot reads gsm8k_8shot's set
+    assert table.rows[0] == ["tinyworld_code", "225", "22", "5", "a, b, c and 2 more"]
+    assert table.caption.endswith("Not checked at all: lm_eval:mmlu, tinyworld_format.")
 
 
 def test_reference_column_and_delta(run_dir, tmp_path):
@@ -219,7 +234,7 @@ def test_grape_sources_get_a_table_and_histogram(tmp_path):
                "sources": {"tutor": {"candidates": 300, "kept": 210}, "terse": {"candidates": 300, "kept": 90}}}
     blocks = selection_blocks("select", summary, tmp_path / "plots")
     table = next(b for b in blocks if isinstance(b, Table) and b.headers[0] == "source")
-    assert table.rows == [["tutor", "300", "210"], ["terse", "300", "90"]]
+    assert table.rows == [["tutor", "300", "210", "–"], ["terse", "300", "90", "–"]]  # no verifier: none verified
     assert any(isinstance(b, Figure) and b.path.exists() for b in blocks)
 
 
@@ -246,6 +261,8 @@ def test_hyperparameters_are_each_stages_resolved_config(report_md):
     assert rows["generations per prompt"]["rlvr"] == str(config["rlvr"]["num_generations"])
     assert rows["samples per prompt"]["pairs (generate)"] == "4" and rows["selection method"]["select"] == "grape"
     assert rows["reward terms"]["rlvr"] == "1×verifier" and rows["learning rate"]["pairs (generate)"] == "–"
+    assert rows["precision"]["sft"] == "fp32 (auto)" and rows["precision"]["select"] == "–"
+    assert rows["loss weights"]["dpo"] == "1.0, 1.0" and rows["loss only on assistant turns"]["sft"] == "True"
 
 
 def test_pairs_accounting_says_why_prompts_gave_no_pair(report_md):
@@ -358,3 +375,29 @@ def test_routed_rlvr_term_logs_each_verifiers_reward():
     assert scores == [1.0, 0.0, 1.0]
     assert logged["verifier_reward/numeric"] == 0.5 and logged["verifier_reward/math"] == 1.0
     assert logged["failures/numeric/timeout"] == 0.0
+
+
+def test_rl_diagnostics_get_panels_and_an_all_zero_share_says_so():
+    from posttrain.eval.plots import SHARES, curve_panels, drawn_series, failure_totals
+
+    rows = failure_totals([{"step": s, "frac_reward_zero_std": 0.7, "entropy": 1.5, "grad_norm": 0.3, "learning_rate": 5e-5,
+                            "clip_ratio/region_mean": 0.0, "logps/chosen": -20.0, "logps/rejected": -30.0,
+                            "failures/ifeval/crash": 0.0, "failures/numeric/timeout": 0.0} for s in range(3)])
+    panels = {title: keys for title, _, keys in curve_panels(rows)}
+    assert panels["groups with no signal"] == ["frac_reward_zero_std"] and panels["entropy"] == ["entropy"]
+    assert panels["gradient norm"] == ["grad_norm"] and panels["learning rate"] == ["learning_rate"]
+    assert panels["log-prob of chosen / rejected"] == ["logps/chosen", "logps/rejected"]
+    assert {"verifier failures", "groups with no signal", "clipped tokens"} <= SHARES
+    lines = drawn_series("verifier failures", rows, panels["verifier failures"])
+    assert [label for label, _ in lines] == ["0 at every step (ifeval, numeric)"]  # not "ifeval = numeric"
+
+
+def test_off_policy_extra_pairs_are_counted_in_the_report():
+    """The tiny world's 600 judged courtesy pairs are 600 of DPO's 688 pairs: the report says so."""
+    from posttrain.eval.render import Para
+    from posttrain.eval.report_data import pairs_blocks
+
+    blocks = pairs_blocks("pairs", {**PAIRS_METRICS, "prompts": 300, "pairs": 88, "extra_pairs": 600})
+    text = " ".join(b.text for b in blocks if isinstance(b, Para))
+    assert "688 pairs: 88 on-policy (above) and 600 off-policy from `extra_pairs`" in text and "(87%)" in text, text
+    assert not [b for b in pairs_blocks("pairs", PAIRS_METRICS) if isinstance(b, Para)]

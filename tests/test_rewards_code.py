@@ -64,8 +64,7 @@ def test_sandbox_has_no_network():
         result = run_python(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)")
     finally:
         server.close()
-    assert not result.passed and ("unreachable" in result.reason or "disabled" in result.reason
-                                  or "refused" in result.reason), result.reason
+    assert not result.passed and "Operation not permitted" in result.reason, result.reason  # no socket at all
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="the privilege drop applies when running as root")

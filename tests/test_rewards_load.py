@@ -1,7 +1,10 @@
-"""Same verdict on a busy machine: numeric formats, gold parsing that never caches a failure, and MATH-500
-and MBPP's slowest task agreeing with their gold answers while another process keeps a core busy."""
+"""Same verdict on a busy machine: numeric formats, gold parsing that never caches a failure, MATH-500
+and MBPP's slowest task agreeing with their gold answers while another process keeps a core busy, and honest
+programs near their CPU limit passing with every core saturated (issue 25, class 5)."""
+import os
 import re
 import subprocess
+import time
 
 import pytest
 
@@ -113,3 +116,47 @@ def test_math500_restated_and_wrong_answers_and_mbpp_123_agree_twice_under_load(
         assert [(r["unique_id"], v.reason) for r, v in zip(rows, verdicts[len(rows):]) if v.score != 0.0] == []
     task = [r for r in read_rows(shared_file("mbpp/mbpp.jsonl")) if r["task_id"] == 123]
     assert [v.score for v in score_rows([task[0]["code"]] * 4, task * 4, "code")] == [1.0] * 4
+
+
+@pytest.fixture
+def cores_saturated():
+    """Two CPU hogs per core; as root, at a higher priority than the verifier and its sandbox (nice -5)."""
+    hogs = [subprocess.Popen(["nice", "-n", "-5" if os.getuid() == 0 else "0", "yes"], stdout=subprocess.DEVNULL)
+            for _ in range(2 * (os.cpu_count() or 1))]
+    yield
+    for hog in hogs:
+        hog.kill()
+        hog.wait()
+
+
+def _near_limit(cpu_s: float) -> str:
+    return ("import time\ndef f(n):\n    start = time.process_time()\n"
+            f"    while time.process_time() - start < {cpu_s}:\n        pass\n    return n + 1\n")
+
+
+ROW = {"id": "inc", "prompt": "def f(n):\n    \"\"\"n + 1.\"\"\"\n", "entry_point": "f",
+       "test": "def check(candidate):\n    assert candidate(1) == 2\n"}
+
+
+def test_verdicts_depend_on_cpu_time_not_on_load(cores_saturated):
+    """With the blocked-time backstop at 1x the CPU limit, any wall-clock backstop would cut off the honest
+    program (it gets a fraction of a core); a program that blocks is still stopped, labelled, soon."""
+    code = get_verifier("code", timeout_s=1, wall_factor=1)
+    big = {**ROW, "test": "def check(candidate):\n    assert candidate(10 ** 6000) == 10 ** 6000 + 1\n"}
+    temp_files = ("import os, tempfile\ndef f(n):\n    d = tempfile.mkdtemp()\n    for i in range(500):\n"
+                  "        open(os.path.join(d, str(i)), 'w').write(str(n))\n    return int(open(os.path.join(d, '7')).read()) + 1\n")
+    programs = [_near_limit(0.7), "def f(n):\n    return n + 1\n", "def f(n):\n    return n + 1\n", temp_files]
+    honest = score_rows(programs, [ROW, ROW, big, ROW], "code", options={"timeout_s": 1, "wall_factor": 1})
+    assert [(v.score, v.failure) for v in honest] == [(1.0, "")] * 4, honest
+    start = time.monotonic()
+    blocked = code.verify_unguarded("import time\ndef f(n):\n    time.sleep(60)\n    return n + 1\n", ROW)
+    assert (blocked.score, blocked.failure) == (0.0, "sandbox_limit") and "without using CPU" in blocked.reason
+    assert time.monotonic() - start < 10
+    over = code.verify_unguarded(_near_limit(1.5), ROW)
+    assert (over.score, over.failure) == (0.0, "sandbox_limit") and "CPU time limit" in over.reason, over
+
+
+@pytest.mark.slow
+def test_an_honest_program_using_most_of_ten_cpu_seconds_passes_on_a_saturated_machine(cores_saturated):
+    verdicts = score_rows([_near_limit(8.4)] * 2, [ROW] * 2, "code")  # the default limits: 10 CPU seconds
+    assert [(v.score, v.failure) for v in verdicts] == [(1.0, ""), (1.0, "")], verdicts

@@ -1,6 +1,7 @@
 """Run-store semantics on a real tiny chain: caching, invalidation, exact resume after kill -9, the lock."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -79,12 +80,16 @@ def test_run_is_quiet_and_each_stage_keeps_its_output_in_its_log(finished_run, t
     shutil.copytree(run_dir, tmp_path / "run")
     proc = posttrain_cli("run", recipe, "--out", tmp_path / "run", "--only", "dpo", "--force", check=True)
     lines = proc.stdout.splitlines()
-    # cached data, base, sft; dpo's start and result; cached rlvr; done. No bars, no log dicts, on either stream.
-    assert len(lines) == 7 and lines[3].startswith("[dpo] run: forced"), proc.stdout
+    # cached data, base, sft; dpo's start and result; cached rlvr; done; where the final model is. No bars, no
+    # log dicts, on either stream.
+    assert len(lines) == 8 and lines[3].startswith("[dpo] run: forced"), proc.stdout
+    assert lines[7] == f"final model: {tmp_path / 'run' / 'rlvr' / 'model'}", proc.stdout
     assert lines[4].startswith("[dpo] complete in") and " steps loss 0.69" in lines[4], proc.stdout
     assert "'loss'" not in proc.stdout + proc.stderr and "%|" not in proc.stderr, proc.stderr[-2000:]
     log = (tmp_path / "run" / "dpo" / "stage.log").read_text()
     assert "'loss'" in log and "/8 [" in log  # TRL's detail and its progress bar are kept
+    assert re.search(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\S* \[dpo\] stage started", log, re.M), log[:500]
+    assert re.search(r"^\S+ \[dpo\] stage finished$", log, re.M), log[-500:]
 
 
 def test_formatting_does_not_change_fingerprints(finished_run, tmp_path):

@@ -1,10 +1,10 @@
-"""Budgets: count/fraction, exact largest-remainder allocation, Gumbel top-k sampling."""
+"""Budgets: count/fraction, PASER's floor split, exact largest-remainder allocation, Gumbel top-k sampling."""
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from posttrain.selection.budget import allocate, gumbel_top_k, resolve
+from posttrain.selection.budget import allocate, floor_split, gumbel_top_k, resolve
 
 
 def test_resolve_count_fraction_and_cap():
@@ -12,6 +12,24 @@ def test_resolve_count_fraction_and_cap():
     assert resolve(None, 0.1, 95) == 10   # 9.5 rounds half up
     assert resolve(None, 0.001, 50) == 1  # never zero
     assert resolve(500, None, 100) == 100
+
+
+def test_floor_split_leaves_the_remainder_unspent():
+    assert floor_split(10, [1, 1, 1]).tolist() == [3, 3, 3]        # 10/3 each: one row unspent
+    assert floor_split(7, [0.6, 0.25, 0.15]).tolist() == [4, 1, 1]  # quotas 4.2, 1.75, 1.05: 1 unspent
+    assert floor_split(10, [0.5, 0.3, 0.2]).tolist() == [5, 3, 2]   # exact shares are not lost to rounding
+    assert floor_split(5, [0, 0]).tolist() == [2, 2]                # no degradation anywhere: equal split
+    with pytest.raises(ValueError):
+        floor_split(3, [-1, 2])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0, 10), min_size=1, max_size=12), st.integers(0, 300))
+def test_floor_split_is_the_floor_of_the_proportional_share(weights, budget):
+    split = floor_split(budget, weights)
+    share = budget * np.array(weights) / sum(weights) if sum(weights) > 0 else np.full(len(weights), budget / len(weights))
+    assert np.all(split <= share + 1e-6) and np.all(split > share - 1)
+    assert budget - len(weights) < split.sum() <= budget
 
 
 def test_largest_remainder_hand_cases():

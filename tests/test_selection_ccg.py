@@ -30,3 +30,5 @@ def test_rake_on_the_papers_example():
                                     "strict inequations"]
     assert all(w not in STOPWORDS for p in key_phrases(text, 20) for w in p.split())
     assert key_phrases("", 3) == [] and key_phrases("12 + 34", 3) == []
+    # unset: every phrase, as the released code takes them (11 distinct phrases here)
+    assert key_phrases(text, None)[:4] == key_phrases(text, 4) and len(key_phrases(text, None)) == 11

@@ -303,20 +303,46 @@ def prune(base: str, out: Path, method: str, ratio: float):
     return metrics, AutoModelForCausalLM.from_pretrained(out / "model")
 
 
-def test_paser_selects_exactly_the_budget_from_a_pruned_model(sft_file, base_model, tmp_path):
+def test_paser_selects_at_most_the_budget_from_a_pruned_model(sft_file, base_model, tmp_path):
     out = tmp_path / "prune"
     prune(base_model, out, "magnitude", 0.5)
     cfg = config(data=sft_file, method="paser", model=str(out / "model"), budget={"fraction": 0.25},
                  paser={"reference_model": base_model, "max_clusters": 6})
     rows, audit, summary = run(cfg, tmp_path / "paser")
-    table = summary["paser"]["clusters"]
-    assert len(rows) == 10 and sum(t["budget"] for t in table) == 10
-    assert summary["paser"]["budget_shortfall"] == 10 - sum(t["selected"] for t in table) == 0
+    p, table = summary["paser"], summary["paser"]["clusters"]
+    assert (p["graph"], p["jsd"], p["budget_split"], p["refill"]) == ("dense", "instruction_sum", "floor", False)
+    assert p["k_chosen_by"] == "nmf_error" and set(p["nmf_errors"]) == {str(k) for k in range(1, 8)}
+    assert p["unallocated"] == 10 - sum(t["budget"] for t in table) < len(table)  # floors: under one row each
+    assert p["budget_shortfall"] == 10 - len(rows) == 10 - sum(t["selected"] for t in table)
     assert {a["cluster"] for a in audit} == {t["cluster"] for t in table}
     assert all(a["scores"]["jsd"] > 0 for a in audit)
     for t in table:
         members = [a["scores"]["jsd"] for a in audit if a["cluster"] == t["cluster"]]
         assert t["degradation"] == pytest.approx(np.mean(members)) and t["size"] == len(members)
+
+
+def test_paser_earlier_variant_fills_exactly_the_budget(sft_file, base_model, tmp_path):
+    out = tmp_path / "prune"
+    prune(base_model, out, "magnitude", 0.5)
+    cfg = config(data=sft_file, method="paser", model=str(out / "model"), budget={"fraction": 0.25},
+                 paser={"reference_model": base_model, "max_clusters": 6, "k_rule": "eigengap", "graph": "landmark",
+                        "jsd": "response_mean", "budget_split": "largest_remainder", "refill": True})
+    rows, audit, summary = run(cfg, tmp_path / "paser")
+    p = summary["paser"]
+    assert (p["graph"], p["k_chosen_by"], p["unallocated"], p["budget_shortfall"], len(rows)) == (
+        "landmark", "eigengap", 0, 0, 10)
+
+
+def test_check_paser_options_used_together(sft_file, base_model):
+    base = dict(data=sft_file, method="paser", model=base_model, budget={"count": 3})
+    paser = lambda **o: problems_of(**base, paser={"reference_model": base_model, **o})  # noqa: E731
+    assert paser(k_rule="fixed") == ["paser.clusters"]
+    assert paser(clusters=10) == ["paser.clusters"]  # k_rule nmf_error: K is not given
+    assert paser(k_rule="fixed", clusters=10) == []
+    assert paser(k_rule="fixed", clusters=10, max_clusters=12) == ["paser.max_clusters"]
+    assert paser(graph="dense", landmarks=50, dense_max_rows=10) == ["paser.dense_max_rows", "paser.landmarks"]
+    assert paser(graph="landmark", landmarks=50, neighbors=3) == []
+    assert paser(ccg=False, concepts_per_sample=5) == ["paser.concepts_per_sample"]
 
 
 def test_magnitude_zeroes_the_smallest_weights_per_layer(base_model, tmp_path):

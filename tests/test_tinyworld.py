@@ -88,7 +88,7 @@ def test_some_teachers_are_sometimes_wrong():
 def test_rows_name_their_verifier_and_the_verifiers_agree():
     assert {r["skill"] for r in tw.rl_rows(400, seed=0)} == {"arith", "format", "code"}  # RLVR never sees courtesy
     one = {skill: tw.heldout_rows(1, skill)[0] for skill in tw.SKILLS}
-    assert {(s, r["verifier"]) for s, r in one.items()} == {("arith", "numeric"), ("format", "ifeval"),
+    assert {(s, r["verifier"]) for s, r in one.items()} == {("arith", "numeric"), ("format", "ifeval_words"),
                                                            ("code", "code"), ("courtesy", "ifeval")}
     rows = list(one.values()) * 2
     right = [f"The answer is {one['arith']['ground_truth']}."] + [one[s]["ground_truth"] for s in ("format", "code", "courtesy")]

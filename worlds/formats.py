@@ -1,8 +1,11 @@
-"""Skill: follow a format instruction on a short word list, checked by the IFEval checkers (`ifeval`).
+"""Skill: follow a format instruction on a short word list, checked by `ifeval_words`: the IFEval checker of
+the format and the words themselves, in the order asked.
 
 A problem is (kind, words, phrase): list 2-4 words as bullet points (`number_bullet_lists`), wrap them in
 double quotes (`startend:quotation`), end with a given phrase (`startend:end_checker`), or put them under
-a <<title>> (`detectable_format:title`). The content is trivial on purpose: what is scored is the format.
+a <<title>> (`detectable_format:title`). A response scores 1 when it follows the format *and* lists exactly
+the given words in the given order (a lead-in line such as "Sure, here they are:" is no content; it only
+breaks the quotation rule): IFEval alone would pass `<<Cat>>\ncat pen pen sun` for "cat, hat, red, owl".
 Teachers: `careful` (always right), `chatty` (opens with "Sure, here they are:", which breaks the
 quotation rule), `sloppy` (forgets the instruction half of the time).
 """
@@ -53,5 +56,5 @@ TEACHERS = {
     "sloppy": lambda p, rng: follow(p) if rng.random() < 0.5 else " ".join(p[1]),
 }
 
-SKILL = Skill("instruction following", "ifeval", problems, key=lambda p: f"fmt|{p[0]}|{' '.join(p[1])}|{p[2]}",
+SKILL = Skill("instruction following", "ifeval_words", problems, key=lambda p: f"fmt|{p[0]}|{' '.join(p[1])}|{p[2]}",
               question=question, fields=fields, teachers=TEACHERS)

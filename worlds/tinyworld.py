@@ -2,7 +2,7 @@
 a small Llama model, so that a whole recipe trains on one CPU thread.
 
 Skills (one module each, see posttrain.worlds.skill): arithmetic word problems (`numeric` verifier),
-format instructions (`ifeval`), one-line Python functions (`code`, sandboxed), and courtesy, which only
+format instructions (`ifeval_words`: the format and the words), one-line Python functions (`code`, sandboxed), and courtesy, which only
 preference data teaches. In each, a fixed hash puts about one problem in ten into the held-out split; the
 training generators never emit those. Several "teachers" per skill answer in their own style, and some of
 them are sometimes wrong, so data selection and RL have something to do.
@@ -121,19 +121,19 @@ def pretrain_rows(n: int, seed: int) -> list[dict]:
 
 
 def sft_candidate_rows(n: int, seed: int, planted: int = 0, mix: dict[str, float] = SFT_MIX) -> list[dict]:
-    """Prompts with their verifier's fields and one candidate response per teacher of their skill, for data
+    """Prompts with their verifier (name and fields) and one candidate response per teacher of their skill, for data
     selection. `planted` adds
     that many held-out arithmetic problems, worded as the eval set words them and flagged `planted`: a
     deliberate contamination for decontamination to catch. `mix`: the skills' shares (e.g. {"arith": 1.0})."""
     rows = []
     for i, (sid, p, rng) in enumerate(_training_problems(n, seed, mix)):
         rows.append({"id": f"tw-sft-{seed}-{i}", "skill": sid, "prompt": SKILLS[sid].question(p, rng),
-                     **SKILLS[sid].fields(p), "candidates": _candidates(sid, p, rng)})
+                     "verifier": SKILLS[sid].verifier, **SKILLS[sid].fields(p), "candidates": _candidates(sid, p, rng)})
     rng = random.Random(seed)
     for i, (p, question) in enumerate(_heldout("arith")[:planted]):
         rows.insert(rng.randrange(len(rows) + 1), {
             "id": f"tw-planted-{i}", "skill": "arith", "planted": True, "prompt": question,
-            **SKILLS["arith"].fields(p), "candidates": _candidates("arith", p, rng)})
+            "verifier": SKILLS["arith"].verifier, **SKILLS["arith"].fields(p), "candidates": _candidates("arith", p, rng)})
     return rows
 
 

@@ -1,5 +1,6 @@
-"""rlvr's `async_generation`: TRL's AsyncGRPOTrainer (trl.experimental.async_grpo), where a vLLM server keeps
-generating while the trainer trains on rollouts up to `max_staleness` weight updates old.
+"""rlvr's `async_generation`: TRL's AsyncGRPOTrainer, where a vLLM server keeps generating while the trainer
+trains on rollouts up to `max_staleness` weight updates old. It is imported from `trl` where TRL has made it
+stable (1.18), else from trl.experimental.async_grpo (the path TRL 1.16 has; deprecated from 1.18).
 
 What TRL 1.16's async GRPO needs, and so what validation asks for:
 - a separate vLLM server (`vllm.mode: server`; the trainer syncs weights to it every `weight_sync_steps`);
@@ -82,6 +83,15 @@ def async_args(cfg) -> dict:
                 max_inflight_tasks=a.max_inflight_tasks)
 
 
+def async_classes() -> tuple[type, type]:
+    """(AsyncGRPOConfig, AsyncGRPOTrainer): the stable import where this TRL has it, else the experimental one."""
+    try:
+        from trl import AsyncGRPOConfig, AsyncGRPOTrainer
+    except ImportError:
+        from trl.experimental.async_grpo import AsyncGRPOConfig, AsyncGRPOTrainer
+    return AsyncGRPOConfig, AsyncGRPOTrainer
+
+
 def run_async(cfg, ctx, dataset, tokenizer, model_path: str, route_by_row: str) -> dict:
     """Train with AsyncGRPOTrainer (it loads the model itself, by path) and save as the other stages do."""
     import torch
@@ -90,8 +100,7 @@ def run_async(cfg, ctx, dataset, tokenizer, model_path: str, route_by_row: str) 
 
     if not torch.cuda.is_available():
         raise DataError("async_generation: TRL's async GRPO needs CUDA GPUs and none is visible here")
-    from trl.experimental.async_grpo import AsyncGRPOConfig, AsyncGRPOTrainer
-
+    AsyncGRPOConfig, AsyncGRPOTrainer = async_classes()
     args = trl_config(AsyncGRPOConfig, cfg.train, ctx, cfg.launcher, **async_args(cfg))
     trainer = AsyncGRPOTrainer(model=model_path, reward_funcs=reward_terms(cfg, route_by_row), args=args,
                                train_dataset=dataset, processing_class=tokenizer)
