@@ -17,24 +17,45 @@ def scheduler_kwargs_problems(train) -> list[tuple[str, str]]:
     first step, or, for constant schedules, be silently ignored)."""
     if not train.lr_scheduler_kwargs:
         return []
-    import inspect
-
-    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
-
     from posttrain.schema import suggest
 
-    try:
-        kind = SchedulerType(train.lr_scheduler_type)
-    except ValueError:
-        return []  # reported by training._check_names
-    params = inspect.signature(TYPE_TO_SCHEDULER_FUNCTION[kind]).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+    found = _scheduler_arguments(train.lr_scheduler_type)
+    if found is None:
+        return []  # an unknown name, reported by training._check_names
+    params, var_keyword = found
+    if var_keyword:
         return []  # passed through to a class whose own errors name them
     given_by_trainer = {"optimizer", "num_warmup_steps", "num_training_steps"}
-    takes = [] if kind in (SchedulerType.CONSTANT, SchedulerType.CONSTANT_WITH_WARMUP) else \
-        [p for p in params if p not in given_by_trainer]  # transformers passes nothing more to constant schedules
-    return [(f"train.lr_scheduler_kwargs.{key}", f"not an argument of the {kind.value} schedule{suggest(key, takes)}; "
-             f"it takes: {', '.join(takes) or 'none'}") for key in train.lr_scheduler_kwargs if key not in takes]
+    constant = train.lr_scheduler_type in ("constant", "constant_with_warmup")
+    takes = [] if constant else [p for p in params if p not in given_by_trainer]  # transformers passes constant ones nothing
+    return [(f"train.lr_scheduler_kwargs.{key}", f"not an argument of the {train.lr_scheduler_type} schedule"
+             f"{suggest(key, takes)}; it takes: {', '.join(takes) or 'none'}")
+            for key in train.lr_scheduler_kwargs if key not in takes]
+
+
+def _scheduler_arguments(name: str) -> tuple[list[str], bool] | None:
+    """(argument names, takes **kwargs) of the function transformers builds schedule `name` with, read from its
+    source: importing transformers.optimization would import torch, and validate/plan/config must stay cheap."""
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(importlib.util.find_spec("transformers").origin).parent
+    members = {}  # SchedulerType member name -> its value
+    for node in ast.walk(ast.parse((root / "trainer_utils.py").read_text())):
+        if isinstance(node, ast.ClassDef) and node.name == "SchedulerType":
+            members = {t.id: stmt.value.value for stmt in node.body if isinstance(stmt, ast.Assign)
+                       for t in stmt.targets if isinstance(t, ast.Name) and isinstance(stmt.value, ast.Constant)}
+    tree = ast.parse((root / "optimization.py").read_text())
+    functions = {node.name: node for node in tree.body if isinstance(node, ast.FunctionDef)}
+    for node in tree.body:
+        target = node.targets[0] if isinstance(node, ast.Assign) else None
+        if isinstance(target, ast.Name) and target.id == "TYPE_TO_SCHEDULER_FUNCTION" and isinstance(node.value, ast.Dict):
+            for key, value in zip(node.value.keys, node.value.values):
+                if isinstance(key, ast.Attribute) and members.get(key.attr) == name and isinstance(value, ast.Name):
+                    args = functions[value.id].args
+                    return [a.arg for a in args.posonlyargs + args.args + args.kwonlyargs], args.kwarg is not None
+    return None
 
 
 def trl_value_problems(config_cls, settable: set[str], trl_args: dict) -> list[tuple[str, str]]:

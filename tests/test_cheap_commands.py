@@ -36,3 +36,17 @@ def test_a_non_default_scheduler_name_is_still_checked_against_transformers():
         raise AssertionError("an unknown scheduler name passed validation")
     assert "unknown lr_scheduler_type 'cosin'" in text and "did you mean 'cosine'" in text, text
     assert "unknown optim 'adamw'" in text and "adamw_torch" in text, text
+
+
+def test_scheduler_arguments_read_from_source_equal_the_functions_signatures():
+    """validate reads each schedule's arguments from transformers' source (no torch): the same as inspecting them."""
+    import inspect
+
+    from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION
+
+    from posttrain.train_checks import _scheduler_arguments
+
+    for kind, function in TYPE_TO_SCHEDULER_FUNCTION.items():
+        params = inspect.signature(function).parameters.values()
+        expected = ([p.name for p in params if p.kind is not p.VAR_KEYWORD], any(p.kind is p.VAR_KEYWORD for p in params))
+        assert _scheduler_arguments(kind.value) == expected, kind
