@@ -2,6 +2,10 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export OMP_NUM_THREADS ?= 1
+# The same float kernels on every x86-64 CPU: torch (ATen) and MKL otherwise pick AVX-512 where the CPU has it, and
+# the tiny demo's numbers move with the kernels (ba569a5's demo: code 76.0% with AVX2 kernels, 49.5% with AVX-512).
+export ATEN_CPU_CAPABILITY ?= avx2
+export MKL_ENABLE_INSTRUCTIONS ?= AVX2
 export TOKENIZERS_PARALLELISM := false
 
 # Where torch comes from. The CPU build by default, so a machine without CUDA downloads no CUDA libraries.
