@@ -98,7 +98,7 @@ GENERATION = ("transformers.generate", "transformers.generate_batch", "vLLM.gene
 
 def _split(timers: dict) -> tuple[float, float]:
     """(generation, reward) seconds: TRL's timers of the generate calls and of _calculate_rewards (all reward functions)."""
-    return (sum(v for k, v in timers.items() if k in GENERATION),
+    return (sum(v for k, v in timers.items() if k.endswith(GENERATION)),  # names are "<Trainer class>.<block>"
             sum(v for k, v in timers.items() if k.endswith("._calculate_rewards")))
 
 
@@ -120,6 +120,12 @@ def main() -> None:
         + 3 * config.hidden_size * config.intermediate_size
     n = config.num_hidden_layers * per_layer + config.hidden_size * config.vocab_size
     peak = matmul_flops()
+    from transformers import AutoTokenizer
+
+    from posttrain import chat_templates
+
+    # the model's template has no generation markers: the TRL user marks it by hand (posttrain's copy is that template)
+    marked, _ = chat_templates.training_template(AutoTokenizer.from_pretrained(folder))
     timers = Timers()
     steps, length, batch = args.steps, args.max_length, 4
     train = f"    train: {{learning_rate: 1.0e-5, max_steps: {steps}, per_device_train_batch_size: {batch}, logging_steps: 1, save_steps: {steps}}}\n"
@@ -131,7 +137,7 @@ def main() -> None:
         cases = {
             "sft": (f"    data: {files['sft']}\n    max_length: {length}\n" + train,
                     lambda rows: trl_reference.sft(str(folder), rows, str(tmp / "t-sft"), **common, max_length=length,
-                                                   assistant_only_loss=True), 6),
+                                                   assistant_only_loss=True, chat_template=marked), 6),
             "dpo": (f"    data: {files['dpo']}\n    max_length: {length}\n" + train,
                     lambda rows: trl_reference.dpo(str(folder), rows, str(tmp / "t-dpo"), **common, max_length=length,
                                                    beta=0.1, loss_type=["sigmoid"], precompute_ref_log_probs=True), 8),
