@@ -73,16 +73,15 @@ def data(tmp: Path, rows: int) -> dict[str, Path]:
     return files
 
 
-def run_posttrain(model: str, kind: str, body: str, tmp: Path) -> tuple[float, list[dict], Path]:
+def run_posttrain(model: str, kind: str, body: str, tmp: Path) -> tuple[list[dict], Path]:
+    """(metrics rows, stage folder) of a one-stage recipe run in this process."""
     from posttrain.cli import main
 
     recipe = tmp / f"{kind}.yaml"
     recipe.write_text(f"name: bench\nstages:\n  {kind}:\n    kind: {kind}\n    model: {model}\n{body}")
-    start = time.perf_counter()
     assert main(["run", str(recipe), "--out", str(tmp / f"run-{kind}")]) == 0
     stage = tmp / f"run-{kind}" / kind
-    rows = [json.loads(line) for line in open(stage / "metrics.jsonl")]
-    return time.perf_counter() - start, rows, stage
+    return [json.loads(line) for line in open(stage / "metrics.jsonl")], stage
 
 
 def train_seconds(rows: list[dict]) -> float:
@@ -109,21 +108,19 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--stages", nargs="+", default=["sft", "dpo", "rlvr"], choices=["sft", "dpo", "rlvr"])
     args = ap.parse_args()
-    from transformers import AutoConfig
+    from datasets import load_from_disk
+    from transformers import AutoConfig, AutoTokenizer
 
-    from posttrain import packaged
+    from posttrain import chat_templates, packaged
 
     name = "builtin:smollm2-135m-instruct"
     folder = packaged.cut(name, args.layers) if args.layers else packaged.local_folder(name)
     config = AutoConfig.from_pretrained(folder)
-    per_layer = 4 * config.hidden_size ** 2 * (1 + config.num_key_value_heads / config.num_attention_heads) / 2 \
+    # q and o: h x h each; k and v: h x (h * kv_heads / heads) each; the MLP: three h x intermediate
+    per_layer = 2 * config.hidden_size ** 2 * (1 + config.num_key_value_heads / config.num_attention_heads) \
         + 3 * config.hidden_size * config.intermediate_size
     n = config.num_hidden_layers * per_layer + config.hidden_size * config.vocab_size
     peak = matmul_flops()
-    from transformers import AutoTokenizer
-
-    from posttrain import chat_templates
-
     # the model's template has no generation markers: the TRL user marks it by hand (posttrain's copy is that template)
     marked, _ = chat_templates.training_template(AutoTokenizer.from_pretrained(folder))
     timers = Timers()
@@ -148,10 +145,8 @@ def main() -> None:
         }
         for kind in args.stages:
             body, reference, flops_per_token = cases[kind]
-            wall, rows, stage = run_posttrain(str(folder), kind, body, tmp)
+            rows, stage = run_posttrain(str(folder), kind, body, tmp)
             ours_timers = timers.take()
-            from datasets import load_from_disk
-
             if kind == "rlvr":
                 prepared = [json.loads(line) for line in open(files["rlvr"])]
             else:
@@ -164,11 +159,11 @@ def main() -> None:
                     "ratio": round(ours_tps / theirs_tps, 3)}
             if flops_per_token:
                 line["mfu"] = round(flops_per_token * n * ours_tps / peak, 3)
-            else:  # GRPO: generation is forward-only, the update trains every token once
-                gen, reward = _split(ours_timers)
-                total = train_seconds(rows)
-                line.update(generation_s=round(gen, 1), reward_s=round(reward, 2), rest_s=round(total - gen - reward, 1),
-                            trl_generation_s=round(_split(theirs_timers)[0], 1), trl_reward_s=round(_split(theirs_timers)[1], 2))
+            else:  # GRPO: where its time goes, both ways
+                (gen, reward), (trl_gen, trl_reward) = _split(ours_timers), _split(theirs_timers)
+                rest = train_seconds(rows) - gen - reward
+                line.update(generation_s=round(gen, 1), reward_s=round(reward, 2), rest_s=round(rest, 1),
+                            trl_generation_s=round(trl_gen, 1), trl_reward_s=round(trl_reward, 2))
             report.append(line)
     print(f"model: {name}{f' cut to {args.layers} layers' if args.layers else ''}, {n / 1e6:.1f}M multiplying parameters; "
           f"fp32 matmul {peak / 1e9:.1f} GFLOP/s on one thread; peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")

@@ -72,11 +72,8 @@ def file_sha256(path: Path) -> str:
 
 @lru_cache(maxsize=16)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size and mtime: a changed file is hashed again
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def context_length(value: str) -> int | None:
@@ -91,14 +88,21 @@ def context_length(value: str) -> int | None:
         return None
 
 
+SOURCE = "posttrain_source.json"  # written last into a converted folder: its presence means the folder is whole
+
+
+def _cache_folder(sha256: str) -> Path:
+    return cache_root() / "models" / sha256[:32]
+
+
 def converted_folder(value: str) -> Path | None:
     """The converted folder of a packaged model if a run has made it already (validation reads its tokenizer
     cheaply), else None."""
     try:
-        folder = cache_root() / "models" / file_sha256(gguf_file(value))[:32]
+        folder = _cache_folder(file_sha256(gguf_file(value)))
     except (PackagedModelError, OSError):
         return None
-    return folder if (folder / "posttrain_source.json").is_file() else None
+    return folder if (folder / SOURCE).is_file() else None
 
 
 def local_folder(value: str) -> Path:
@@ -106,8 +110,8 @@ def local_folder(value: str) -> Path:
     callers (ranks, parallel test workers) wait on a file lock and then find the folder made."""
     path = gguf_file(value)
     sha256 = file_sha256(path)
-    folder = cache_root() / "models" / sha256[:32]
-    with _made_once(folder, "posttrain_source.json") as todo:
+    folder = _cache_folder(sha256)
+    with _made_once(folder, SOURCE) as todo:
         if todo:
             _convert(path, sha256, folder)
     return folder
@@ -142,19 +146,17 @@ def _convert(path: Path, sha256: str, folder: Path) -> None:
     config = AutoConfig.from_pretrained(**where)
     for key in ("quantization_config", "_name_or_path"):
         config.__dict__.pop(key, None)
-    config.use_cache = True
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantized.state_dict(), assign=True, strict=True)
     model.tie_weights()
-    tokenizer.model_max_length = config.max_position_embeddings
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    hf.save_model(model, tokenizer, tmp)
+    hf.save_model(model, tokenizer, tmp)  # it also sets use_cache and caps model_max_length at the context
     source = {"gguf": str(path), "sha256": sha256, "transformers": metadata.version("transformers")}
-    (tmp / "posttrain_source.json").write_text(json.dumps(source, indent=2) + "\n")
+    (tmp / SOURCE).write_text(json.dumps(source, indent=2) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
 
@@ -177,7 +179,7 @@ def _cut(folder: Path, layers: int, out: Path) -> None:
 
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns("*.safetensors", "posttrain_source.json"))
+    shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns("*.safetensors", SOURCE))
     config = json.loads((tmp / "config.json").read_text())
     config["num_hidden_layers"] = layers
     config.pop("layer_types", None)

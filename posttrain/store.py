@@ -85,11 +85,8 @@ class HashCache:
         cached = self.entries.get(key)
         if cached and cached[0] == stamp:
             return cached[1]
-        h = hashlib.sha256()
         with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        digest = h.hexdigest()
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
         self.entries[key] = [stamp, digest]
         return digest
 

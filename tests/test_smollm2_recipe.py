@@ -11,11 +11,6 @@ SMOKE = ["vars.sft_gsm8k=6", "vars.sft_mbpp=2", "vars.pair_prompts=2", "vars.hh_
          "vars.eval_limit=2", "vars.code_limit=1", "vars.max_new_tokens=8", "stages.rlvr.train.save_steps=1"]
 
 
-def _scores(results: dict) -> dict:
-    return {(m, t): r["score"] for m, tasks in results["models"].items() for t, r in tasks.items()} \
-        if "models" in results else results
-
-
 @pytest.mark.timeout(900)
 def test_the_recipe_runs_end_to_end_on_a_cut_of_the_real_model(tmp_path, smollm2_cut):
     proc = posttrain_cli("run", RECIPE, "--out", tmp_path / "run", f"vars.model={smollm2_cut}", *SMOKE, timeout=850)

@@ -1,6 +1,7 @@
 """posttrain's SFT, DPO and RLVR stages against the same run through plain TRL (bench/trl_reference.py), on a cut
 of the real SmolLM2-135M-Instruct with its own tokenizer and chat template: same rows in the same order, same
 hyperparameters, so the same loss at every step (and, for SFT, the same trained-token masks)."""
+import json
 import sys
 
 import pytest
@@ -38,7 +39,7 @@ def test_sft_equals_trl(tmp_path, smollm2_cut):
 
     rows = read_rows(REPO.parent / "shared/data/gsm8k/train.jsonl")[:8]
     data = tmp_path / "sft.jsonl"
-    data.write_text("".join(__import__("json").dumps({"prompt": r["question"], "completion": r["answer"]}) + "\n" for r in rows))
+    data.write_text("".join(json.dumps({"prompt": r["question"], "completion": r["answer"]}) + "\n" for r in rows))
     metrics, stage_dir = _posttrain(tmp_path, "sft", f"""
     kind: sft
     model: {smollm2_cut}
@@ -56,7 +57,7 @@ def test_sft_equals_trl(tmp_path, smollm2_cut):
     ours = {r["step"]: r for r in metrics if "num_tokens" in r}
     theirs = {r["step"]: r for r in reference.state.log_history if "num_tokens" in r}
     assert all(ours[s]["num_tokens"] == theirs[s]["num_tokens"] for s in theirs)  # the same tokens seen
-    manifest = __import__("json").loads((stage_dir / "manifest.json").read_text())
+    manifest = json.loads((stage_dir / "manifest.json").read_text())
     assert manifest["metrics"]["dropped_no_trained_token"] == len(messages) - len(reference.train_dataset) == 1
     tokenizer = reference.processing_class  # what trains: the answer and its end-of-turn token, nothing before it
     for row in reference.train_dataset:
@@ -69,7 +70,7 @@ def test_sft_equals_trl(tmp_path, smollm2_cut):
 def test_dpo_equals_trl(tmp_path, smollm2_cut):
     rows = [r for r in read_rows(REPO.parent / "shared/data/hh_rlhf_harmless_base/test.jsonl.gz")[:6]]
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(__import__("json").dumps(r) + "\n" for r in rows))
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     metrics, stage_dir = _posttrain(tmp_path, "dpo", f"""
     kind: dpo
     model: {smollm2_cut}
@@ -87,7 +88,7 @@ def test_dpo_equals_trl(tmp_path, smollm2_cut):
 def test_grpo_equals_trl(tmp_path, smollm2_cut):
     rows = read_rows(REPO.parent / "shared/data/gsm8k/train.jsonl")[:4]
     data = tmp_path / "prompts.jsonl"
-    data.write_text("".join(__import__("json").dumps(
+    data.write_text("".join(json.dumps(
         {"prompt": [{"role": "user", "content": r["question"]}], "ground_truth": r["answer"].split("####")[-1].strip()}) + "\n"
         for r in rows))
     grpo = dict(num_generations=4, max_completion_length=12, temperature=1.0, beta=0.0, loss_type="dapo", epsilon=0.2,
