@@ -149,6 +149,10 @@ class SFT(TrainingStage):
             trainer = _trainer(cfg, ctx, tokenizer, dataset)
         # TRL drops examples whose truncation left no trained token (a prompt that fills max_length): say so
         dropped = len(dataset) - len(trainer.train_dataset)
+        if dropped == len(dataset):
+            raise DataError(f"none of the {len(dataset)} examples has a trained token within max_length="
+                            f"{cfg.max_length}: every prompt (with the template's system prompt) fills it; raise "
+                            "max_length or shorten the prompts")
         warnings = [f"{dropped} of {len(dataset)} examples have no trained token within max_length={cfg.max_length} "
                     "(the prompt fills it) and are not trained on; raise max_length to keep them"] if dropped else []
         for warning in warnings:

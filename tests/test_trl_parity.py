@@ -67,6 +67,19 @@ def test_sft_equals_trl(tmp_path, smollm2_cut):
         assert text and answer.startswith(text) and (len(example["input_ids"][0]) == 128 or text == answer)
 
 
+
+def test_sft_whose_every_prompt_fills_max_length_is_a_data_error_before_training(tmp_path, smollm2_cut):
+    # TRL drops every example (no trained token is left) and then fails deep inside its sampler ("num_samples=0")
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "Say something.", "completion": "OK."}) + "\n" for _ in range(4)))
+    recipe = write_recipe(tmp_path, f"""name: fills\nstages:\n  sft:\n    kind: sft\n    model: {smollm2_cut}
+    data: {data}\n    max_length: 24\n    train: {{max_steps: 1, per_device_train_batch_size: 2}}\n""")
+    proc = posttrain_cli("run", recipe, "--out", tmp_path / "run", timeout=200)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert "none of the 4 examples has a trained token within max_length=24" in out, out[-3000:]
+    assert "num_samples" not in out and not list((tmp_path / "run" / "sft").glob("checkpoint-*"))
+
 def test_dpo_equals_trl(tmp_path, smollm2_cut):
     rows = [r for r in read_rows(REPO.parent / "shared/data/hh_rlhf_harmless_base/test.jsonl.gz")[:6]]
     data = tmp_path / "pairs.jsonl"
