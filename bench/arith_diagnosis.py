@@ -48,7 +48,7 @@ def step_facts(text: str) -> list[tuple[str, int]]:
 
 
 def fact_is_right(left: str, result: int) -> bool:
-    return eval(left, {"__builtins__": {}}) == result  # noqa: S307 - digits and +/- only (STEP_FACT)
+    return sum(int(term) for term in re.findall(r"[+-]?\d+", left)) == result  # "9-4-1": 9, -4, -1
 
 
 def judge(completion: str, problem: tuple[int, str, int]) -> dict[str, bool | int] | None:
@@ -174,7 +174,8 @@ def more_steps_report(run: Path, steps: int, every: int, lr: float, seed: int = 
     tok = AutoTokenizer.from_pretrained(run / "base" / "model")
     net = AutoModelForCausalLM.from_pretrained(run / "base" / "model")
     texts = [json.loads(line)["text"] + tok.eos_token for line in open(run / "data" / "pretrain.jsonl")]
-    rng, torch_gen = random.Random(seed), torch.manual_seed(seed)
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.0)
     items = heldout(200)
     print(f"5. the base trained {steps} more steps x {batch} rows at lr {lr} (constant) on its pretraining rows; "
@@ -193,7 +194,6 @@ def more_steps_report(run: Path, steps: int, every: int, lr: float, seed: int = 
         if step % every == 0:
             print(f"   step {cfg['train']['max_steps'] + step:5} (loss {loss.item():.3f})",
                   forced_accuracy(net.eval(), tok, True, items), flush=True)
-    del torch_gen
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from conftest import REPO
 from posttrain.worlds import arith
 
 sys.path.insert(0, str(REPO / "bench"))
-from arith_diagnosis import judge, step_facts  # noqa: E402
+from arith_diagnosis import fact_is_right, judge, step_facts  # noqa: E402
 
 
 def test_every_teachers_step_facts_are_right_and_only_carries_or_totals_go_wrong():
@@ -20,7 +20,7 @@ def test_every_teachers_step_facts_are_right_and_only_carries_or_totals_go_wrong
             text = teach(p, rng)
             facts = step_facts(text)
             assert len(facts) == (2 if name in ("tutor", "hasty") else 0), (name, text)
-            assert all(eval(left) == result for left, result in facts), (name, text)
+            assert all(fact_is_right(*fact) for fact in facts), (name, text)
             wrong_answers[name] += not text.endswith(f"The answer is {arith.answer(*p)}.")
     # The wrong answers exist (hasty's forgotten carries, guesser's totals) although every step fact is right.
     assert wrong_answers["tutor"] == wrong_answers["terse"] == 0
