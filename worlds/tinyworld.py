@@ -37,8 +37,8 @@ DEFAULT_ARCH = dict(hidden_size=96, num_hidden_layers=3, num_attention_heads=4, 
 HELDOUT_SPLIT_SEED = 12345  # fixes the order (and wording) of heldout_rows
 SKILLS: dict[str, Skill] = {"arith": arith.SKILL, "format": formats.SKILL, "code": code.SKILL,
                             "courtesy": courtesy.SKILL}
-# What share of each generator's rows each skill gets. Arithmetic needs the most pretraining (reading the
-# numbers out of the question is the hard part). Courtesy is in pretraining text and the judged preference
+# What share of each generator's rows each skill gets. Arithmetic needs the most pretraining (its ~440
+# single-digit step facts, 9+5=14 or 8+2+1=11, are the hard part: bench/arith_diagnosis.py). Courtesy is in pretraining text and the judged preference
 # pairs only: no SFT teacher shows it, so DPO is what teaches it. RL_MIX leaves it out; a recipe can give
 # courtesy a share of the RL prompts (`rl_mix`) so that RLVR keeps what DPO taught.
 PRETRAIN_MIX = {"arith": 0.55, "format": 0.15, "code": 0.15, "courtesy": 0.15}
