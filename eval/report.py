@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from posttrain.data import atomic_open
+from posttrain.eval.metrics import points
 from posttrain.eval.render import Block, Cell, Heading, Para, Table, to_html, to_markdown
 from posttrain.eval.report_data import data_section
 from posttrain.eval.report_inputs import ReportInputs, inputs_of_run
@@ -212,8 +213,8 @@ def average_row(scores: Scores, ref: dict | None) -> list[Cell]:
         known = [ref["scores"].get(t) for t in scores.tasks]
         ref_avg = sum(known) / len(known) if all(v is not None for v in known) else None
         last = averages.get(scores.columns[-1])
-        cells += [Cell(f"{ref_avg:.1f}" if ref_avg is not None else "–"),
-                  Cell(f"{100 * last - ref_avg:+.1f}" if ref_avg is not None and last is not None else "–")]
+        cells += [Cell(points(ref_avg) if ref_avg is not None else "–"),
+                  Cell(points(100 * last - ref_avg, signed=True) if ref_avg is not None and last is not None else "–")]
     return cells
 
 
@@ -225,12 +226,12 @@ def _best(values: list[float]) -> float | None:
 def _reference_cells(ref_score: float | None, entry: dict | None) -> list[Cell]:
     if ref_score is None:
         return [Cell("–"), Cell("–")]
-    delta = f"{100 * entry['score'] - ref_score:+.1f}" if entry else "–"
-    return [Cell(f"{ref_score:.1f}"), Cell(delta)]
+    delta = points(100 * entry["score"] - ref_score, signed=True) if entry else "–"
+    return [Cell(points(ref_score)), Cell(delta)]
 
 
 def pct(x: float) -> str:
-    return f"{100 * x:.1f}"
+    return points(100 * x)
 
 
 def settings_table(scores: Scores) -> Table:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from posttrain.data import read_rows
-from posttrain.eval.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
+from posttrain.eval.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE, points
 from posttrain.eval.render import Block, Cell, Heading, Table
 
 ALPHA = 0.05
@@ -135,7 +135,7 @@ def _change_table(columns: list[str], changes: list, adjusted: list[float]) -> T
         for delta, _, detail in row:
             real = adjusted[k] < ALPHA
             change = ("gain" if delta > 0 else "loss") if real else ""
-            cells.append(Cell(f"{delta:+.1f}" + (f" (real {change})" if real else ""), f"{p_text(adjusted[k])}, {detail}",
+            cells.append(Cell(points(delta, signed=True) + (f" (real {change})" if real else ""), f"{p_text(adjusted[k])}, {detail}",
                               change=change))
             k += 1
         rows.append(cells)
@@ -159,4 +159,4 @@ def skills_section(results_inputs: list[tuple[str, Path]]) -> list[Block]:
 
 
 def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"
+    return points(100 * x)
