@@ -96,10 +96,10 @@ def test_the_report_and_the_seed_table_print_one_rounding_of_a_change(tmp_path):
     """DPO 62.5 -> RLVR 65.25 on the mean of four skills: +2.75 exactly. The report printed +2.7 (a difference of
     means of fractions, 2.749999999999997, formatted half to even) and the seed table +2.8; both print +2.8 now,
     and the level 65.25 as 65.3 in both."""
-    from posttrain.eval.skills import skill_tables
+    from posttrain.eval.skills import stage_changes
 
     run, results = samples_run(tmp_path / "tiny-seed0", SEED0)
-    changes = skill_tables(results, run / "eval" / "results")[-1]
+    changes = stage_changes(results, run / "eval" / "results")[-1]
     report_average = [c.text.split()[0] for c in changes.rows[-1][1:]]
     assert report_average == ["+37.8", "+22.6", "+2.8"], report_average
     proc = subprocess.run([sys.executable, REPO / "bench" / "demo_seeds.py", "--no-run", "--runs-dir", tmp_path,
