@@ -107,21 +107,21 @@ def stage_changes(results: dict, folder: Path) -> list[Block]:
             row.append((100 * (after.mean() - before.mean()), p,
                         f"{int(np.sum((before < 1) & (after >= 1)))} fixed, {int(np.sum((before >= 1) & (after < 1)))} broken"))
             pvalues.append(p)
-        changes.append((skill[t], row))
+        changes.append((Cell(skill[t], t), row))  # the task label ties the row to the results table's
     average = [float(np.mean([aligned[t][c].mean() for t in tasks])) for c in range(len(columns))]
     avg_row = []
     for c in range(1, len(columns)):
         p = paired_z_p([aligned[t][c] - aligned[t][c - 1] for t in tasks])
         avg_row.append((100 * (average[c] - average[c - 1]), p, "paired z-test"))
         pvalues.append(p)
-    changes.append(("Average", avg_row))
+    changes.append((Cell("Average"), avg_row))
     return [Heading("Changes between stages"), _change_table(columns, changes, holm(pvalues))]
 
 
 def _change_table(columns: list[str], changes: list, adjusted: list[float]) -> Table:
     rows, k = [], 0
-    for name, row in changes:
-        cells = [Cell(name)]
+    for label, row in changes:
+        cells = [label]
         for delta, _, detail in row:
             real = adjusted[k] < ALPHA
             change = ("gain" if delta > 0 else "loss") if real else ""

@@ -43,7 +43,8 @@ def test_one_table_of_scores_and_a_change_table(tmp_path):
     assert "Skills by stage" not in md and md.count("| Benchmark | metric |") == 1
     changes = md[md.index("## Changes between stages"):].split("\n\n")[2].splitlines()
     assert changes[0] == "| Skill | base → sft | sft → dpo |"
-    assert [line.split("|")[1].strip() for line in changes[2:]] == ["math", "math", "tiny world", "Average"]
+    assert [line.split("|")[1].strip() for line in changes[2:]] == [  # skill, and the task as in the results table
+        "math <sub>gsm8k_8shot</sub>", "math <sub>math500</sub>", "tiny world <sub>tinyworld</sub>", "Average"]
     assert all(re.search(r"<sub>p[=<][\d.e-]+, (\d+ fixed, \d+ broken|paired z-test)</sub>", cell)
                for line in changes[2:] for cell in line.strip("|").split("|")[1:]), changes
 
