@@ -16,6 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from readme_numbers import MODELS, run_numbers  # noqa: E402
 
+from posttrain.eval.metrics import points  # noqa: E402  (the report's rounding: its changes and these margins agree)
+
 REPO = Path(__file__).resolve().parents[1]
 # (lower, higher, strictly): each stage gains on the one before, except that RLVR may tie DPO.
 SHAPE = [("base", "sft", True), ("sft", "dpo", True), ("dpo", "rlvr", False)]
@@ -57,14 +59,14 @@ def main(argv=None) -> int:
     print("| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for r in rows:
         s = r["scores"]
-        print(f"| {r['seed']} | " + " | ".join(f"{s[m]:.1f}" for m in MODELS) + " | " +
-              " | ".join(f"{v:+.1f}" for v in margins(s).values()) +
+        print(f"| {r['seed']} | " + " | ".join(points(s[m]) for m in MODELS) + " | " +
+              " | ".join(points(v, signed=True) for v in margins(s).values()) +
               f" | {'holds' if holds(s) else 'BROKEN'} | {r['minutes']:.1f} | {r['versions']['transformers']} |")
     if any(r.get("skills") for r in rows):
         print("\n| seed | skill | " + " | ".join(MODELS) + " |\n|" + "---|" * (len(MODELS) + 2))
         for r in rows:
             for skill, s in r["skills"].items():
-                print(f"| {r['seed']} | {skill} | " + " | ".join(f"{s[m]:.1f}" for m in MODELS) + " |")
+                print(f"| {r['seed']} | {skill} | " + " | ".join(points(s[m]) for m in MODELS) + " |")
     return 0 if all(holds(r["scores"]) for r in rows) else 1
 
 

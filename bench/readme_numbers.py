@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from posttrain.eval.metrics import points  # the report's rounding: the README and the report print alike
+
 TOLERANCE = 3.0  # percentage points, per model
 MODELS = ["base", "sft", "dpo", "rlvr"]
 HEADER = "| held-out score{what} (n={n}, 95% CI) | base | SFT | DPO | RLVR |"
@@ -60,13 +62,13 @@ def _mean_ci(results: dict, folder: Path, tasks: dict, labels: list[str]) -> dic
 
 
 def table(numbers: dict) -> str:
-    cells = [f"{numbers['scores'][m]:.1f} ({numbers['ci'][m][0]:.1f}–{numbers['ci'][m][1]:.1f})" for m in MODELS]
+    cells = [f"{points(numbers['scores'][m])} ({points(numbers['ci'][m][0])}–{points(numbers['ci'][m][1])})" for m in MODELS]
     skills = numbers.get("skills") or {}
     what = f", mean of {len(skills)} skills" if skills else ""
     return "\n".join([HEADER.format(what=what, n=f"{numbers['n']} per skill" if skills else numbers["n"]),
                       "|---|---|---|---|---|",
                       f"| `recipes/tiny.yaml`, seed {numbers['seed']} | " + " | ".join(cells) + " |"] +
-                     [f"| · {skill} | " + " | ".join(f"{s[m]:.1f}" for m in MODELS) + " |" for skill, s in skills.items()])
+                     [f"| · {skill} | " + " | ".join(points(s[m]) for m in MODELS) + " |" for skill, s in skills.items()])
 
 
 def readme_scores(text: str) -> dict[str, float]:
@@ -79,7 +81,7 @@ def readme_scores(text: str) -> dict[str, float]:
 
 
 def differences(readme: dict[str, float], numbers: dict) -> list[str]:
-    return [f"{m}: README {readme.get(m)} vs run {numbers['scores'][m]:.1f}" for m in MODELS
+    return [f"{m}: README {readme.get(m)} vs run {points(numbers['scores'][m])}" for m in MODELS
             if readme.get(m) is None or abs(readme[m] - numbers["scores"][m]) > TOLERANCE]
 
 

@@ -1,6 +1,8 @@
 """Scores with their uncertainty: every score carries n and a 95% confidence interval (Wilson for 0/1
-outcomes, a percentile bootstrap of the mean otherwise), and the unbiased pass@k estimator."""
+outcomes, a percentile bootstrap of the mean otherwise), the unbiased pass@k estimator, and the one rounding
+of every score and difference the report and the README's tables print (`points`)."""
 import math
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Sequence
 
 import numpy as np
@@ -46,3 +48,15 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def points(x: float, signed: bool = False) -> str:
+    """x (percentage points) to one decimal: half away from zero, after dropping float noise below 1e-9. The
+    report, bench/readme_numbers.py and bench/demo_seeds.py all print through it, each a difference of unrounded
+    means rounded once. Ties are common (a mean of 200 0/1 items is a multiple of 0.5 points, of four skills a
+    multiple of 0.125), and the same 2.75 computed two ways is 2.75 or 2.749999999999997, which Python's own
+    formatting (half to even, on the binary value) printed as +2.8 in the README and +2.7 in the report."""
+    rounded = Decimal(f"{x:.9f}").quantize(Decimal("0.1"), rounding=ROUND_HALF_UP)
+    if rounded == 0:
+        rounded = abs(rounded)  # no "-0.0"
+    return f"{rounded:+}" if signed else f"{rounded}"

@@ -34,6 +34,7 @@ class Table:
     numeric: set[int] = field(default_factory=set)  # right-aligned column indexes
     group_rows: set[int] = field(default_factory=set)  # row indexes that are group titles (one cell)
     rule_before: set[int] = field(default_factory=set)  # row indexes preceded by a rule (e.g. the average)
+    text: set[int] = field(default_factory=set)  # column indexes of running text (completions): wrapped, kept narrow
 
 
 @dataclass
@@ -105,6 +106,7 @@ td .note { display: block; font-size: 0.76em; font-weight: 400; color: #555; whi
 td.best { font-weight: 700; } td.best .main::after { content: " \\25B2"; font-size: 0.7em; color: #2a6; }
 td.gain, td.loss { font-weight: 700; } td.gain .main::after { content: " \\25B2"; font-size: 0.7em; color: #2a6; }
 td.loss .main { color: #b22; } td.loss .main::after { content: " \\25BC"; font-size: 0.7em; color: #b22; }
+td.text { min-width: 10em; max-width: 24em; white-space: pre-wrap; overflow-wrap: anywhere; font-size: 0.9em; }
 tr.group td { font-style: italic; font-weight: 600; padding-top: 0.7em; color: #333; text-align: left; }
 tr.rule td { border-top: 1px solid #111; }
 figure { margin: 1em 0 1.6em; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
@@ -142,7 +144,8 @@ def _html_table(t: Table) -> str:
             parts.append(f'<tr class="group"><td colspan="{len(t.headers)}">{html.escape(_cell(row[0]).text)}</td></tr>')
             continue
         cls = ' class="rule"' if i in t.rule_before else ""
-        parts.append(f"<tr{cls}>" + "".join(_html_cell(_cell(c), i in t.numeric) for i, c in enumerate(row)) + "</tr>")
+        parts.append(f"<tr{cls}>" + "".join(_html_cell(_cell(c), i in t.numeric, i in t.text) for i, c in enumerate(row))
+                     + "</tr>")
     parts.append("</tbody></table></div>")
     return "".join(parts)
 
@@ -151,9 +154,10 @@ def _num(t: Table, i: int) -> str:
     return ' class="num"' if i in t.numeric else ""
 
 
-def _html_cell(c: Cell, numeric: bool) -> str:
+def _html_cell(c: Cell, numeric: bool, text: bool = False) -> str:
     note = f'<span class="note">{html.escape(c.note)}</span>' if c.note else ""
-    classes = " ".join(name for name, on in (("num", numeric), ("best", c.best), (c.change, c.change)) if on)
+    classes = " ".join(name for name, on in (("num", numeric), ("text", text), ("best", c.best), (c.change, c.change))
+                       if on)
     cls = f' class="{classes}"' if classes else ""
     text = html.escape(c.text)
     main = f'<a href="{html.escape(c.href)}">{text}</a>' if c.href else text

@@ -1,13 +1,16 @@
 """The Tülu-style report of a run folder: report.md and a self-contained report.html.
 
-Sections, in order: the main table (benchmarks grouped by skill x evaluated models, each cell the score
-with n and 95% CI, the best per row marked, an average row, optionally a reference column with deltas),
-the evaluation settings and links to the per-example outputs, the hyperparameters and training curves
-per stage (eval/report_training.py), the data section (eval/report_data.py: selection and pairs
+Sections, in order: the main table, the report's one table of scores (benchmarks grouped by skill x
+evaluated models, each cell the score with n and 95% CI, the best per row marked, an average row with its
+bootstrap CI, optionally a reference column with deltas), the evaluation settings, the change table
+(eval/skills.py: each stage against the one before on the same items, which changes are real), links to
+the per-example outputs and the items each stage fixed and broke (eval/report_items.py), the
+hyperparameters and training curves per stage (eval/report_training.py), the data section (eval/report_data.py: selection and pairs
 accounting, dedup, decontamination) and provenance (recipe hash, fingerprints, versions, hardware, wall
 time). A section is a function returning blocks (eval/render.py); build_report lists them. Everything
 is read from the report's inputs (eval/report_inputs.py: the results and selection summaries it was
-given, and the manifests, configs and metrics logs of the stages upstream of them); nothing is recomputed.
+given, and the manifests, configs and metrics logs of the stages upstream of them); nothing is recomputed
+but what needs the per-example outputs (the average's CI, the paired tests, the fixed and broken items).
 """
 import json
 import os
@@ -16,9 +19,11 @@ from pathlib import Path
 
 import yaml
 
-from posttrain.data import atomic_open
+from posttrain.data import atomic_open, read_rows
+from posttrain.eval.metrics import points
 from posttrain.eval.render import Block, Cell, Heading, Para, Table, to_html, to_markdown
 from posttrain.eval.report_data import data_section
+from posttrain.eval.report_items import items_section
 from posttrain.eval.report_inputs import ReportInputs, inputs_of_run
 from posttrain.eval.report_training import curves_section, hyperparameter_section
 from posttrain.eval.skills import skills_section
@@ -68,6 +73,7 @@ def build_report(run_dir: Path, out_dir: Path, reference: str | None = None, inp
     blocks += results_section(scores, ref)
     blocks += skills_section(inputs.results)  # by skill, with which stage-to-stage changes are real
     blocks += samples_section(scores, out_dir)
+    blocks += items_section(inputs.results)  # per benchmark, the items each stage fixed and broke
     blocks += hyperparameter_section(run.stages)
     blocks += curves_section(run.stages, out_dir / "plots")
     blocks += data_section(inputs.summaries, run.stages, out_dir / "plots", evaluated=list(scores.tasks))
@@ -184,7 +190,8 @@ def main_table(scores: Scores, ref: dict | None) -> Table:
     rule = len(rows)
     if len(scores.tasks) > 1:  # the average of one benchmark would only repeat it
         rows.append(average_row(scores, ref))
-        caption += " Average: mean of the benchmarks' headline scores, over models that have them all."
+        caption += (" Average: mean of the benchmarks' headline scores, over models that have them all; its CI a "
+                    "bootstrap that resamples each benchmark's items (– where a benchmark's per-item outputs are missing).")
     return Table(headers, rows, caption, numeric=set(range(2, len(headers))), group_rows=groups, rule_before={rule})
 
 
@@ -207,14 +214,36 @@ def average_row(scores: Scores, ref: dict | None) -> list[Cell]:
                 for c in scores.columns if all(c in t for t in headline)}
     best = _best(list(averages.values()))
     cells = [Cell("Average"), Cell(f"mean of {len(headline)} benchmarks")]
-    cells += [Cell(pct(averages[c]), best=averages[c] == best) if c in averages else Cell("–") for c in scores.columns]
+    for c in scores.columns:
+        ci = average_ci(scores, c) if c in averages else None
+        cells.append(Cell(pct(averages[c]), f"{pct(ci[0])}–{pct(ci[1])}" if ci else "CI –", best=averages[c] == best)
+                     if c in averages else Cell("–"))
     if ref:
         known = [ref["scores"].get(t) for t in scores.tasks]
         ref_avg = sum(known) / len(known) if all(v is not None for v in known) else None
         last = averages.get(scores.columns[-1])
-        cells += [Cell(f"{ref_avg:.1f}" if ref_avg is not None else "–"),
-                  Cell(f"{100 * last - ref_avg:+.1f}" if ref_avg is not None and last is not None else "–")]
+        cells += [Cell(points(ref_avg) if ref_avg is not None else "–"),
+                  Cell(points(100 * last - ref_avg, signed=True) if ref_avg is not None and last is not None else "–")]
     return cells
+
+
+def average_ci(scores: Scores, column: str) -> tuple[float, float] | None:
+    """The 95% CI of a column's average over benchmarks: a percentile bootstrap that resamples each benchmark's
+    items (its per-item outputs, whose mean is the headline score); None when a benchmark has none saved."""
+    import numpy as np
+
+    from posttrain.eval.metrics import CONFIDENCE
+    from posttrain.eval.skills import bootstrap
+
+    groups = []
+    for task in scores.tasks:
+        path = scores.samples[column] / f"{task}.jsonl"
+        if not path.exists():
+            return None
+        groups.append(np.array([float(r["score"]) for r in read_rows(path)]))
+    means = bootstrap([groups])[:, 0]
+    lo, hi = np.quantile(means, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    return float(lo), float(hi)
 
 
 def _best(values: list[float]) -> float | None:
@@ -225,12 +254,12 @@ def _best(values: list[float]) -> float | None:
 def _reference_cells(ref_score: float | None, entry: dict | None) -> list[Cell]:
     if ref_score is None:
         return [Cell("–"), Cell("–")]
-    delta = f"{100 * entry['score'] - ref_score:+.1f}" if entry else "–"
-    return [Cell(f"{ref_score:.1f}"), Cell(delta)]
+    delta = points(100 * entry["score"] - ref_score, signed=True) if entry else "–"
+    return [Cell(points(ref_score)), Cell(delta)]
 
 
 def pct(x: float) -> str:
-    return f"{100 * x:.1f}"
+    return points(100 * x)
 
 
 def settings_table(scores: Scores) -> Table:

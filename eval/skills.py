@@ -1,13 +1,14 @@
-"""The Tülu-3-style table by skill, and which stage-to-stage changes are real.
+"""Which stage-to-stage changes are real: the change table of the report, per skill and for the average.
 
-Rows are skills (one eval task each, e.g. the tiny world's four), columns the evaluated models in the eval
-stage's order (base, SFT, DPO, RLVR), each cell the score with its 95% CI; the average row is the mean over
-skills, its CI a bootstrap that resamples each skill's items. The second table compares each column with
-the one before it on the same held-out items: an exact McNemar test per skill (a two-sided binomial test
-on the items one model gets right and the other wrong; a paired z-test when scores are not 0/1), and a
-paired z-test for the average (its variance summed over the skills' independent items). Neither has a
-resampling floor: a 2,000-resample bootstrap cannot give p below 2/2001, and Holm multiplies that floor by
-the family size until a real change looks like chance. p-values are Holm-adjusted over the whole table, so
+Columns are consecutive pairs of the evaluated models in the eval stage's order (base → SFT, SFT → DPO, ...),
+rows the skills (one eval task each, e.g. the tiny world's four) and their average; each cell the change in
+points on the same held-out items, with its p-value and how many items were fixed and broken. The scores
+themselves, with their CIs, are the report's results table (eval/report.py; its average's CI is `bootstrap`
+below); this table adds what that one cannot: the pairing. Tests: an exact McNemar test per skill (a two-sided
+binomial test on the items one model gets right and the other wrong; a paired z-test when scores are not
+0/1), and a paired z-test for the average (its variance summed over the skills' independent items). Neither
+has a resampling floor: a 2,000-resample bootstrap cannot give p below 2/2001, and Holm multiplies that floor
+by the family size until a real change looks like chance. p-values are Holm-adjusted over the whole table, so
 "real" means the change survives the number of comparisons made; a real change is marked as a gain (▲) or
 a loss (▼), never as "best".
 """
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from posttrain.data import read_rows
-from posttrain.eval.metrics import BOOTSTRAP_RESAMPLES, CONFIDENCE
+from posttrain.eval.metrics import BOOTSTRAP_RESAMPLES, points
 from posttrain.eval.render import Block, Cell, Heading, Table
 
 ALPHA = 0.05
@@ -87,8 +88,8 @@ def holm(pvalues: list[float]) -> list[float]:
     return adjusted
 
 
-def skill_tables(results: dict, folder: Path) -> list[Block]:
-    """The two tables, or nothing when the results hold fewer than two skills or two models with items."""
+def stage_changes(results: dict, folder: Path) -> list[Block]:
+    """The change table, or nothing when the results hold fewer than two skills or two models with items."""
     items = per_item(results, folder)
     columns = list(results["models"])
     tasks = [t for t in items if all(c in items[t] for c in columns)]
@@ -96,11 +97,8 @@ def skill_tables(results: dict, folder: Path) -> list[Block]:
     if len(tasks) < 2 or len(columns) < 2:
         return []
     aligned = {t: [paired(items[t][columns[0]], items[t][c])[1] for c in columns] for t in tasks}
-    rows, changes, pvalues = [], [], []
+    changes, pvalues = [], []
     for t in tasks:
-        entries = [results["models"][c]["tasks"][t] for c in columns]
-        rows.append([Cell(skill[t], t)] + [Cell(_pct(e["score"]), f"{_pct(e['ci'][0])}–{_pct(e['ci'][1])}, n={e['n']}")
-                                          for e in entries])
         row = []
         for c in range(1, len(columns)):
             before, after = paired(items[t][columns[c - 1]], items[t][columns[c]])
@@ -109,33 +107,25 @@ def skill_tables(results: dict, folder: Path) -> list[Block]:
             row.append((100 * (after.mean() - before.mean()), p,
                         f"{int(np.sum((before < 1) & (after >= 1)))} fixed, {int(np.sum((before >= 1) & (after < 1)))} broken"))
             pvalues.append(p)
-        changes.append((skill[t], row))
-    means = bootstrap([[aligned[t][c] for t in tasks] for c in range(len(columns))])
-    lo, hi = np.quantile(means, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2], axis=0)
+        changes.append((Cell(skill[t], t), row))  # the task label ties the row to the results table's
     average = [float(np.mean([aligned[t][c].mean() for t in tasks])) for c in range(len(columns))]
-    rows.append([Cell("Average", f"{len(tasks)} skills")] +
-                [Cell(_pct(average[c]), f"{_pct(lo[c])}–{_pct(hi[c])}") for c in range(len(columns))])
     avg_row = []
     for c in range(1, len(columns)):
         p = paired_z_p([aligned[t][c] - aligned[t][c - 1] for t in tasks])
         avg_row.append((100 * (average[c] - average[c - 1]), p, "paired z-test"))
         pvalues.append(p)
-    changes.append(("Average", avg_row))
-    return [Heading("Skills by stage"),
-            Table(["Skill"] + columns, rows, f"Held-out score (%) per skill and model, 95% CI (Wilson per skill; "
-                  f"bootstrap over each skill's items for the average)", numeric=set(range(1, len(columns) + 1)),
-                  rule_before={len(rows) - 1}),
-            _change_table(columns, changes, holm(pvalues))]
+    changes.append((Cell("Average"), avg_row))
+    return [Heading("Changes between stages"), _change_table(columns, changes, holm(pvalues))]
 
 
 def _change_table(columns: list[str], changes: list, adjusted: list[float]) -> Table:
     rows, k = [], 0
-    for name, row in changes:
-        cells = [Cell(name)]
+    for label, row in changes:
+        cells = [label]
         for delta, _, detail in row:
             real = adjusted[k] < ALPHA
             change = ("gain" if delta > 0 else "loss") if real else ""
-            cells.append(Cell(f"{delta:+.1f}" + (f" (real {change})" if real else ""), f"{p_text(adjusted[k])}, {detail}",
+            cells.append(Cell(points(delta, signed=True) + (f" (real {change})" if real else ""), f"{p_text(adjusted[k])}, {detail}",
                               change=change))
             k += 1
         rows.append(cells)
@@ -147,16 +137,14 @@ def _change_table(columns: list[str], changes: list, adjusted: list[float]) -> T
 
 
 def skills_section(results_inputs: list[tuple[str, Path]]) -> list[Block]:
-    """The skill tables of every results input (an eval stage's results folder) that has them."""
+    """The change tables of every results input (an eval stage's results folder) that has them."""
     import json
 
     blocks: list[Block] = []
     for _, folder in results_inputs:
         path = folder / "results.json"
         if path.exists():
-            blocks += skill_tables(json.loads(path.read_text()), folder)
+            blocks += stage_changes(json.loads(path.read_text()), folder)
     return blocks
 
 
-def _pct(x: float) -> str:
-    return f"{100 * x:.1f}"

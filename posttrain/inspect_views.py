@@ -1,7 +1,8 @@
 """`posttrain inspect`: one training example of a stage as its trainer sees it, read through the stage's
 own reading code. SFT: the tokenized conversation, trained tokens in [brackets]. DPO (and reward_model,
 which reads the same rows): the prompt after the chat template, then the chosen and the rejected
-completion, each in [brackets], cut at max_length. RLVR: the prompt after the chat template with the
+completion, each in [brackets], cut at max_length; an SFT example whose source row names a verifier (the tiny
+world's, or any row with `verifier` and its fields) also says whether its target passes it. RLVR: the prompt after the chat template with the
 generation prompt, and what its reward is computed from (verifier and ground truth)."""
 from posttrain import hf
 from posttrain.data import DataError, ReadStats, located_rows
@@ -16,6 +17,28 @@ def _sft(cfg, ctx: Context, index: int) -> str:
     from posttrain.stages.sft import inspect_example
 
     return inspect_example(cfg, ctx, index=index)
+
+
+def target_check(row: dict, messages: list[dict], cut: bool = False) -> str:
+    """Whether an SFT example's target (its last assistant turn) passes the verifier its source row names, read
+    as candidate selection verifies kept responses (selection/quality.py); without a verifier, that it is not
+    checked. cut: the trainer cuts the example at max_length, so it trains on less than the checked text."""
+    name = row.get("verifier")
+    if not name:
+        return "target not checked: its row names no verifier"
+    from posttrain.rewards import score_rows
+    from posttrain.selection.quality import VERIFY_FIELDS_DROPPED
+
+    target = next(m["content"] for m in reversed(messages) if m["role"] == "assistant")
+    try:
+        verdict = score_rows([target], [{k: v for k, v in row.items() if k not in VERIFY_FIELDS_DROPPED}],
+                             max_failure_fraction=1.0)[0]
+    except (KeyError, ValueError) as e:  # a verifier name posttrain does not know
+        return f"target not checked: verifier {name!r}: {e}"
+    if verdict.failure:
+        return f"target not checked: verifier {name} reached no verdict ({verdict.reason})"
+    note = "; the trainer sees it cut at max_length" if cut else ""
+    return f"target verifies: {'yes' if verdict.score >= 1.0 else 'no'} (verifier {name}: {verdict.reason}{note})"
 
 
 def _pair(cfg, ctx: Context, index: int) -> str:

@@ -46,10 +46,11 @@ class SFTStageConfig:
 
 
 def mix(sources: list[Source], ctx: Context, seed: int, on_bad_rows: str, max_chars: int | None = None,
-        turns: hf.TurnCheck | None = None) -> tuple[list[dict], dict]:
+        turns: hf.TurnCheck | None = None, keep_row: bool = False) -> tuple[list[dict], dict]:
     """The resolved mixture: rows from each source by explicit count or fraction, upsampled by repetition.
     max_chars: each message cut to this many characters as it is read (see _clipped_mix). turns: the chat
-    template's check that every turn of a row is rendered (a role it does not know would vanish from training)."""
+    template's check that every turn of a row is rendered (a role it does not know would vanish from training).
+    keep_row: each example also carries its source row as `row` (for inspect; the order is the same)."""
     import random
 
     rng = random.Random(seed)
@@ -57,8 +58,8 @@ def mix(sources: list[Source], ctx: Context, seed: int, on_bad_rows: str, max_ch
     for src in sources:
         path = ctx.path(src.path)
         stats = ReadStats()
-        convs = convert_rows(path, lambda row, where: {"messages": clip_messages(_chat(src, row, where, turns), max_chars)},
-                             on_bad_rows, stats)
+        convs = convert_rows(path, lambda row, where: {"messages": clip_messages(_chat(src, row, where, turns), max_chars),
+                                                       **({"row": row} if keep_row else {})}, on_bad_rows, stats)
         want = src.count if src.count is not None else round(len(convs) * src.fraction) if src.fraction is not None else len(convs)
         order = list(range(len(convs)))
         rng.shuffle(order)
@@ -177,11 +178,11 @@ def _training_template(cfg: SFTStageConfig, tokenizer) -> tuple[str, str | None]
         raise DataError(f"chat_template (model {cfg.model}): {e}") from None
 
 
-def _clipped_mix(cfg: SFTStageConfig, ctx: Context, tokenizer) -> tuple[list[dict], dict]:
+def _clipped_mix(cfg: SFTStageConfig, ctx: Context, tokenizer, keep_row: bool = False) -> tuple[list[dict], dict]:
     """The mixture with each message cut where it can no longer reach the first max_length tokens, so a huge
     row costs what max_length costs (see formats.content_budget)."""
     return mix(_sources(cfg), ctx, cfg.mix_seed, cfg.on_bad_rows, content_budget(tokenizer, cfg.max_length),
-               hf.TurnCheck.of_tokenizer(tokenizer))
+               hf.TurnCheck.of_tokenizer(tokenizer), keep_row)
 
 
 def _sft_args(cfg: SFTStageConfig) -> dict:
@@ -217,9 +218,12 @@ def _sum_loss_trainer(SFTTrainer):
 
 
 def inspect_example(cfg: SFTStageConfig, ctx: Context, index: int = 0) -> str:
-    """One example as the trainer sees it: trained tokens in [brackets], the rest plain."""
+    """One example as the trainer sees it: trained tokens in [brackets], the rest plain. The first line also says,
+    where the example's source row names a verifier, whether its target passes it (inspect_views.target_check)."""
+    from posttrain.inspect_views import target_check
+
     tokenizer = hf.load_tokenizer(ctx.path(cfg.model), cfg.chat_template)
-    rows, _ = _clipped_mix(cfg, ctx, tokenizer)
+    rows, _ = _clipped_mix(cfg, ctx, tokenizer, keep_row=True)
     if index >= len(rows):
         raise DataError(f"--index {index}: the stage's mixture has {len(rows)} examples (0 to {len(rows) - 1})")
     enc = tokenizer.apply_chat_template(rows[index]["messages"], tokenize=True, return_dict=True,
@@ -236,4 +240,5 @@ def inspect_example(cfg: SFTStageConfig, ctx: Context, index: int = 0) -> str:
         out.append(tokenizer.decode([tid]))
     if inside:
         out.append("]")
-    return f"example {index}: {len(ids)} tokens, {sum(mask)} trained (in [brackets])\n" + "".join(out)
+    check = target_check(rows[index]["row"], rows[index]["messages"], cut=len(enc["input_ids"]) > cfg.max_length)
+    return f"example {index}: {len(ids)} tokens, {sum(mask)} trained (in [brackets]); {check}\n" + "".join(out)

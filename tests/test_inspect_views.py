@@ -1,5 +1,6 @@
 """`posttrain inspect` of a DPO stage shows a preference pair, and of an RLVR stage an RL prompt, as the
-trainer sees them: after the model's chat template, completions in [brackets], what the reward reads."""
+trainer sees them: after the model's chat template, completions in [brackets], what the reward reads; of an
+SFT stage, whether the example's target passes the verifier its row names."""
 import json
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from conftest import write_mini_files, write_recipe
 from posttrain import hf
 from posttrain.cli import main
+from posttrain.formats import sft_row
 from posttrain.worlds import tinyworld
 
 RECIPE = """
@@ -14,6 +16,9 @@ name: look
 stages:
   dpo: {kind: dpo, model: MODEL, data: PREFS, max_length: 60}
   rlvr: {kind: rlvr, model: MODEL, data: RL, num_generations: 4, max_completion_length: 24}
+  sft_right: {kind: sft, model: MODEL, data: SFTDIR/right.jsonl, max_length: 200}
+  sft_wrong: {kind: sft, model: MODEL, data: SFTDIR/wrong.jsonl, max_length: 64}
+  sft_plain: {kind: sft, model: MODEL, data: SFTDIR/plain.jsonl, max_length: 200}
 """
 
 
@@ -26,7 +31,14 @@ def recipe(tmp_path_factory):
     _, prefs = write_mini_files(root)
     rl = root / "rl.jsonl"
     rl.write_text("".join(json.dumps(r) + "\n" for r in tinyworld.rl_rows(5, seed=0)))
-    text = RECIPE.replace("MODEL", str(root / "model")).replace("PREFS", str(prefs)).replace("RL", str(rl))
+    # one arithmetic prompt of the tiny world's SFT candidates, answered by a teacher that is right and one that is not
+    row = tinyworld.sft_candidate_rows(1, seed=0, mix={"arith": 1.0})[0]
+    by_source = {c["source"]: c for c in row["candidates"]}
+    for name, source in (("right", "tutor"), ("wrong", "guesser")):
+        (root / f"{name}.jsonl").write_text(json.dumps(sft_row(row, by_source[source], row["id"])) + "\n")
+    (root / "plain.jsonl").write_text(json.dumps({"prompt": row["prompt"], "completion": "The answer is 5."}) + "\n")
+    text = (RECIPE.replace("MODEL", str(root / "model")).replace("PREFS", str(prefs)).replace("RL", str(rl))
+            .replace("SFTDIR", str(root)))
     return write_recipe(root, text), prefs, rl
 
 
@@ -50,3 +62,17 @@ def test_inspect_shows_an_rl_prompt_and_what_its_reward_reads(recipe, capsys):
     assert out.split("\n")[1].startswith("<|user|>") and "<|assistant|>" in out
     assert f"verifier={row['verifier']!r}" in out and "ground_truth=" in out
     assert main(["inspect", str(path), "--stage", "rlvr", "--index", "99"]) == 2
+
+
+def test_inspect_says_whether_an_sft_target_verifies(recipe, capsys):
+    """The first example of the tiny world's SFT data was a wrong answer, and inspect showed it as any other."""
+    path = recipe[0]
+    first_lines = {}
+    for stage in ("sft_right", "sft_wrong", "sft_plain"):
+        assert main(["inspect", str(path), "--stage", stage]) == 0
+        first_lines[stage] = capsys.readouterr().out.splitlines()[0]
+    assert first_lines["sft_right"].endswith("target verifies: yes (verifier numeric: correct: 121 (answer_is))")
+    wrong = first_lines["sft_wrong"]
+    assert "target verifies: no (verifier numeric: " in wrong and "122" in wrong, wrong
+    assert wrong.endswith("; the trainer sees it cut at max_length)")  # max_length 64 cuts the example
+    assert first_lines["sft_plain"].endswith("target not checked: its row names no verifier"), first_lines

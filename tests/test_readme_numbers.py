@@ -66,3 +66,42 @@ def test_demo_seeds_tabulates_runs_and_fails_when_the_shape_breaks(tmp_path):
     assert "| 0 | 15.0 | 79.0 | 80.5 | 81.0 | +64.0 | +1.5 | +0.5 | holds |" in proc.stdout, proc.stdout
     assert "| 1 | 3.0 | 48.0 | 47.0 | 55.0 | +45.0 | -1.0 | +8.0 | BROKEN |" in proc.stdout, proc.stdout
     assert subprocess.run([*cmd, "0"], capture_output=True, timeout=60).returncode == 0
+
+
+# Seed 0 of the demo before ifeval_words, items right of 200 per skill (arithmetic, formats, code, courtesy).
+SEED0 = {"base": [1, 16, 0, 0], "sft": [6, 161, 152, 0], "dpo": [3, 148, 150, 199], "rlvr": [6, 163, 153, 200]}
+
+
+def samples_run(root, correct: dict[str, list[int]], n=200):
+    """A finished run whose eval wrote per-item samples for four skills: what the report and demo_seeds read."""
+    from posttrain.data import write_rows
+    from posttrain.eval.metrics import summarize
+
+    fake_run(root, {m: 0.0 for m in correct})
+    folder = root / "eval" / "results"
+    results = {"models": {}}
+    for model, counts in correct.items():
+        tasks = {}
+        for skill, k in zip(["arithmetic", "formats", "code", "courtesy"], counts):
+            path = f"samples/{model}/{skill}.jsonl"
+            values = [1.0] * k + [0.0] * (n - k)
+            write_rows(folder / path, [{"id": f"{skill}-{i}", "score": v} for i, v in enumerate(values)])
+            tasks[skill] = {**summarize(values), "skill": skill, "samples": path}
+        results["models"][model] = {"tasks": tasks}
+    (folder / "results.json").write_text(json.dumps(results))
+    return root, results
+
+
+def test_the_report_and_the_seed_table_print_one_rounding_of_a_change(tmp_path):
+    """DPO 62.5 -> RLVR 65.25 on the mean of four skills: +2.75 exactly. The report printed +2.7 (a difference of
+    means of fractions, 2.749999999999997, formatted half to even) and the seed table +2.8; both print +2.8 now,
+    and the level 65.25 as 65.3 in both."""
+    from posttrain.eval.skills import stage_changes
+
+    run, results = samples_run(tmp_path / "tiny-seed0", SEED0)
+    changes = stage_changes(results, run / "eval" / "results")[-1]
+    report_average = [c.text.split()[0] for c in changes.rows[-1][1:]]
+    assert report_average == ["+37.8", "+22.6", "+2.8"], report_average
+    proc = subprocess.run([sys.executable, REPO / "bench" / "demo_seeds.py", "--no-run", "--runs-dir", tmp_path,
+                           "--seeds", "0"], capture_output=True, text=True, timeout=60)
+    assert "| 0 | 2.1 | 39.9 | 62.5 | 65.3 | +37.8 | +22.6 | +2.8 | holds |" in proc.stdout, proc.stdout + proc.stderr

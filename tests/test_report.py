@@ -42,6 +42,7 @@ def write_eval_stage(run_dir: Path, rng: random.Random) -> None:
                        for i, s in enumerate(float(rng.random() < base_rate + 0.2 * m) for _ in range(40 + 10 * m))]
             write_rows(out / "samples" / label / f"{task}.jsonl", records)
             tasks[task] = {**summarize_records(records), "task": task, "skill": skill, "metric": metric,
+                           "samples": f"samples/{label}/{task}.jsonl",
                            "options": {"shots": 0, "chat": True, "max_new_tokens": 64, "samples": 1, "temperature": 0.0}}
             metrics[f"{label}/{task}"] = tasks[task]["score"]
         results["models"][label] = {"model": f"/models/{label}", "tasks": tasks}

@@ -1,10 +1,10 @@
-"""eval/skills.py: the table by skill and its paired significance tests, on eval results written to disk."""
+"""eval/skills.py: the change table by skill and its paired significance tests, on eval results written to disk."""
 import numpy as np
 
 from posttrain.data import write_rows
 from posttrain.eval.metrics import summarize
 from posttrain.eval.render import to_html, to_markdown
-from posttrain.eval.skills import holm, mcnemar_p, paired_z_p, skill_tables
+from posttrain.eval.skills import holm, mcnemar_p, paired_z_p, stage_changes
 
 
 def write_results(folder, scores: dict[str, dict[str, list[float]]]) -> dict:
@@ -35,10 +35,8 @@ def test_only_the_real_change_is_called_real(tmp_path):
     noisy = [1.0] * 3 + [0.0] * (n - 3)   # task b: 3 fixed: within chance
     results = write_results(tmp_path, {"base": {"a": base, "b": base}, "sft": {"a": sft, "b": noisy},
                                        "dpo": {"a": sft, "b": noisy}})
-    heading, table, changes = skill_tables(results, tmp_path)
-    assert [r[0].text for r in table.rows] == ["skill of a", "skill of b", "Average"]
-    assert [c.text for c in table.rows[0][1:]] == ["0.0", "33.3", "33.3"]
-    assert [c.text for c in table.rows[2][1:]] == ["0.0", "19.2", "19.2"]  # the mean of the two skills
+    heading, changes = stage_changes(results, tmp_path)  # the scores are the results table's (test_report.py)
+    assert heading.text == "Changes between stages" and [r[0].text for r in changes.rows] == ["skill of a", "skill of b", "Average"]
     cells = {r[0].text: [c.text for c in r[1:]] for r in changes.rows}
     assert cells["skill of a"] == ["+33.3 (real gain)", "+0.0"]
     assert cells["skill of b"] == ["+5.0", "+0.0"]
@@ -48,7 +46,7 @@ def test_only_the_real_change_is_called_real(tmp_path):
 
 def test_one_skill_makes_no_table(tmp_path):
     results = write_results(tmp_path, {"base": {"a": [0.0, 1.0]}, "sft": {"a": [1.0, 1.0]}})
-    assert skill_tables(results, tmp_path) == []
+    assert stage_changes(results, tmp_path) == []
 
 
 def test_a_real_regression_is_a_loss_never_best(tmp_path):
@@ -58,7 +56,7 @@ def test_a_real_regression_is_a_loss_never_best(tmp_path):
     dpo = [1.0] * 80 + [0.0] * 70         # 20 broken, none fixed
     other = [0.0] * 75 + [1.0] * 75
     results = write_results(tmp_path, {"sft": {"a": sft, "b": other}, "dpo": {"a": dpo, "b": other}})
-    changes = skill_tables(results, tmp_path)[2]
+    changes = stage_changes(results, tmp_path)[1]
     cell = changes.rows[0][1]
     assert cell.text == "-13.3 (real loss)" and cell.change == "loss" and not cell.best
     html = to_html("r", [changes])
@@ -73,7 +71,7 @@ def test_p_values_have_no_resampling_floor(tmp_path):
     n, models = 200, ["base", "sft", "dpo", "rlvr"]
     rates = {"base": 0.02, "sft": 0.45, "dpo": 0.7, "rlvr": 0.75}
     scores = {m: {t: list((rng.random(n) < rates[m]).astype(float)) for t in "abcd"} for m in models}
-    changes = skill_tables(write_results(tmp_path, scores), tmp_path)[2]
+    changes = stage_changes(write_results(tmp_path, scores), tmp_path)[1]
     average = [c.note for c in changes.rows[-1][1:]]
     assert average[0].startswith("p<0.001") and average[1].startswith("p<0.001"), average
     # the z-test matches a 200,000-resample paired bootstrap where that can still resolve it
