@@ -89,7 +89,7 @@ MIN_PKGS := transformers trl accelerate peft datasets deepspeed
 test-min:
 	python3 -m venv $(MIN_VENV)
 	$(call install_torch,$(MIN_VENV)/bin/python)
-	$(MIN_VENV)/bin/python -m pip install -q -e '.[dev]' $$($(MIN_VENV)/bin/python bench/lowest_versions.py $(MIN_PKGS))
+	$(MIN_VENV)/bin/python -m pip install -qq -e '.[dev]' $$($(MIN_VENV)/bin/python bench/lowest_versions.py $(MIN_PKGS))
 	$(MIN_VENV)/bin/python -m pip list 2>/dev/null | grep -iE '^($(shell echo $(MIN_PKGS) | tr ' ' '|')) '
 	$(MIN_VENV)/bin/python -m pytest -q -m "" tests/test_runs.py::test_manifest_records_what_the_issue_asks \
 		tests/test_launch.py tests/test_zero3.py tests/test_precision.py
@@ -100,7 +100,7 @@ LATEST_VENV ?= .venv-latest
 test-latest:
 	rm -rf $(LATEST_VENV) && python3 -m venv $(LATEST_VENV)
 	$(call install_torch,$(LATEST_VENV)/bin/python,--no-deps)
-	$(LATEST_VENV)/bin/python -m pip install -q -e '.[dev]' -c requirements/cpu.in
+	$(LATEST_VENV)/bin/python -m pip install -qq -e '.[dev]' -c requirements/cpu.in
 	$(LATEST_VENV)/bin/python bench/lock_drift.py $(LOCK)
 	$(LATEST_VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
