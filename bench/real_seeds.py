@@ -86,8 +86,8 @@ def score_table(items: dict, labels: list[str], runs: list[Path]) -> str:
         for m in labels:
             v = np.array(list(by_model[m].values()))
             lo, hi = wilson_ci(int(v.sum()), len(v))
-            per_seed = [np.mean([s for k, s in by_model[m].items() if k.startswith(f"{r.name}:")]) for r in runs]
-            seeds = "" if m in SEED_FREE else " [" + " / ".join(pct(s) for s in per_seed) + "]"
+            seeds = "" if m in SEED_FREE else " [" + " / ".join(
+                pct(np.mean([s for k, s in by_model[m].items() if k.startswith(f"{r.name}:")])) for r in runs) + "]"
             cells.append(f"{pct(v.mean())} ({pct(lo)}–{pct(hi)}, n={len(v)}){seeds}")
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
