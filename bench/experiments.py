@@ -33,9 +33,10 @@ EXPERIMENTS = {
               "compare": [("grape", "random_response"), ("grape", "reverse_grape"), ("grape", "ifd"),
                           ("reverse_grape", "random_response")]},
     "paser": {"recipe": "paser_recovery", "demo_models": {"base_model": "base", "original_model": "sft"},
-              "selections": ["paser", "paser_no_ccg", "random", "ifd"],
+              "selections": ["paser", "paser_no_ccg", "paser_paper", "paser_paper_no_ccg", "random", "ifd"],
               "compare": [("pruned", "original"), ("paser", "random"), ("paser", "ifd"), ("paser_no_ccg", "random"),
-                          ("paser", "paser_no_ccg")]},
+                          ("paser", "paser_no_ccg"), ("paser_paper", "random"), ("paser_paper", "paser"),
+                          ("paser_paper_no_ccg", "random")]},
 }
 
 
