@@ -23,7 +23,7 @@ import numpy as np
 
 from posttrain.data import read_rows
 from posttrain.eval.metrics import CONFIDENCE, wilson_ci
-from posttrain.eval.skills import bootstrap, holm, mcnemar_p, p_text, paired, paired_z_p, per_item
+from posttrain.eval.skills import bootstrap, change_markdown, paired, per_item
 
 REPO = Path(__file__).resolve().parents[1]
 SKILL_OF = {"arith": "arithmetic", "format": "format", "code": "code"}
@@ -113,30 +113,9 @@ def per_seed_average(runs: list[Path], labels: list[str]) -> dict[str, list[floa
 
 def compare_table(items: dict, skills: dict, pairs: list[tuple[str, str]]) -> str:
     """a − b per skill (exact McNemar over the pooled paired items) and on the average (paired z-test)."""
-    tasks, rows, pvalues = list(items), [], []
-    for a, b in pairs:
-        cells, cols = [], []
-        for t in tasks:
-            after, before = paired(items[t][a], items[t][b])
-            p = mcnemar_p(before, after)
-            cells.append([100 * (after.mean() - before.mean()), p,
-                          f"{int(np.sum((before < 1) & (after >= 1)))}/{int(np.sum((before >= 1) & (after < 1)))}"])
-            cols.append((before, after))
-            pvalues.append(p)
-        p = paired_z_p([after - before for before, after in cols])
-        cells.append([100 * float(np.mean([c[1].mean() - c[0].mean() for c in cols])), p, "z-test"])
-        pvalues.append(p)
-        rows.append((f"{a} − {b}", cells))
-    adjusted, k, lines = holm(pvalues), 0, []
-    lines += ["| comparison | " + " | ".join(skills[t] for t in tasks) + " | average |", "|---|" + "---|" * (len(tasks) + 1)]
-    for name, cells in rows:
-        out = []
-        for delta, _, detail in cells:
-            mark = "**" if adjusted[k] < 0.05 else ""
-            out.append(f"{mark}{delta:+.1f}{mark} ({p_text(adjusted[k])}{', ' + detail if detail != 'z-test' else ''})")
-            k += 1
-        lines.append(f"| {name} | " + " | ".join(out) + " |")
-    return "\n".join(lines)
+    tasks = list(items)
+    return change_markdown(pairs, tasks, [skills[t] for t in tasks],
+                           lambda t, a, b: paired(items[t][b], items[t][a]), "comparison")
 
 
 # ---------- what each selection picked ----------

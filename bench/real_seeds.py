@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from posttrain.eval.metrics import wilson_ci
-from posttrain.eval.skills import holm, mcnemar_p, p_text, paired, paired_z_p, per_item
+from posttrain.eval.skills import change_markdown, paired, per_item
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "smollm2.yaml"
@@ -101,30 +101,9 @@ def seed_pairs(a: dict[str, float], b: dict[str, float], runs: list[Path]) -> tu
 
 
 def compare_table(items: dict, runs: list[Path]) -> str:
-    tasks, rows, pvalues = list(items), [], []
-    for before_label, after_label in STEPS:
-        cells, diffs = [], []
-        for t in tasks:
-            before, after = seed_pairs(items[t][before_label], items[t][after_label], runs)
-            p = mcnemar_p(before, after)
-            fixed, broken = int(np.sum((before < 1) & (after >= 1))), int(np.sum((before >= 1) & (after < 1)))
-            cells.append((100 * (after.mean() - before.mean()), p, f"{fixed} fixed / {broken} broken"))
-            diffs.append(after - before)
-            pvalues.append(p)
-        p = paired_z_p(diffs)
-        cells.append((100 * float(np.mean([d.mean() for d in diffs])), p, ""))
-        pvalues.append(p)
-        rows.append((f"{after_label} − {before_label}", cells))
-    adjusted, k = holm(pvalues), 0
-    lines = ["| change | " + " | ".join(tasks) + " | average |", "|---|" + "---|" * (len(tasks) + 1)]
-    for name, cells in rows:
-        out = []
-        for delta, _, detail in cells:
-            mark = "**" if adjusted[k] < 0.05 else ""
-            out.append(f"{mark}{delta:+.1f}{mark} ({p_text(adjusted[k])}{', ' + detail if detail else ''})")
-            k += 1
-        lines.append(f"| {name} | " + " | ".join(out) + " |")
-    return "\n".join(lines)
+    tasks = list(items)
+    return change_markdown([(after, before) for before, after in STEPS], tasks, tasks,
+                           lambda t, a, b: seed_pairs(items[t][b], items[t][a], runs), "change")
 
 
 def main(argv=None) -> int:

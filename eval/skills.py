@@ -148,3 +148,31 @@ def skills_section(results_inputs: list[tuple[str, Path]]) -> list[Block]:
     return blocks
 
 
+
+
+def change_markdown(pairs: list[tuple[str, str]], tasks: list[str], headers: list[str], pair_of, first: str) -> str:
+    """The markdown table of `a − b` per task (exact McNemar over paired 0/1 items, with fixed/broken counts) and on
+    the average over tasks (paired z-test), Holm-adjusted over the whole table; bold where p < 0.05. pair_of(task,
+    a, b) gives (b's scores, a's scores) on the same items; headers name the tasks' columns."""
+    rows, pvalues = [], []
+    for a, b in pairs:
+        cells, diffs = [], []
+        for t in tasks:
+            before, after = pair_of(t, a, b)
+            fixed, broken = int(np.sum((before < 1) & (after >= 1))), int(np.sum((before >= 1) & (after < 1)))
+            cells.append((100 * (after.mean() - before.mean()), f"{fixed} fixed / {broken} broken"))
+            pvalues.append(mcnemar_p(before, after))
+            diffs.append(after - before)
+        cells.append((100 * float(np.mean([d.mean() for d in diffs])), ""))
+        pvalues.append(paired_z_p(diffs))
+        rows.append((f"{a} − {b}", cells))
+    adjusted = iter(holm(pvalues))
+    lines = [f"| {first} | " + " | ".join(headers) + " | average |", "|---|" + "---|" * (len(tasks) + 1)]
+    for name, cells in rows:
+        out = []
+        for delta, detail in cells:
+            p = next(adjusted)
+            mark = "**" if p < 0.05 else ""
+            out.append(f"{mark}{points(delta, signed=True)}{mark} ({p_text(p)}{', ' + detail if detail else ''})")
+        lines.append(f"| {name} | " + " | ".join(out) + " |")
+    return "\n".join(lines)
