@@ -147,6 +147,21 @@ def selection_table(runs_dir: Path, methods: list[str], seeds: list[int]) -> str
     return "\n".join(lines)
 
 
+def time_table(runs_dir: Path, methods: list[str], seeds: list[int]) -> str:
+    """Each stage's wall time, mean over the seeds that ran it (one CPU thread each)."""
+    stages = SEED_FREE[1:] + PER_SEED[1:] + ["recover_full"]
+    lines = ["| pruning | " + " | ".join(stages) + " |", "|---" * (len(stages) + 1) + "|"]
+    for method in methods:
+        cells = []
+        for stage in stages:
+            times = [json.loads(m.read_text())["wall_time_s"] for s in seeds
+                     if (m := runs_dir / f"{method}-seed{s}" / stage / "manifest.json").exists()
+                     and json.loads(m.read_text())["status"] == "complete"]
+            cells.append(f"{np.mean(times):.0f} s" if times else "–")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--methods", nargs="+", default=["wanda", "magnitude"], choices=list(METHODS))
@@ -173,7 +188,8 @@ def main(argv=None) -> int:
     for method in args.methods:
         arms = collect(args.runs_dir, method, args.seeds, model)
         print(f"\n## {method}\n\n{ppl_table(arms, args.seeds)}\n\n{compare_table(arms)}\n")
-    print(selection_table(args.runs_dir, args.methods, args.seeds))
+    print(selection_table(args.runs_dir, args.methods, args.seeds), "\n")
+    print(time_table(args.runs_dir, args.methods, args.seeds))
     return 0
 
 

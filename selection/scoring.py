@@ -57,7 +57,17 @@ class Formatter:
         return self._encode_span(full[: len(prompt) + len(ex.response)], len(prompt), False, where)
 
     def encode_response_only(self, ex: Example, where: str) -> Encoded:
-        """The response with no prompt (IFD's s(A)); without a BOS token the first token is not scored."""
+        """The response with no instruction (IFD's s(A)). Chat format: after the template's generation prompt of an
+        empty conversation, so s(A) and s(A|Q) differ only by Q and a one-token answer has a token before it.
+        Plain (or a template that needs a user turn): the bare response, whose first token is not scored without
+        a BOS token."""
+        if self.prompt_format == "chat":
+            try:  # the answer as the only turn (the template adds what it adds to any conversation, e.g. a system turn)
+                full = self.tokenizer.apply_chat_template([{"role": "assistant", "content": ex.response}], tokenize=False)
+            except Exception:  # noqa: BLE001 - jinja raises whatever the template's author chose
+                full = ""
+            if (at := full.rfind(ex.response)) > 0:
+                return self._encode_span(full[: at + len(ex.response)], at, False, where)
         return self._encode_span(ex.response, 0, True, where)
 
     def _encode_span(self, text: str, response_from: int, add_special_tokens: bool, where: str) -> Encoded:

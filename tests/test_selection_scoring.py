@@ -82,6 +82,17 @@ def test_chat_format_scores_the_assistant_content(tok):
     assert tok.decode(enc.ids[: enc.start]).endswith("<|assistant|>\n")
 
 
+def test_ifd_response_alone_in_chat_format_follows_the_assistant_header_so_one_token_answers_score(tok):
+    fmt = Formatter(tok, prompt_format="chat")
+    alone = fmt.encode_response_only(ask("7"), "t")  # a one-character answer: one token
+    assert tok.decode(alone.ids[alone.start: alone.end]) == "7" and alone.end - alone.start == 1
+    assert tok.decode(alone.ids[: alone.start]) == "<|assistant|>\n"  # no question, the same header as s(A|Q)
+    given = fmt.encode(ask("7"), "t")
+    assert given.ids[given.start - len(alone.ids[: alone.start]):] == alone.ids
+    plain = Formatter(tok).encode_response_only(ask("7 and 8"), "t")  # plain: the bare response, as Cherry's
+    assert tok.decode(plain.ids[plain.start: plain.end]) == " and 8"  # its first token has nothing before it
+
+
 def test_batched_length_sorted_scores_equal_one_at_a_time(tok):
     model = tinyworld.build_model(tok, seed=1).eval()
     fmt = Formatter(tok)
