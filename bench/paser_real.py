@@ -3,6 +3,7 @@ answer perplexity of every arm (posttrain.eval.perplexity) and the tables of doc
 
     python bench/paser_real.py --methods wanda --seeds 0 1 2 --full-seeds 0 --runs-dir DIR
     python bench/paser_real.py --methods wanda magnitude --seeds 0 1 2 --runs-dir DIR --no-run   # tables only
+    python bench/paser_real.py --methods wanda --seeds 0 --eval-seeds 0 --runs-dir DIR    # + IFEval/HumanEval slices
 
 Runs go to DIR/{method}-seed{N}. The stages that do not depend on the seed (the pool, the pruned model, PASER's and
 IFD's selections) run in the first seed's folder and are copied into the others (the store sees the same
@@ -24,7 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from posttrain.data import read_rows, write_rows
-from posttrain.eval.skills import holm, p_text
+from posttrain.eval.metrics import points, wilson_ci
+from posttrain.eval.skills import change_markdown, holm, p_text, paired, per_item
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "experiments" / "paser_real.yaml"
@@ -147,6 +149,36 @@ def selection_table(runs_dir: Path, methods: list[str], seeds: list[int]) -> str
     return "\n".join(lines)
 
 
+def generation_tables(runs_dir: Path, method: str, seeds: list[int]) -> str:
+    """The eval stage's scores (IFEval prompt-level strict, HumanEval pass@1) pooled over the seeds that ran it, and
+    changes between arms on the same items (exact McNemar, Holm)."""
+    items = {}
+    for seed in seeds:
+        folder = runs_dir / f"{method}-seed{seed}" / "eval" / "results"
+        if not (folder / "results.json").exists():
+            continue
+        for task, by_arm in per_item(json.loads((folder / "results.json").read_text()), folder).items():
+            for arm, scores in by_arm.items():
+                items.setdefault(task, {}).setdefault(arm, {}).update({f"{seed}:{k}": v for k, v in scores.items()})
+    if not items:
+        return ""
+    tasks = list(items)
+    arms = [a for a in ["original", *ARMS] if all(a in items[t] for t in tasks)]
+    lines = ["| arm | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+    for arm in arms:
+        cells = []
+        for t in tasks:
+            scores = items[t][arm]
+            first = min(k.split(":")[0] for k in scores)  # the unpruned and pruned models count their items once
+            values = [v for k, v in scores.items() if arm not in ("original", "none") or k.split(":")[0] == first]
+            lo, hi = wilson_ci(int(sum(v >= 1 for v in values)), len(values))
+            cells.append(f"{points(100 * np.mean(values))} ({points(100 * lo)}–{points(100 * hi)}, n={len(values)})")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    pairs = [(a, b) for a, b in COMPARE if a in arms and b in arms]
+    changes = change_markdown(pairs, tasks, tasks, lambda t, a, b: paired(items[t][b], items[t][a]), "comparison")
+    return "\n".join(lines) + "\n\n" + changes
+
+
 def time_table(runs_dir: Path, methods: list[str], seeds: list[int]) -> str:
     """Each stage's wall time, mean over the seeds that ran it (one CPU thread each)."""
     stages = SEED_FREE[1:] + PER_SEED[1:] + ["recover_full"]
@@ -167,6 +199,7 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=["wanda", "magnitude"], choices=list(METHODS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--full-seeds", type=int, nargs="*", default=[0], help="seeds that run the full-pool arm")
+    ap.add_argument("--eval-seeds", type=int, nargs="*", default=[], help="seeds that run the generation eval stage")
     ap.add_argument("--runs-dir", type=Path, default=REPO / "runs" / "paser_real")
     ap.add_argument("--no-run", action="store_true", help="only measure and tabulate the runs that finished")
     args = ap.parse_args(argv)
@@ -182,12 +215,14 @@ def main(argv=None) -> int:
                 for stage in SEED_FREE:
                     if not (run / stage).exists():
                         shutil.copytree(first / stage, run / stage)
-            stages = (SEED_FREE if run == first else []) + PER_SEED + (["recover_full"] if seed in args.full_seeds else [])
+            stages = ((SEED_FREE if run == first else []) + PER_SEED + (["recover_full"] if seed in args.full_seeds else [])
+                      + (["eval"] if seed in args.eval_seeds else []))
             run_stages(run, seed, method, stages)
             collect(args.runs_dir, method, [seed], model)
     for method in args.methods:
         arms = collect(args.runs_dir, method, args.seeds, model)
         print(f"\n## {method}\n\n{ppl_table(arms, args.seeds)}\n\n{compare_table(arms)}\n")
+        print(generation_tables(args.runs_dir, method, args.seeds), "\n")
     print(selection_table(args.runs_dir, args.methods, args.seeds), "\n")
     print(time_table(args.runs_dir, args.methods, args.seeds))
     return 0

@@ -37,3 +37,26 @@ def test_perplexity_pools_tokens_and_the_comparison_pairs_items_within_seeds():
     assert f"**{math.exp(-0.1):.3f}**" in lines["| random vs none"] and "45 / 60" in lines["| random vs none"]
     with pytest.raises(AssertionError):  # items that do not pair are an error, not a silent mismatch
         paser_real.compare_table({"original": {0: original}, "none": {0: records(base[1:] + [1.0])[::-1]}})
+
+
+def test_generation_tables_count_the_seed_free_arms_once_and_pair_the_rest(tmp_path):
+    import json
+
+    def write_eval(seed: int, scores: dict[str, list[float]]):
+        folder = tmp_path / f"wanda-seed{seed}" / "eval" / "results"
+        results = {"models": {}}
+        for arm, values in scores.items():
+            samples = folder / "samples" / arm / "ifeval.jsonl"
+            samples.parent.mkdir(parents=True, exist_ok=True)
+            samples.write_text("".join(json.dumps({"id": i, "score": v}) + "\n" for i, v in enumerate(values)))
+            results["models"][arm] = {"tasks": {"ifeval": {"score": sum(values) / len(values),
+                                                           "samples": str(samples.relative_to(folder))}}}
+        (folder / "results.json").write_text(json.dumps(results))
+
+    write_eval(0, {"original": [1, 1, 1, 0], "none": [1, 0, 0, 0], "random": [1, 1, 0, 0]})
+    write_eval(1, {"original": [1, 1, 1, 0], "none": [1, 0, 0, 0], "random": [1, 1, 1, 0]})
+    table = paser_real.generation_tables(tmp_path, "wanda", [0, 1])
+    rows = {line.split(" |")[0]: line for line in table.splitlines()}
+    assert "75.0 (" in rows["| original"] and "n=4)" in rows["| original"]   # once, not per seed
+    assert "62.5 (" in rows["| random"] and "n=8)" in rows["| random"]       # both seeds' items
+    assert "+37.5" in rows["| random − none"] and "3 fixed / 0 broken" in rows["| random − none"]
