@@ -133,7 +133,7 @@ def compare_table(arms: dict[str, dict[int, list[dict]]]) -> str:
 
 
 def selection_table(runs_dir: Path, methods: list[str], seeds: list[int]) -> str:
-    lines = ["| pruning | selection | rows kept | response tokens, mean | clusters (K) | CCG rejected | budget shortfall |",
+    lines = ["| pruning | selection | rows kept | response words, mean | clusters (K) | CCG rejected | budget shortfall |",
              "|---|---|---|---|---|---|---|"]
     for method in methods:
         for stage in ["paser", "paser_no_ccg", "ifd", "random"]:
