@@ -9,7 +9,7 @@ Runs go to DIR/{method}-seed{N}. The stages that do not depend on the seed (the 
 IFD's selections) run in the first seed's folder and are copied into the others (the store sees the same
 fingerprint), so every seed recovers the same pruned model. The full-pool arm trains on ten times the rows of the
 others: only the --full-seeds run it. Perplexities: DIR/{run}/perplexity/{arm}.jsonl (the unpruned model's once,
-DIR/original-perplexity.jsonl), one record per held-out item: the answer's summed NLL and its token count.
+DIR/original-perplexity.jsonl, the pruned model's DIR/{method}-none-perplexity.jsonl), one record per held-out item: the answer's summed NLL and its token count.
 Comparisons pair two arms on the same items of the same seed: the mean per-item difference of NLL per token, as a
 perplexity ratio, with a paired t-test over all (seed, item) pairs, Holm-adjusted over the table.
 """
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from posttrain.data import read_rows, write_rows
+from posttrain.eval.perplexity import perplexity
 from posttrain.eval.metrics import points, wilson_ci
 from posttrain.eval.skills import change_markdown, holm, p_text, paired, per_item
 
@@ -50,11 +51,11 @@ def run_stages(run: Path, seed: int, method: str, stages: list[str]) -> None:
             raise SystemExit(f"{run / stage}: failed; see its stage.log")
 
 
-def model_path(run: Path, stage: str) -> Path | None:
-    manifest = run / stage / "manifest.json"
-    if not manifest.exists() or json.loads(manifest.read_text())["status"] != "complete":
-        return None
-    return run / json.loads(manifest.read_text())["artifacts"]["model"]
+def finished(run: Path, stage: str) -> dict | None:
+    """The stage's manifest if it completed, else None."""
+    path = run / stage / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else None
+    return manifest if manifest and manifest["status"] == "complete" else None
 
 
 def measure(model: Path, out: Path) -> list[dict]:
@@ -68,24 +69,22 @@ def measure(model: Path, out: Path) -> list[dict]:
     loaded, tokenizer = hf.load_for_inference(str(model), dtype="float32")
     records = answer_nll(loaded, tokenizer, items)
     write_rows(out, records)
-    print(f"{out}: perplexity {ppl(records):.3f}", flush=True)
+    print(f"{out}: perplexity {perplexity(records):.3f}", flush=True)
     return records
 
 
-def ppl(records: list[dict]) -> float:
-    return math.exp(sum(r["nll"] for r in records) / sum(r["tokens"] for r in records))
-
-
 def collect(runs_dir: Path, method: str, seeds: list[int], model: str) -> dict[str, dict[int, list[dict]]]:
-    """{arm: {seed: records}} for every arm whose model exists (measuring those not yet measured)."""
+    """{arm: {seed: records}} for every arm whose model exists (measuring those not yet measured). A seed-free
+    stage's model (the pruned one, copied into every seed's folder) is measured once per method."""
     original = measure(Path(model), runs_dir / "original-perplexity.jsonl")
     arms = {"original": {s: original for s in seeds}}
     for seed in seeds:
         run = runs_dir / f"{method}-seed{seed}"
         for arm, stage in ARMS.items():
-            path = model_path(run, stage)
-            if path is not None:
-                arms.setdefault(arm, {})[seed] = measure(path, run / "perplexity" / f"{arm}.jsonl")
+            if manifest := finished(run, stage):
+                out = (runs_dir / f"{method}-{arm}-perplexity.jsonl" if stage in SEED_FREE
+                       else run / "perplexity" / f"{arm}.jsonl")
+                arms.setdefault(arm, {})[seed] = measure(run / manifest["artifacts"]["model"], out)
     return arms
 
 
@@ -103,9 +102,9 @@ def ppl_table(arms: dict[str, dict[int, list[dict]]], seeds: list[int]) -> str:
     for arm, by_seed in arms.items():
         pooled = [r for s in sorted(by_seed) for r in by_seed[s]] if arm != "original" else by_seed[seeds[0]]
         lo, hi = bootstrap_ppl(pooled, rng)
-        cells = [f"{ppl([r for r in pooled if r['task'] == t]):.2f}" for t in TASKS]
-        per_seed = " / ".join(f"{ppl(by_seed[s]):.2f}" for s in sorted(by_seed))
-        lines.append(f"| {arm} | " + " | ".join(cells) + f" | **{ppl(pooled):.2f}** ({lo:.2f}–{hi:.2f}) | {per_seed} | "
+        cells = [f"{perplexity([r for r in pooled if r['task'] == t]):.2f}" for t in TASKS]
+        per_seed = " / ".join(f"{perplexity(by_seed[s]):.2f}" for s in sorted(by_seed))
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | **{perplexity(pooled):.2f}** ({lo:.2f}–{hi:.2f}) | {per_seed} | "
                      f"{len(by_seed) if arm != 'original' else '–'} |")
     return "\n".join(lines)
 
@@ -186,9 +185,7 @@ def time_table(runs_dir: Path, methods: list[str], seeds: list[int]) -> str:
     for method in methods:
         cells = []
         for stage in stages:
-            times = [json.loads(m.read_text())["wall_time_s"] for s in seeds
-                     if (m := runs_dir / f"{method}-seed{s}" / stage / "manifest.json").exists()
-                     and json.loads(m.read_text())["status"] == "complete"]
+            times = [m["wall_time_s"] for s in seeds if (m := finished(runs_dir / f"{method}-seed{s}", stage))]
             cells.append(f"{np.mean(times):.0f} s" if times else "–")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

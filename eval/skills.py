@@ -148,8 +148,6 @@ def skills_section(results_inputs: list[tuple[str, Path]]) -> list[Block]:
     return blocks
 
 
-
-
 def change_markdown(pairs: list[tuple[str, str]], tasks: list[str], headers: list[str], pair_of, first: str) -> str:
     """The markdown table of `a − b` per task (exact McNemar over paired 0/1 items, with fixed/broken counts) and on
     the average over tasks (paired z-test), Holm-adjusted over the whole table; bold where p < 0.05. pair_of(task,

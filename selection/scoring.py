@@ -57,8 +57,9 @@ class Formatter:
         return self._encode_span(full[: len(prompt) + len(ex.response)], len(prompt), False, where)
 
     def encode_response_only(self, ex: Example, where: str) -> Encoded:
-        """The response with no instruction (IFD's s(A)). Chat format: after the template's generation prompt of an
-        empty conversation, so s(A) and s(A|Q) differ only by Q and a one-token answer has a token before it.
+        """The response with no instruction (IFD's s(A)). Chat format: the response as the conversation's only turn,
+        after whatever the template puts before an assistant turn (its header, a default system turn), so s(A) and
+        s(A|Q) differ only by Q and a one-token answer has a token before it.
         Plain (or a template that needs a user turn): the bare response, whose first token is not scored without
         a BOS token."""
         if self.prompt_format == "chat":
